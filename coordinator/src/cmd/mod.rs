@@ -1,0 +1,40 @@
+//! One module per subcommand.
+
+pub mod check;
+pub mod publish;
+pub mod tail;
+pub mod up;
+pub mod worker;
+
+use std::path::Path;
+
+use anom_operators::pipeline::{self, Pipeline};
+
+/// Default NATS URL of every command that talks to a server.
+pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
+
+/// Loads a pipelines directory or a single file, turning definition errors into one message.
+pub fn load_pipelines(path: &Path) -> anyhow::Result<Vec<Pipeline>> {
+    let loaded = if path.is_dir() {
+        pipeline::load_dir(path)
+    } else {
+        Pipeline::load(path).map(|p| vec![p])
+    };
+    loaded.map_err(|e| anyhow::anyhow!("invalid pipeline definition:\n{e}"))
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn stop_requested() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

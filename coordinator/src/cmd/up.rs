@@ -1,0 +1,151 @@
+//! `anom up`: the embedded default. Starts a local nats-server (store under `.anom/`), creates
+//! the streams, runs every stage of every pipeline in this process, prints alerts as they are
+//! raised, and with `--demo` replays each pipeline's sample file so alerts appear at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anom_operators::alert::Alert;
+use anom_operators::natsd::{Natsd, NatsdOptions};
+use anom_operators::pipeline::Pipeline;
+use anom_operators::subjects::input_subject;
+use anom_operators::worker::{Worker, WorkerConfig};
+use anyhow::Context as _;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Pipeline definitions: a directory of YAML files.
+    #[arg(long, default_value = "pipelines")]
+    pipelines: PathBuf,
+    /// Where nats-server keeps its JetStream store and log.
+    #[arg(long, default_value = ".anom")]
+    data_dir: PathBuf,
+    /// Client port of the local nats-server (0 picks a free one).
+    #[arg(long, default_value_t = 4222)]
+    nats_port: u16,
+    /// Serve Prometheus metrics here.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_addr: SocketAddr,
+    /// Publish each pipeline's sample file (pipelines/samples/<name>.jsonl or .csv) at start.
+    #[arg(long)]
+    demo: bool,
+    /// Events per second for --demo.
+    #[arg(long, default_value_t = 50.0)]
+    demo_rate: f64,
+    /// Stop after this long (default: run until Ctrl-C).
+    #[arg(long, value_parser = anom_operators::duration::parse)]
+    exit_after: Option<Duration>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let pipelines = super::load_pipelines(&args.pipelines)?;
+    let natsd = Natsd::start(NatsdOptions {
+        port: args.nats_port,
+        dir: args.data_dir.join("nats"),
+    })
+    .await
+    .context("cannot start nats-server (scripts/install-nats-server.sh installs it)")?;
+    let url = natsd.url().to_string();
+
+    let shutdown = CancellationToken::new();
+    let mut config = WorkerConfig::new(url.clone(), pipelines.clone());
+    config.metrics_addr = Some(args.metrics_addr);
+    let worker = Worker::start(config, shutdown.clone()).await?;
+
+    println!("Anom is up.");
+    println!("  NATS          {url}   (store: {})", natsd.dir().display());
+    if let Some(addr) = worker.metrics_addr {
+        println!("  metrics       http://{addr}/metrics");
+    }
+    for p in &pipelines {
+        println!(
+            "  pipeline      {:<10} publish to {:<22} alerts on {}  (dead letters: {})",
+            p.name, p.subjects.input, p.subjects.alerts, p.subjects.dlq
+        );
+    }
+    println!("Alerts are printed below; in another terminal: `anom tail alerts`, `anom publish --pipeline <name> --file events.jsonl`.");
+    println!("Ctrl-C stops everything.\n");
+
+    let client = async_nats::connect(&url).await?;
+    let mut alerts = client.subscribe("anom.*.alerts").await?;
+    let printer = tokio::spawn(async move {
+        while let Some(msg) = alerts.next().await {
+            match serde_json::from_slice::<Alert>(&msg.payload) {
+                Ok(a) => println!("ALERT {}", super::tail::alert_line(&a)),
+                Err(_) => println!("ALERT {}", String::from_utf8_lossy(&msg.payload)),
+            }
+        }
+    });
+
+    if args.demo {
+        let js = async_nats::jetstream::new(client.clone());
+        let samples = args.pipelines.join("samples");
+        for p in &pipelines {
+            let js = js.clone();
+            let file = sample_file(&samples, p);
+            let rate = args.demo_rate;
+            let name = p.name.clone();
+            tokio::spawn(async move {
+                let Some(file) = file else { return };
+                let events = if file.extension().is_some_and(|e| e == "csv") {
+                    super::publish::read_csv(&file)
+                } else {
+                    super::publish::read_jsonl(&file)
+                };
+                match events {
+                    Ok(events) => {
+                        let n = events.len();
+                        match super::publish::publish(
+                            &js,
+                            &input_subject(&name),
+                            events,
+                            Some(rate),
+                            None,
+                        )
+                        .await
+                        {
+                            Ok(_) => {
+                                eprintln!("demo: published {n} events from {}", file.display())
+                            }
+                            Err(e) => eprintln!("demo: {e:#}"),
+                        }
+                    }
+                    Err(e) => eprintln!("demo: {e:#}"),
+                }
+            });
+        }
+    }
+
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        let exit_after = args.exit_after;
+        async move {
+            match exit_after {
+                Some(d) => {
+                    tokio::select! {
+                        _ = super::stop_requested() => {}
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+                None => super::stop_requested().await,
+            }
+            shutdown.cancel();
+        }
+    });
+    worker.run_until_shutdown().await;
+    printer.abort();
+    let _ = client.flush().await;
+    natsd.stop().await.context("stopping nats-server")?;
+    println!("Anom stopped.");
+    Ok(())
+}
+
+fn sample_file(dir: &Path, p: &Pipeline) -> Option<PathBuf> {
+    ["jsonl", "csv"]
+        .iter()
+        .map(|ext| dir.join(format!("{}.{ext}", p.name)))
+        .find(|f| f.is_file())
+}

@@ -1,0 +1,70 @@
+//! `anom`: run Anom locally (`anom up`), run a worker, publish events, watch alerts.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "anom",
+    version,
+    about = "Anom: anomaly detection on NATS JetStream"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local nats-server and every stage of every pipeline in one process.
+    Up(cmd::up::Args),
+    /// Run the stages of the given pipelines against an existing NATS server.
+    Worker(cmd::worker::Args),
+    /// Publish events from a JSON-lines or CSV file to a pipeline.
+    Publish(cmd::publish::Args),
+    /// Watch alerts (or dead letters) as they happen.
+    Tail(cmd::tail::Args),
+    /// Check pipeline definitions and report every problem.
+    Check(cmd::check::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ANOM_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,anom=info,anom_operators=info")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => cmd::up::run(args).await,
+            Command::Worker(args) => cmd::worker::run(args).await,
+            Command::Publish(args) => cmd::publish::run(args).await,
+            Command::Tail(args) => cmd::tail::run(args).await,
+            Command::Check(args) => cmd::check::run(args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The alert record: what Anom publishes on `anom.<pipeline>.alerts` and sends to sinks.
+//! JSON, so any language can read it; its fields are documented in docs/alerts.md.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::Severity;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable identity: `<pipeline>:<rule>:<ingest sequence>:<index>`. The same event and rule
+    /// always give the same id, so receivers can deduplicate on it.
+    pub id: String,
+    pub pipeline: String,
+    pub pipeline_version: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub key: String,
+    /// The rule's message template, rendered.
+    pub message: String,
+    /// Why it fired, in words: the condition and the values it saw.
+    pub explanation: String,
+    /// RFC 3339.
+    pub event_time: String,
+    pub ingest_time: String,
+    pub raised_at: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The validated event.
+    pub event: serde_json::Map<String, serde_json::Value>,
+    /// Where the event is in the ingest stream.
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub stream: String,
+    pub sequence: u64,
+    pub index: u32,
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC).
+pub fn rfc3339_ms(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+}
+
+/// Microseconds since the epoch as RFC 3339 (UTC).
+pub fn rfc3339_us(us: i64) -> String {
+    jiff::Timestamp::from_microsecond(us).map_or_else(|_| us.to_string(), |t| t.to_string())
+}

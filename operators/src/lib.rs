@@ -1,0 +1,23 @@
+//! Anom's data plane.
+//!
+//! Data flows one way: a pipeline definition ([`pipeline`]) is checked and compiled into a
+//! plan; the plan's stages ([`stage`]) run on one shared runtime ([`runtime`]) that reads and
+//! writes JetStream; events travel between stages in an [`envelope`].
+
+pub mod alert;
+pub mod duration;
+pub mod envelope;
+pub mod event;
+pub mod expr;
+pub mod metrics;
+pub mod natsd;
+pub mod pipeline;
+pub mod rejection;
+pub mod runtime;
+pub mod sink;
+pub mod stage;
+pub mod subjects;
+pub mod suggest;
+pub mod topology;
+pub mod value;
+pub mod worker;

@@ -1,0 +1,235 @@
+//! Every metric Anom exports, named in one place (`anom_<what>_<unit>`, counters `_total`),
+//! and the `/metrics` endpoint (OpenMetrics text).
+//!
+//! Labels are bounded: pipeline, stage, sink, severity, reason kind; never a key or an event
+//! field. Stages resolve their label sets once at start (`StageMetrics`), so the hot path only
+//! increments atomics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub pipeline: String,
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub pipeline: String,
+    pub stage: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub pipeline: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub pipeline: String,
+    pub sink: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    pub pipeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~26 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// The registry and every metric family of one process.
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_in: Family<StageLabels, Counter>,
+    pub events_out: Family<StageLabels, Counter>,
+    pub dead_letters: Family<DeadLetterLabels, Counter>,
+    pub publish_retries: Family<StageLabels, Counter>,
+    pub batch_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
+    pub alerts: Family<AlertLabels, Counter>,
+    pub ingest_to_alert_seconds: Family<PipelineLabels, Histogram, fn() -> Histogram>,
+    pub sink_deliveries: Family<SinkLabels, Counter>,
+    pub build_info: Family<BuildLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("anom");
+        let events_in = Family::default();
+        registry.register("events_in", "Messages read by a stage", events_in.clone());
+        let events_out = Family::default();
+        registry.register(
+            "events_out",
+            "Messages a stage published downstream",
+            events_out.clone(),
+        );
+        let dead_letters = Family::default();
+        registry.register(
+            "dead_letters",
+            "Inputs sent to the dead-letter subject, by reason",
+            dead_letters.clone(),
+        );
+        let publish_retries = Family::default();
+        registry.register(
+            "publish_retries",
+            "Publishes retried after a failed or missing JetStream ack",
+            publish_retries.clone(),
+        );
+        let batch_seconds =
+            Family::<StageLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "batch_duration_seconds",
+            "Time a stage spends processing one batch, publishing excluded",
+            batch_seconds.clone(),
+        );
+        let alerts = Family::default();
+        registry.register("alerts", "Alerts raised, by severity", alerts.clone());
+        let ingest_to_alert_seconds =
+            Family::<PipelineLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "ingest_to_alert_seconds",
+            "From the ingest stream storing an event to its alert being published",
+            ingest_to_alert_seconds.clone(),
+        );
+        let sink_deliveries = Family::default();
+        registry.register(
+            "sink_deliveries",
+            "Alert deliveries by sink and outcome (delivered, retried, dead_lettered)",
+            sink_deliveries.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register("build_info", "Anom build", build_info.clone());
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        Metrics {
+            registry,
+            events_in,
+            events_out,
+            dead_letters,
+            publish_retries,
+            batch_seconds,
+            alerts,
+            ingest_to_alert_seconds,
+            sink_deliveries,
+            build_info,
+        }
+    }
+
+    /// The metrics a stage touches on every batch, resolved once.
+    pub fn stage(&self, pipeline: &str, stage: &str) -> StageMetrics {
+        let labels = StageLabels {
+            pipeline: pipeline.to_string(),
+            stage: stage.to_string(),
+        };
+        StageMetrics {
+            events_in: self.events_in.get_or_create_owned(&labels),
+            events_out: self.events_out.get_or_create_owned(&labels),
+            publish_retries: self.publish_retries.get_or_create_owned(&labels),
+            batch_seconds: self.batch_seconds.get_or_create_owned(&labels),
+            dead_letters: self.dead_letters.clone(),
+            pipeline: labels.pipeline,
+            stage: labels.stage,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Clone)]
+pub struct StageMetrics {
+    pub events_in: Counter,
+    pub events_out: Counter,
+    pub publish_retries: Counter,
+    pub batch_seconds: Histogram,
+    dead_letters: Family<DeadLetterLabels, Counter>,
+    pipeline: String,
+    stage: String,
+}
+
+impl StageMetrics {
+    pub fn dead_letter(&self, pipeline: &str, reason: &str) {
+        // Dead letters are rare; resolving the label set here keeps the struct small.
+        let pipeline = if pipeline.is_empty() {
+            &self.pipeline
+        } else {
+            pipeline
+        };
+        self.dead_letters
+            .get_or_create(&DeadLetterLabels {
+                pipeline: pipeline.to_string(),
+                stage: self.stage.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the token is cancelled. Returns the bound address
+/// (useful with port 0).
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    addr: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    use axum::{routing::get, Router};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    Ok(bound)
+}

@@ -1,0 +1,258 @@
+//! The pipeline file as users write it (YAML), before any checking beyond its shape.
+//!
+//! Every struct denies unknown fields so a typo is an error, not a silently ignored line.
+//! The doc comment of each field is its user documentation (see docs/pipelines.md).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// One pipeline: what its events look like, how they are keyed, and what to alert on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDef {
+    /// Name used in subjects (`anom.<name>.in`): lowercase letters, digits, `_` and `-`.
+    pub name: String,
+    /// Free text shown in listings.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The field events are grouped and partitioned by (a route, a user, a device).
+    pub key: String,
+    /// A timestamp field giving the event's own time; without it, ingest time is used.
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// How many partitions keyed stages split the pipeline into (1..=1024).
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// The event's fields, in order: `name: type` or `name: {type, required, default, min, max, values}`.
+    pub schema: OrderedMap<FieldSpec>,
+    /// What to do with fields the schema does not declare: `ignore` (default) or `reject`.
+    #[serde(default)]
+    pub unknown_fields: UnknownFields,
+    /// Largest accepted event, in bytes (default 65536); larger ones go to the dead-letter subject.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Conditions evaluated on every event.
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+    /// Where alerts go besides the pipeline's NATS alert subject.
+    #[serde(default)]
+    pub alerts: AlertsDef,
+}
+
+fn default_partitions() -> u32 {
+    4
+}
+
+fn default_max_event_bytes() -> usize {
+    65_536
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownFields {
+    #[default]
+    Ignore,
+    Reject,
+}
+
+/// A field's declaration; a bare type name (`route: string`) is the short form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDef {
+    /// One of string, int, float, bool, timestamp, enum.
+    #[serde(rename = "type")]
+    pub ty: TypeName,
+    /// Events without this field (or with null) are rejected.
+    #[serde(default)]
+    pub required: bool,
+    /// Value used when the field is missing or null.
+    #[serde(default)]
+    pub default: Option<serde_norway::Value>,
+    /// Smallest allowed value (int and float fields).
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Largest allowed value (int and float fields).
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// Allowed values: required for `enum`, optional for `string`.
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypeName {
+    String,
+    Int,
+    Float,
+    Bool,
+    Timestamp,
+    Enum,
+}
+
+/// `FieldDef` or its short form, a bare type name.
+#[derive(Debug, Clone)]
+pub struct FieldSpec(pub FieldDef);
+
+impl<'de> Deserialize<'de> for FieldSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a type name (string, int, float, bool, timestamp, enum) or a map with `type`",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldSpec, E> {
+                let ty = TypeName::deserialize(de::value::StrDeserializer::<E>::new(v))?;
+                Ok(FieldSpec(FieldDef {
+                    ty,
+                    required: false,
+                    default: None,
+                    min: None,
+                    max: None,
+                    values: None,
+                    description: None,
+                }))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSpec, A::Error> {
+                FieldDef::deserialize(de::value::MapAccessDeserializer::new(map)).map(FieldSpec)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A rule: a condition on one event, and how to word the alert it raises.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    /// Identifier of the rule, unique in the pipeline.
+    pub name: String,
+    /// The condition, in Anom's expression language (see docs/expressions.md).
+    pub when: String,
+    /// info, warning (default) or critical.
+    #[serde(default)]
+    pub severity: Severity,
+    /// Alert text; `{field}` inserts a field's value, `{key}`, `{rule}` and `{severity}` too.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Labels copied onto every alert of this rule.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    #[default]
+    Warning,
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// Alert destinations. Every alert is also published to `anom.<pipeline>.alerts`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsDef {
+    #[serde(default)]
+    pub sinks: Vec<SinkDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkDef {
+    Webhook(WebhookDef),
+}
+
+/// POSTs each alert as JSON to a URL, retrying with backoff, then dead-letters it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDef {
+    /// Identifier of the sink, unique in the pipeline.
+    pub name: String,
+    /// http:// or https:// URL.
+    pub url: String,
+    /// Per-request timeout (default 5s).
+    #[serde(default = "default_timeout", with = "crate::duration")]
+    pub timeout: Duration,
+    /// Attempts before the alert goes to the dead-letter subject (default 10).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay, doubled on each attempt (default 200ms).
+    #[serde(default = "default_backoff", with = "crate::duration")]
+    pub backoff: Duration,
+    /// Longest retry delay (default 30s).
+    #[serde(default = "default_max_backoff", with = "crate::duration")]
+    pub max_backoff: Duration,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A YAML mapping that keeps its keys in file order (the schema's field order matters).
+#[derive(Debug, Clone)]
+pub struct OrderedMap<V>(pub Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = OrderedMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of field names to field declarations")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(String, V)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format!(
+                            "field `{key}` is declared twice"
+                        )));
+                    }
+                    let value = map.next_value()?;
+                    entries.push((key, value));
+                }
+                Ok(OrderedMap(entries))
+            }
+        }
+        d.deserialize_map(MapVisitor(PhantomData))
+    }
+}

@@ -1,0 +1,434 @@
+//! Pipelines: the definition a user writes (`definition`), checked and compiled into the
+//! plan the operators run (`Pipeline`). Parsing and checking happen here, once; the hot path
+//! only sees typed, compiled parts.
+
+pub mod definition;
+pub mod schema;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use definition::{PipelineDef, Severity, SinkDef, WebhookDef};
+pub use schema::{Field, FieldType, Schema};
+pub use template::Template;
+
+use crate::expr::{self, CompiledExpr};
+use crate::subjects::Subjects;
+
+/// A compiled, checked pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    /// Content hash of the definition, so outputs can say which version produced them.
+    pub version: String,
+    pub description: Option<String>,
+    pub schema: Schema,
+    /// Index of the key field in the schema.
+    pub key: usize,
+    /// Index of the event-time field, if any.
+    pub event_time: Option<usize>,
+    pub partitions: u32,
+    pub max_event_bytes: usize,
+    pub rules: Vec<Rule>,
+    pub sinks: Vec<SinkDef>,
+    pub subjects: Subjects,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub severity: Severity,
+    pub condition: CompiledExpr,
+    pub message: Template,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One problem in a pipeline definition, located as precisely as the source allows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefinitionError {
+    pub file: Option<PathBuf>,
+    /// Where in the definition: `rules[2].when`, `schema.amount.min`.
+    pub path: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}", file.display())?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+                if let Some(col) = self.column {
+                    write!(f, ":{col}")?;
+                }
+            }
+            f.write_str(": ")?;
+        } else if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.path.is_empty() && self.path != "." {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one definition (all of them, not just the first).
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct DefinitionErrors(pub Vec<DefinitionError>);
+
+impl fmt::Display for DefinitionErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Pipeline {
+    /// Reads and compiles one pipeline file.
+    pub fn load(path: &Path) -> Result<Pipeline, DefinitionErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            DefinitionErrors(vec![DefinitionError {
+                file: Some(path.to_path_buf()),
+                path: String::new(),
+                line: None,
+                column: None,
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        Self::from_yaml(&text).map_err(|mut errors| {
+            for e in &mut errors.0 {
+                e.file = Some(path.to_path_buf());
+            }
+            errors
+        })
+    }
+
+    /// Parses and compiles a definition given as YAML text.
+    pub fn from_yaml(text: &str) -> Result<Pipeline, DefinitionErrors> {
+        // serde_norway's messages already name the path (`rules[2]: unknown field ...`).
+        let def: PipelineDef = serde_norway::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (Some(l.line()), Some(l.column())))
+                .unwrap_or((None, None));
+            DefinitionErrors(vec![DefinitionError {
+                file: None,
+                path: String::new(),
+                line,
+                column,
+                message: strip_location(&e.to_string()),
+            }])
+        })?;
+        compile(&def, text)
+    }
+}
+
+/// serde_norway appends " at line L column C" to messages; we report the location apart.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Checks a parsed definition and builds the plan. `source` (the YAML text, if any) is only
+/// used to point errors at a line.
+pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionErrors> {
+    let mut errors: Vec<DefinitionError> = Vec::new();
+    let mut error = |path: String, message: String, needle: Option<(&str, usize)>| {
+        let (line, column) = needle
+            .and_then(|(n, col)| {
+                locate(source, n).map(|(l, c)| (Some(l), Some(c + col.saturating_sub(1))))
+            })
+            .unwrap_or((None, None));
+        errors.push(DefinitionError {
+            file: None,
+            path,
+            line,
+            column,
+            message,
+        });
+    };
+
+    if !valid_pipeline_name(&def.name) {
+        error(
+            "name".into(),
+            format!("`{}` is not a valid pipeline name: expected lowercase letters, digits, `_` and `-` (it becomes part of NATS subjects)", def.name),
+            None,
+        );
+    }
+    if def.partitions == 0 || def.partitions > 1024 {
+        error(
+            "partitions".into(),
+            format!(
+                "expected a partition count between 1 and 1024, found {}",
+                def.partitions
+            ),
+            None,
+        );
+    }
+    if def.max_event_bytes < 64 {
+        error(
+            "max_event_bytes".into(),
+            format!("expected at least 64 bytes, found {}", def.max_event_bytes),
+            None,
+        );
+    }
+    let field_defs: Vec<(String, definition::FieldDef)> = def
+        .schema
+        .0
+        .iter()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    let schema = match schema::compile(&field_defs, def.unknown_fields) {
+        Ok(s) => Some(s),
+        Err(problems) => {
+            for (path, message) in problems {
+                error(path, message, None);
+            }
+            None
+        }
+    };
+    let names: Vec<&str> = def.schema.0.iter().map(|(k, _)| k.as_str()).collect();
+    let key = names.iter().position(|n| *n == def.key);
+    if key.is_none() {
+        error(
+            "key".into(),
+            format!(
+                "unknown field `{}`{}",
+                def.key,
+                crate::suggest::did_you_mean(&def.key, &names)
+            ),
+            None,
+        );
+    }
+    let mut event_time = None;
+    if let Some(et) = &def.event_time {
+        match names.iter().position(|n| n == et) {
+            None => error(
+                "event_time".into(),
+                format!(
+                    "unknown field `{et}`{}",
+                    crate::suggest::did_you_mean(et, &names)
+                ),
+                None,
+            ),
+            Some(i) => {
+                if def.schema.0[i].1 .0.ty != definition::TypeName::Timestamp {
+                    error(
+                        "event_time".into(),
+                        format!(
+                            "field `{et}` must be of type timestamp, found {:?}",
+                            def.schema.0[i].1 .0.ty
+                        )
+                        .to_lowercase(),
+                        None,
+                    );
+                }
+                event_time = Some(i);
+            }
+        }
+    }
+
+    let mut rules = Vec::new();
+    let mut rule_names: Vec<&str> = Vec::new();
+    for (i, r) in def.rules.iter().enumerate() {
+        let path = format!("rules[{i}]");
+        if !valid_pipeline_name(&r.name) {
+            error(
+                format!("{path}.name"),
+                format!("`{}` is not a valid rule name: expected lowercase letters, digits, `_` and `-`", r.name),
+                None,
+            );
+        }
+        if rule_names.contains(&r.name.as_str()) {
+            error(
+                format!("{path}.name"),
+                format!("rule `{}` is declared twice", r.name),
+                None,
+            );
+        }
+        rule_names.push(&r.name);
+        let Some(schema) = &schema else { continue };
+        let condition = match expr::compile_predicate(&r.when, schema) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                error(
+                    format!("{path}.when"),
+                    e.to_string(),
+                    Some((r.when.as_str(), e.column)),
+                );
+                None
+            }
+        };
+        let message_text = r
+            .message
+            .clone()
+            .unwrap_or_else(|| default_message(r, schema));
+        let message = match Template::compile(&message_text, schema) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                error(format!("{path}.message"), e, None);
+                None
+            }
+        };
+        if let (Some(condition), Some(message)) = (condition, message) {
+            rules.push(Rule {
+                name: r.name.clone(),
+                severity: r.severity,
+                condition,
+                message,
+                labels: r.labels.clone(),
+            });
+        }
+    }
+
+    let mut sink_names: Vec<&str> = Vec::new();
+    for (i, s) in def.alerts.sinks.iter().enumerate() {
+        let SinkDef::Webhook(w) = s;
+        let path = format!("alerts.sinks[{i}]");
+        if sink_names.contains(&w.name.as_str()) {
+            error(
+                format!("{path}.name"),
+                format!("sink `{}` is declared twice", w.name),
+                None,
+            );
+        }
+        if !valid_pipeline_name(&w.name) {
+            error(
+                format!("{path}.name"),
+                format!("`{}` is not a valid sink name: expected lowercase letters, digits, `_` and `-`", w.name),
+                None,
+            );
+        }
+        sink_names.push(&w.name);
+        match reqwest::Url::parse(&w.url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => error(
+                format!("{path}.url"),
+                format!(
+                    "expected an http:// or https:// URL, found scheme `{}`",
+                    u.scheme()
+                ),
+                None,
+            ),
+            Err(e) => error(format!("{path}.url"), format!("expected a URL: {e}"), None),
+        }
+        if w.max_attempts == 0 {
+            error(
+                format!("{path}.max_attempts"),
+                "expected at least 1 attempt".into(),
+                None,
+            );
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(DefinitionErrors(errors));
+    }
+    let (Some(schema), Some(key)) = (schema, key) else {
+        unreachable!("a missing schema or key field was reported above")
+    };
+    let version = format!(
+        "{:016x}",
+        xxhash_rust::xxh3::xxh3_64(format!("{def:?}").as_bytes())
+    );
+    Ok(Pipeline {
+        subjects: Subjects::new(&def.name),
+        name: def.name.clone(),
+        version,
+        description: def.description.clone(),
+        schema,
+        key,
+        event_time,
+        partitions: def.partitions,
+        max_event_bytes: def.max_event_bytes,
+        rules,
+        sinks: def.alerts.sinks.clone(),
+    })
+}
+
+fn default_message(rule: &definition::RuleDef, schema: &Schema) -> String {
+    let _ = schema;
+    format!(
+        "{{rule}} on {{key}}: {}",
+        rule.when.replace('{', "{{").replace('}', "}}")
+    )
+}
+
+/// Pipeline, rule and sink names end up in NATS subjects and consumer names.
+pub fn valid_pipeline_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Line and column (1-based) of `needle` in `source`, when it occurs exactly once.
+fn locate(source: &str, needle: &str) -> Option<(usize, usize)> {
+    if needle.is_empty() {
+        return None;
+    }
+    let at = source.find(needle)?;
+    if source[at + needle.len()..].contains(needle) {
+        return None;
+    }
+    let before = &source[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((line, column))
+}
+
+/// Loads every `*.yaml`/`*.yml` file in a directory, sorted by file name. All files are
+/// checked; any error fails the whole load.
+pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>, DefinitionErrors> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| {
+            DefinitionErrors(vec![DefinitionError {
+                file: Some(dir.to_path_buf()),
+                path: String::new(),
+                line: None,
+                column: None,
+                message: format!("cannot read the pipelines directory: {e}"),
+            }])
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    paths.sort();
+    let mut pipelines: Vec<Pipeline> = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        match Pipeline::load(&path) {
+            Ok(p) => {
+                if pipelines.iter().any(|q| q.name == p.name) {
+                    errors.push(DefinitionError {
+                        file: Some(path.clone()),
+                        path: "name".into(),
+                        line: None,
+                        column: None,
+                        message: format!("pipeline `{}` is defined by another file too", p.name),
+                    });
+                }
+                pipelines.push(p)
+            }
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if errors.is_empty() {
+        Ok(pipelines)
+    } else {
+        Err(DefinitionErrors(errors))
+    }
+}

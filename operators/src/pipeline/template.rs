@@ -1,0 +1,118 @@
+//! Alert message templates: `Route {route} took {durationMs} ms`, compiled once against the
+//! schema so rendering is a walk over literal pieces and field indexes.
+
+use std::fmt::Write;
+
+use super::schema::Schema;
+use crate::value::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Field(usize),
+    Key,
+    Rule,
+    Severity,
+}
+
+#[derive(Debug, Clone)]
+pub struct Template {
+    pieces: Vec<Piece>,
+}
+
+/// What a template can refer to besides the event's fields.
+pub struct Context<'a> {
+    pub key: &'a str,
+    pub rule: &'a str,
+    pub severity: &'a str,
+}
+
+impl Template {
+    /// Parses `text`; `{{` and `}}` stand for literal braces.
+    pub fn compile(text: &str, schema: &Schema) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|(_, c)| *c) == Some('{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek().map(|(_, c)| *c) == Some('}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for (_, c) in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed {
+                        return Err(format!(
+                            "column {}: `{{` is not closed; write `{{{{` for a literal brace",
+                            text[..at].chars().count() + 1
+                        ));
+                    }
+                    if !literal.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut literal)));
+                    }
+                    let name = name.trim();
+                    pieces.push(match name {
+                        "key" => Piece::Key,
+                        "rule" => Piece::Rule,
+                        "severity" => Piece::Severity,
+                        _ => match schema.index_of(name) {
+                            Some(i) => Piece::Field(i),
+                            None => {
+                                let mut names: Vec<&str> =
+                                    schema.fields().iter().map(|f| f.name.as_str()).collect();
+                                names.extend(["key", "rule", "severity"]);
+                                return Err(format!(
+                                    "column {}: unknown field `{name}` in the message{}",
+                                    text[..at].chars().count() + 1,
+                                    crate::suggest::did_you_mean(name, &names)
+                                ));
+                            }
+                        },
+                    });
+                }
+                '}' => {
+                    return Err(format!(
+                        "column {}: unmatched `}}`; write `}}}}` for a literal brace",
+                        text[..at].chars().count() + 1
+                    ))
+                }
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            pieces.push(Piece::Text(literal));
+        }
+        Ok(Template { pieces })
+    }
+
+    pub fn render(&self, row: &[Value], ctx: &Context<'_>) -> String {
+        let mut out = String::with_capacity(64);
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Field(i) => match row.get(*i) {
+                    Some(v) => {
+                        let _ = write!(out, "{v}");
+                    }
+                    None => out.push_str("null"),
+                },
+                Piece::Key => out.push_str(ctx.key),
+                Piece::Rule => out.push_str(ctx.rule),
+                Piece::Severity => out.push_str(ctx.severity),
+            }
+        }
+        out
+    }
+}

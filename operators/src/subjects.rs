@@ -1,0 +1,86 @@
+//! NATS subject and stream names, in one place: `anom.<pipeline>.<stage>[.<partition>]`,
+//! streams `ANOM_<PIPELINE>_<PART>`.
+
+/// All pipelines publish into one ingest stream, so events sent to a pipeline that does not
+/// exist are kept and dead-lettered with a reason instead of vanishing (see docs/architecture.md).
+pub const INGEST_STREAM: &str = "ANOM_INGEST";
+pub const INGEST_SUBJECTS: &str = "anom.*.in";
+pub const DLQ_STREAM: &str = "ANOM_DLQ";
+pub const DLQ_SUBJECTS: &str = "anom.*.dlq";
+
+/// The subjects and streams of one pipeline, computed once.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    pub pipeline: String,
+    pub input: String,
+    pub dlq: String,
+    pub alerts: String,
+    valid_prefix: String,
+    detections_prefix: String,
+    pub valid_stream: String,
+    pub detections_stream: String,
+    pub alerts_stream: String,
+}
+
+impl Subjects {
+    pub fn new(pipeline: &str) -> Subjects {
+        let upper = pipeline.to_ascii_uppercase().replace('-', "_");
+        Subjects {
+            pipeline: pipeline.to_string(),
+            input: input_subject(pipeline),
+            dlq: dlq_subject(pipeline),
+            alerts: format!("anom.{pipeline}.alerts"),
+            valid_prefix: format!("anom.{pipeline}.valid."),
+            detections_prefix: format!("anom.{pipeline}.detections."),
+            valid_stream: format!("ANOM_{upper}_VALID"),
+            detections_stream: format!("ANOM_{upper}_DETECTIONS"),
+            alerts_stream: format!("ANOM_{upper}_ALERTS"),
+        }
+    }
+
+    pub fn valid(&self, partition: u32) -> String {
+        format!("{}{partition}", self.valid_prefix)
+    }
+
+    pub fn valid_all(&self) -> String {
+        format!("{}*", self.valid_prefix)
+    }
+
+    pub fn detections(&self, partition: u32) -> String {
+        format!("{}{partition}", self.detections_prefix)
+    }
+
+    pub fn detections_all(&self) -> String {
+        format!("{}*", self.detections_prefix)
+    }
+}
+
+pub fn input_subject(pipeline: &str) -> String {
+    format!("anom.{pipeline}.in")
+}
+
+pub fn dlq_subject(pipeline: &str) -> String {
+    format!("anom.{pipeline}.dlq")
+}
+
+/// The pipeline token of `anom.<pipeline>.<stage>…`.
+pub fn pipeline_of(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("anom.")?;
+    rest.split('.').next()
+}
+
+/// Message headers Anom sets on dead-lettered messages.
+pub mod headers {
+    /// Why the message was dead-lettered, in words.
+    pub const REASON: &str = "Anom-Reason";
+    /// A bounded class of reason (`decode`, `schema`, `too_large`, …), also a metric label.
+    pub const REASON_KIND: &str = "Anom-Reason-Kind";
+    /// The stage that rejected it.
+    pub const STAGE: &str = "Anom-Stage";
+    /// Subject and stream sequence it was read from.
+    pub const SOURCE_SUBJECT: &str = "Anom-Source-Subject";
+    pub const SOURCE_SEQUENCE: &str = "Anom-Source-Sequence";
+    /// For a line of an NDJSON batch: which line (1-based).
+    pub const SOURCE_LINE: &str = "Anom-Source-Line";
+    pub const CONTENT_TYPE: &str = "Content-Type";
+}

@@ -1,0 +1,134 @@
+//! The JetStream streams a set of pipelines needs, created or updated at start.
+//!
+//! | stream | subjects | holds |
+//! |---|---|---|
+//! | `ANOM_INGEST` | `anom.*.in` | raw events as published, for every pipeline (and unknown ones) |
+//! | `ANOM_DLQ` | `anom.*.dlq` | refused inputs with their reason headers |
+//! | `ANOM_<P>_VALID` | `anom.<p>.valid.<k>` | validated envelopes, by partition |
+//! | `ANOM_<P>_DETECTIONS` | `anom.<p>.detections.<k>` | envelopes with rule hits |
+//! | `ANOM_<P>_ALERTS` | `anom.<p>.alerts` | alert records (JSON), the source of truth for sinks |
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::pipeline::Pipeline;
+use crate::subjects::{DLQ_STREAM, DLQ_SUBJECTS, INGEST_STREAM, INGEST_SUBJECTS};
+
+/// Retention of the streams.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// How long raw events stay in the ingest stream (replays and backtests read them).
+    pub ingest_max_age: Duration,
+    /// How long inter-stage messages stay.
+    pub internal_max_age: Duration,
+    /// Window in which a republished `Nats-Msg-Id` is recognised as a duplicate.
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            ingest_max_age: Duration::from_secs(7 * 86_400),
+            internal_max_age: Duration::from_secs(86_400),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create stream {stream}: {source}")]
+pub struct TopologyError {
+    pub stream: String,
+    #[source]
+    pub source: async_nats::Error,
+}
+
+/// Creates or updates every stream `pipelines` use.
+pub async fn ensure(
+    js: &jetstream::Context,
+    pipelines: &[Pipeline],
+    options: &StreamOptions,
+) -> Result<(), TopologyError> {
+    ensure_stream(
+        js,
+        INGEST_STREAM,
+        vec![INGEST_SUBJECTS.into()],
+        options.ingest_max_age,
+        options,
+    )
+    .await?;
+    ensure_stream(
+        js,
+        DLQ_STREAM,
+        vec![DLQ_SUBJECTS.into()],
+        options.ingest_max_age,
+        options,
+    )
+    .await?;
+    for p in pipelines {
+        let s = &p.subjects;
+        ensure_stream(
+            js,
+            &s.valid_stream,
+            vec![s.valid_all()],
+            options.internal_max_age,
+            options,
+        )
+        .await?;
+        ensure_stream(
+            js,
+            &s.detections_stream,
+            vec![s.detections_all()],
+            options.internal_max_age,
+            options,
+        )
+        .await?;
+        ensure_stream(
+            js,
+            &s.alerts_stream,
+            vec![s.alerts.clone()],
+            options.ingest_max_age,
+            options,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: Vec<String>,
+    max_age: Duration,
+    options: &StreamOptions,
+) -> Result<(), TopologyError> {
+    let config = stream::Config {
+        name: name.to_string(),
+        subjects,
+        max_age,
+        storage: stream::StorageType::File,
+        duplicate_window: options.duplicate_window,
+        num_replicas: options.replicas,
+        ..Default::default()
+    };
+    // Right after a server starts, JetStream may briefly answer "unavailable"; retry.
+    let mut last = None;
+    for attempt in 0..50 {
+        match js.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(100 * (attempt.min(10) + 1))).await;
+            }
+        }
+    }
+    Err(TopologyError {
+        stream: name.to_string(),
+        source: last
+            .map(Into::into)
+            .unwrap_or_else(|| "unknown error".into()),
+    })
+}
