@@ -1,0 +1,315 @@
+//! End to end against a real nats-server: events in, alerts out on NATS and at a real
+//! webhook receiver; bad input dead-lettered with reasons; a receiver that is down.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anom_operators::metrics::Metrics;
+use anom_operators::pipeline::load_dir;
+use anom_operators::worker::{Worker, WorkerConfig};
+use bytes::Bytes;
+use support::{read_stream, repo_root, wait_for, Env, Receiver};
+use tokio_util::sync::CancellationToken;
+
+struct Running {
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+async fn start_worker(env: &Env, dir: &std::path::Path) -> Running {
+    let pipelines = load_dir(dir).expect("test pipelines are valid");
+    let mut config = WorkerConfig::new(env.url(), pipelines);
+    config.unrouted_poll = Duration::from_millis(200);
+    let shutdown = CancellationToken::new();
+    let worker = Worker::start(config, shutdown.clone()).await.expect("worker starts");
+    let metrics = worker.metrics.clone();
+    let task = tokio::spawn(worker.run_until_shutdown());
+    Running { metrics, shutdown, task }
+}
+
+/// The example routes pipeline, with a webhook sink added.
+fn routes_with_webhook(url: &str, extra: &str) -> String {
+    let yaml = std::fs::read_to_string(repo_root().join("pipelines/routes.yaml")).unwrap();
+    let sink = format!(
+        "alerts:\n  sinks:\n    - type: webhook\n      name: ops\n      url: {url}\n      backoff: 100ms\n      max_backoff: 500ms\n      max_attempts: 100\n{extra}"
+    );
+    let replaced = yaml.replace("alerts:\n  sinks: []\n", &sink);
+    assert_ne!(replaced, yaml, "routes.yaml has an empty sinks list to replace");
+    replaced
+}
+
+fn sample_events() -> Vec<serde_json::Value> {
+    std::fs::read_to_string(repo_root().join("pipelines/samples/routes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// What the routes rules must raise for these events, computed here by plain code.
+fn expected_alerts(events: &[serde_json::Value]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for e in events {
+        let route = e["route"].as_str().unwrap().to_string();
+        let file = e["fileName"].as_str().unwrap().to_string();
+        let status = e["status"].as_str().unwrap();
+        if e["durationMs"].as_i64().unwrap() > 5000 && status == "OK" {
+            out.insert(("slow_route".to_string(), route.clone(), file.clone()));
+        }
+        if status == "FAILED" || status == "TIMEOUT" {
+            out.insert(("failed_route".to_string(), route, file));
+        }
+    }
+    out
+}
+
+fn alert_triple(a: &serde_json::Value) -> (String, String, String) {
+    (
+        a["rule"].as_str().unwrap().to_string(),
+        a["key"].as_str().unwrap().to_string(),
+        a["event"]["fileName"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn publish_all(js: &async_nats::jetstream::Context, subject: &str, payloads: Vec<Bytes>) {
+    let mut acks = Vec::new();
+    for p in payloads {
+        acks.push(js.publish(subject.to_string(), p).await.unwrap());
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+async fn alerts_in_stream(js: &async_nats::jetstream::Context) -> Vec<serde_json::Value> {
+    read_stream(js, "ANOM_ROUTES_ALERTS", None)
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_events_raise_exactly_the_expected_alerts_on_nats_and_webhook() {
+    let env = Env::start().await;
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let dir = env.pipeline_dir("routes", &routes_with_webhook(&receiver.url(), ""));
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+
+    let events = sample_events();
+    let expected = expected_alerts(&events);
+    assert!(expected.len() >= 4, "the sample has slow and failed runs");
+    publish_all(&js, "anom.routes.in", events.iter().map(|e| Bytes::from(e.to_string())).collect()).await;
+
+    let arrived = wait_for(Duration::from_secs(30), || {
+        let receiver = receiver.clone();
+        let n = expected.len();
+        async move { receiver.ids().len() >= n }
+    })
+    .await;
+    assert!(arrived, "webhook got {} of {} alerts", receiver.ids().len(), expected.len());
+    // Anything extra would arrive shortly after; give it the chance to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let on_nats = alerts_in_stream(&js).await;
+    let triples: Vec<_> = on_nats.iter().map(alert_triple).collect();
+    assert_eq!(triples.len(), expected.len(), "one alert per hit, no duplicates: {triples:?}");
+    assert_eq!(triples.into_iter().collect::<BTreeSet<_>>(), expected);
+
+    let bodies = receiver.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), expected.len());
+    let hooked: BTreeSet<_> = bodies.iter().map(|(_, b)| alert_triple(b)).collect();
+    assert_eq!(hooked, expected);
+    for (headers, body) in &bodies {
+        assert_eq!(headers.get("idempotency-key").map(String::as_str), body["id"].as_str());
+        assert_eq!(headers.get("content-type").map(String::as_str), Some("application/json"));
+        let message = body["message"].as_str().unwrap();
+        let key = body["key"].as_str().unwrap();
+        assert!(message.contains(key), "message names the route: {message}");
+        let explanation = body["explanation"].as_str().unwrap();
+        assert!(explanation.contains("status = "), "explanation shows the values: {explanation}");
+    }
+    let slow = bodies.iter().find(|(_, b)| b["rule"] == "slow_route").unwrap();
+    assert_eq!(
+        slow.1["message"].as_str().unwrap(),
+        format!(
+            "Route {} took {} ms to deliver {} (limit 5000 ms)",
+            slow.1["key"].as_str().unwrap(),
+            slow.1["event"]["durationMs"],
+            slow.1["event"]["fileName"].as_str().unwrap()
+        )
+    );
+    assert_eq!(slow.1["severity"], "warning");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_dead_lettered_with_reasons_and_counted_while_good_events_still_alert() {
+    let env = Env::start().await;
+    let dir = env.pipeline_dir(
+        "routes",
+        &std::fs::read_to_string(repo_root().join("pipelines/routes.yaml"))
+            .unwrap()
+            .replace("partitions: 4", "partitions: 2\nmax_event_bytes: 2048"),
+    );
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+
+    let good = |route: &str, status: &str, ms: i64| {
+        serde_json::json!({"route": route, "status": status, "durationMs": ms, "fileName": format!("{route}.csv"), "finishedAt": "2026-11-20T10:00:00Z"}).to_string()
+    };
+    let oversized = format!(
+        r#"{{"route":"BIG","status":"OK","durationMs":1,"fileName":"{}","finishedAt":"2026-11-20T10:00:00Z"}}"#,
+        "x".repeat(4000)
+    );
+    let msgpack = rmp_serde::to_vec_named(&serde_json::json!({
+        "route": "MSGPACK-ROUTE", "status": "FAILED", "durationMs": 10, "fileName": "m.csv", "finishedAt": "2026-11-20T10:00:00Z"
+    }))
+    .unwrap();
+    let ndjson = format!(
+        "{}\n{{\"route\": \"NDJSON-BAD\", \"status\": \"OK\"\n{}\n",
+        good("NDJSON-1", "FAILED", 5),
+        good("NDJSON-2", "OK", 9000)
+    );
+    let inputs: Vec<(&str, Bytes)> = vec![
+        ("good", Bytes::from(good("BEFORE", "FAILED", 100))),
+        ("decode", Bytes::from_static(b"{\"route\": \"X\", \"status\": ")),
+        ("schema", Bytes::from(r#"{"route":"X","status":"OK","durationMs":"slow","finishedAt":"2026-11-20T10:00:00Z"}"#)),
+        ("schema", Bytes::from(r#"{"route":"X","status":"DONE","durationMs":1,"finishedAt":"2026-11-20T10:00:00Z"}"#)),
+        ("schema", Bytes::from(r#"{"route":"X","durationMs":1,"finishedAt":"2026-11-20T10:00:00Z"}"#)),
+        ("missing_key", Bytes::from(r#"{"route":null,"status":"OK","durationMs":1,"finishedAt":"2026-11-20T10:00:00Z"}"#)),
+        ("schema", Bytes::from(r#"{"route":"X","status":"OK","durationMs":-5,"finishedAt":"2026-11-20T10:00:00Z"}"#)),
+        ("too_large", Bytes::from(oversized)),
+        ("decode", Bytes::from_static(b"\xff\xfe not json")),
+        ("good", Bytes::from(msgpack)),
+        ("ndjson", Bytes::from(ndjson)),
+        ("good", Bytes::from(good("AFTER", "TIMEOUT", 30000))),
+    ];
+    for (_, payload) in &inputs {
+        js.publish("anom.routes.in", payload.clone()).await.unwrap().await.unwrap();
+    }
+    js.publish("anom.routez.in", Bytes::from(good("TYPO", "FAILED", 1)))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // 9 rejected messages + 1 bad NDJSON line + 1 for the unknown pipeline.
+    let dlq_ok = wait_for(Duration::from_secs(30), || {
+        let js = js.clone();
+        async move { read_stream(&js, "ANOM_DLQ", None).await.len() >= 9 }
+    })
+    .await;
+    assert!(dlq_ok, "dead letters arrive");
+    // Five good events raise five alerts (BEFORE, MSGPACK, NDJSON-1, NDJSON-2, AFTER).
+    let alerts_ok = wait_for(Duration::from_secs(30), || {
+        let js = js.clone();
+        async move { alerts_in_stream(&js).await.len() >= 5 }
+    })
+    .await;
+    assert!(alerts_ok, "good events around the bad ones still alert");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let keys: BTreeSet<String> = alerts_in_stream(&js).await.iter().map(|a| a["key"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        keys,
+        ["AFTER", "BEFORE", "MSGPACK-ROUTE", "NDJSON-1", "NDJSON-2"].iter().map(|s| s.to_string()).collect()
+    );
+
+    let dlq = read_stream(&js, "ANOM_DLQ", Some("anom.routes.dlq")).await;
+    let kinds: Vec<&str> = dlq.iter().map(|m| m.headers["Anom-Reason-Kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec!["decode", "schema", "schema", "schema", "missing_key", "schema", "too_large", "decode", "decode"],
+        "reasons: {:?}",
+        dlq.iter().map(|m| &m.headers["Anom-Reason"]).collect::<Vec<_>>()
+    );
+    let reason = |i: usize| dlq[i].headers["Anom-Reason"].clone();
+    assert!(reason(1).contains("field `durationMs`: expected int, found string \"slow\""), "{}", reason(1));
+    assert!(reason(2).contains("`DONE` is not one of the allowed values (OK, FAILED, TIMEOUT)"), "{}", reason(2));
+    assert!(reason(3).contains("missing required field `status`"), "{}", reason(3));
+    assert!(reason(4).contains("key field `route` is missing or null"), "{}", reason(4));
+    assert!(reason(5).contains("below the minimum 0"), "{}", reason(5));
+    assert!(reason(6).contains("larger than the pipeline's max_event_bytes (2048)"), "{}", reason(6));
+    // The original bytes are kept, and a bad NDJSON line is dead-lettered alone, with its line.
+    assert_eq!(dlq[1].payload, inputs[2].1);
+    assert_eq!(dlq[8].headers["Anom-Source-Line"], "2");
+    assert_eq!(&dlq[8].payload[..], b"{\"route\": \"NDJSON-BAD\", \"status\": \"OK\"");
+
+    let unknown = read_stream(&js, "ANOM_DLQ", Some("anom.routez.dlq")).await;
+    assert_eq!(unknown.len(), 1);
+    assert_eq!(unknown[0].headers["Anom-Reason-Kind"], "unknown_pipeline");
+    assert!(unknown[0].headers["Anom-Reason"].contains("did you mean `routes`?"));
+
+    let text = worker.metrics.encode();
+    let count = |reason: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("anom_dead_letters_total{") && l.contains(&format!("reason=\"{reason}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(count("schema"), 4);
+    assert_eq!(count("decode"), 3);
+    assert_eq!(count("too_large"), 1);
+    assert_eq!(count("missing_key"), 1);
+    assert_eq!(count("unknown_pipeline"), 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_a_webhook_that_was_down_once_it_is_back() {
+    let env = Env::start().await;
+    let receiver = Receiver::start(support::free_addr()).await;
+    receiver.stop().await;
+    let dir = env.pipeline_dir("routes", &routes_with_webhook(&receiver.url(), ""));
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+
+    let events = sample_events();
+    let expected = expected_alerts(&events);
+    publish_all(&js, "anom.routes.in", events.iter().map(|e| Bytes::from(e.to_string())).collect()).await;
+
+    // The alerts are on NATS, and the sink is failing and retrying.
+    let retried = wait_for(Duration::from_secs(30), || {
+        let text = worker.metrics.encode();
+        async move {
+            text.lines().any(|l| {
+                l.starts_with("anom_sink_deliveries_total{") && l.contains("outcome=\"retried\"") && !l.ends_with(" 0")
+            })
+        }
+    })
+    .await;
+    assert!(retried, "deliveries to the stopped receiver are retried");
+    assert!(receiver.ids().is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let receiver = receiver.restart().await;
+    let arrived = wait_for(Duration::from_secs(30), || {
+        let receiver = receiver.clone();
+        let n = expected.len();
+        async move { receiver.ids().len() >= n }
+    })
+    .await;
+    assert!(arrived, "all alerts delivered once the receiver is back ({} of {})", receiver.ids().len(), expected.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids = receiver.ids();
+    let unique: BTreeSet<_> = ids.iter().collect();
+    assert_eq!(ids.len(), unique.len(), "no alert delivered twice");
+    let hooked: BTreeSet<_> = receiver.bodies.lock().unwrap().iter().map(|(_, b)| alert_triple(b)).collect();
+    assert_eq!(hooked, expected);
+    let dead = read_stream(&js, "ANOM_DLQ", None).await;
+    assert!(dead.is_empty(), "nothing was dead-lettered");
+    worker.stop().await;
+}

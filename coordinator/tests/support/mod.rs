@@ -1,0 +1,202 @@
+//! Test harness: a real nats-server on a free loopback port with a temporary store, a real
+//! HTTP webhook receiver, and helpers to read streams back.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anom_operators::natsd::Natsd;
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+pub struct Env {
+    pub natsd: Natsd,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let natsd = Natsd::start_in(&dir.path().join("nats"))
+            .await
+            .expect("nats-server starts (run scripts/install-nats-server.sh)");
+        Env { natsd, dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.natsd.url().to_string()
+    }
+
+    pub async fn js(&self) -> jetstream::Context {
+        let client = async_nats::connect(self.natsd.url()).await.expect("connect");
+        jetstream::new(client)
+    }
+
+    /// Writes a pipeline file into the temp dir and returns the directory holding it.
+    pub fn pipeline_dir(&self, name: &str, yaml: &str) -> PathBuf {
+        let dir = self.dir.path().join("pipelines");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.yaml")), yaml).unwrap();
+        dir
+    }
+}
+
+/// The repository's root (for pipelines/ and its samples).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A stored message as read back from a stream.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    pub headers: HashMap<String, String>,
+}
+
+/// Every message currently in `stream` (optionally only `subject`), in order.
+pub async fn read_stream(js: &jetstream::Context, stream: &str, subject: Option<&str>) -> Vec<Stored> {
+    let stream = js.get_stream(stream).await.expect("stream exists");
+    let consumer = stream
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::None,
+            deliver_policy: DeliverPolicy::All,
+            filter_subject: subject.unwrap_or_default().to_string(),
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut out = Vec::new();
+    let mut pending = consumer.clone().info().await.map(|i| i.num_pending).unwrap_or(0);
+    while pending > 0 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .expect("fetch");
+        let mut got = 0;
+        while let Some(Ok(m)) = batch.next().await {
+            got += 1;
+            let headers = m
+                .headers
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .map(|(k, v)| (k.to_string(), v.first().map(|v| v.as_str().to_string()).unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Stored {
+                subject: m.subject.to_string(),
+                payload: m.payload.clone(),
+                headers,
+            });
+        }
+        if got == 0 {
+            break;
+        }
+        pending = pending.saturating_sub(got);
+    }
+    out
+}
+
+/// Polls `check` until it returns true or `limit` passes; returns whether it did.
+pub async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A real HTTP server that records the JSON bodies POSTed to it.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub bodies: Arc<Mutex<Vec<(HashMap<String, String>, serde_json::Value)>>>,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    /// Listens on `addr` (port 0 for a free one).
+    pub async fn start(addr: SocketAddr) -> Receiver {
+        Self::start_recording(addr, Arc::new(Mutex::new(Vec::new()))).await
+    }
+
+    async fn start_recording(addr: SocketAddr, bodies: Arc<Mutex<Vec<(HashMap<String, String>, serde_json::Value)>>>) -> Receiver {
+        use axum::{routing::post, Router};
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let recorded = bodies.clone();
+        let app = Router::new().route(
+            "/hook",
+            post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let recorded = recorded.clone();
+                async move {
+                    let h = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                        .collect();
+                    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    recorded.lock().unwrap().push((h, json));
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let s = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await;
+        });
+        Receiver { addr, bodies, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Stops listening; the port is closed, so deliveries fail with connection refused.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Listens again on the same port, keeping what was recorded.
+    pub async fn restart(&self) -> Receiver {
+        Self::start_recording(self.addr, self.bodies.clone()).await
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, b)| b.get("id").and_then(|v| v.as_str()).map(str::to_string))
+            .collect()
+    }
+}
+
+/// A free loopback port (for a receiver that must start later on a known port).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
