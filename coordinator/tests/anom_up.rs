@@ -15,7 +15,19 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_anom"))
         .current_dir(support::repo_root())
-        .args(["up", "--demo", "--demo-rate", "500", "--nats-port", "0", "--metrics-addr", "127.0.0.1:0", "--exit-after", "120s", "--data-dir"])
+        .args([
+            "up",
+            "--demo",
+            "--demo-rate",
+            "500",
+            "--nats-port",
+            "0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--exit-after",
+            "120s",
+            "--data-dir",
+        ])
         .arg(data.path())
         .env("ANOM_LOG", "warn")
         .stdout(Stdio::piped())
@@ -24,7 +36,10 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
         .spawn()
         .expect("anom up starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let pipelines: BTreeSet<String> = ["routes", "expenses", "iot"].iter().map(|s| s.to_string()).collect();
+    let pipelines: BTreeSet<String> = ["routes", "expenses", "iot"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut alerted = BTreeSet::new();
     let mut banner = String::new();
     let seen = tokio::time::timeout(Duration::from_secs(60), async {
@@ -33,7 +48,11 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
             banner.push('\n');
             if let Some(rest) = line.strip_prefix("ALERT ") {
                 // "<time> [<severity>] <pipeline>/<rule> <key>: <message>"
-                if let Some(p) = rest.split_whitespace().nth(2).and_then(|s| s.split('/').next()) {
+                if let Some(p) = rest
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|s| s.split('/').next())
+                {
                     alerted.insert(p.to_string());
                 }
             }
@@ -45,7 +64,10 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
     })
     .await
     .unwrap_or(false);
-    assert!(seen, "alerts from every example pipeline; saw {alerted:?}\n{banner}");
+    assert!(
+        seen,
+        "alerts from every example pipeline; saw {alerted:?}\n{banner}"
+    );
     assert!(banner.contains("publish to anom.routes.in"), "{banner}");
     assert!(banner.contains("alerts on anom.routes.alerts"), "{banner}");
 
@@ -59,7 +81,10 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
         rest.push_str(&line);
         rest.push('\n');
     }
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "clean exit on Ctrl-C: {status:?}");
     assert!(rest.contains("Anom stopped."), "{rest}");
 }

@@ -15,7 +15,11 @@ const EVENTS: usize = 10_000;
 
 fn event(i: usize) -> serde_json::Value {
     let status = if i % 10 == 3 { "FAILED" } else { "OK" };
-    let duration = if i % 37 == 0 { 9000 } else { 100 + (i % 300) as i64 };
+    let duration = if i.is_multiple_of(37) {
+        9000
+    } else {
+        100 + (i % 300) as i64
+    };
     serde_json::json!({
         "route": format!("R-{}", i % 50),
         "status": status,
@@ -60,6 +64,18 @@ async fn alert_count(js: &async_nats::jetstream::Context) -> u64 {
     }
 }
 
+/// The worker has created its streams and its first consumer.
+async fn worker_ready(js: &async_nats::jetstream::Context) -> bool {
+    let Ok(stream) = js.get_stream("ANOM_INGEST").await else {
+        return false;
+    };
+    stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("routes-validate")
+        .await
+        .is_ok()
+        && js.get_stream("ANOM_ROUTES_ALERTS").await.is_ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_alert_and_duplicates_none() {
     let env = Env::start().await;
@@ -75,13 +91,21 @@ async fn sigkill_mid_stream_loses_no_alert_and_duplicates_none() {
     let js = env.js().await;
 
     let mut worker = spawn_worker(&env.url(), &dir);
+    assert!(
+        wait_for(Duration::from_secs(30), || worker_ready(&js)).await,
+        "worker creates its streams"
+    );
     // Publish at a steady pace so the kill lands while events are still arriving.
     let publisher = {
         let js = js.clone();
         tokio::spawn(async move {
             let mut acks = Vec::new();
             for i in 0..EVENTS {
-                acks.push(js.publish("anom.routes.in", Bytes::from(event(i).to_string())).await.unwrap());
+                acks.push(
+                    js.publish("anom.routes.in", Bytes::from(event(i).to_string()))
+                        .await
+                        .unwrap(),
+                );
                 if i % 100 == 99 {
                     for a in acks.drain(..) {
                         a.await.unwrap();
@@ -106,8 +130,14 @@ async fn sigkill_mid_stream_loses_no_alert_and_duplicates_none() {
     worker.start_kill().expect("SIGKILL");
     worker.wait().await.unwrap();
     let at_kill = alert_count(&js).await;
-    assert!(!publisher.is_finished(), "killed while events were still arriving");
-    assert!(at_kill < expected.len() as u64, "killed before all alerts were raised ({at_kill})");
+    assert!(
+        !publisher.is_finished(),
+        "killed while events were still arriving"
+    );
+    assert!(
+        at_kill < expected.len() as u64,
+        "killed before all alerts were raised ({at_kill})"
+    );
 
     let mut worker = spawn_worker(&env.url(), &dir);
     publisher.await.unwrap();
@@ -139,10 +169,18 @@ async fn sigkill_mid_stream_loses_no_alert_and_duplicates_none() {
     assert_eq!(alerts.len(), expected.len(), "no alert duplicated on NATS");
     let got: BTreeSet<(String, String)> = alerts
         .iter()
-        .map(|a| (a["rule"].as_str().unwrap().to_string(), a["event"]["fileName"].as_str().unwrap().to_string()))
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap().to_string(),
+                a["event"]["fileName"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(got, expected, "no alert missing");
-    let ids: BTreeSet<String> = alerts.iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    let ids: BTreeSet<String> = alerts
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), expected.len());
     // The webhook is at-least-once across a crash: every alert arrives, and a repeat carries
     // the same Idempotency-Key.

@@ -32,10 +32,16 @@ async fn start_worker(env: &Env, dir: &std::path::Path) -> Running {
     let mut config = WorkerConfig::new(env.url(), pipelines);
     config.unrouted_poll = Duration::from_millis(200);
     let shutdown = CancellationToken::new();
-    let worker = Worker::start(config, shutdown.clone()).await.expect("worker starts");
+    let worker = Worker::start(config, shutdown.clone())
+        .await
+        .expect("worker starts");
     let metrics = worker.metrics.clone();
     let task = tokio::spawn(worker.run_until_shutdown());
-    Running { metrics, shutdown, task }
+    Running {
+        metrics,
+        shutdown,
+        task,
+    }
 }
 
 /// The example routes pipeline, with a webhook sink added.
@@ -45,7 +51,10 @@ fn routes_with_webhook(url: &str, extra: &str) -> String {
         "alerts:\n  sinks:\n    - type: webhook\n      name: ops\n      url: {url}\n      backoff: 100ms\n      max_backoff: 500ms\n      max_attempts: 100\n{extra}"
     );
     let replaced = yaml.replace("alerts:\n  sinks: []\n", &sink);
-    assert_ne!(replaced, yaml, "routes.yaml has an empty sinks list to replace");
+    assert_ne!(
+        replaced, yaml,
+        "routes.yaml has an empty sinks list to replace"
+    );
     replaced
 }
 
@@ -111,7 +120,12 @@ async fn known_events_raise_exactly_the_expected_alerts_on_nats_and_webhook() {
     let events = sample_events();
     let expected = expected_alerts(&events);
     assert!(expected.len() >= 4, "the sample has slow and failed runs");
-    publish_all(&js, "anom.routes.in", events.iter().map(|e| Bytes::from(e.to_string())).collect()).await;
+    publish_all(
+        &js,
+        "anom.routes.in",
+        events.iter().map(|e| Bytes::from(e.to_string())).collect(),
+    )
+    .await;
 
     let arrived = wait_for(Duration::from_secs(30), || {
         let receiver = receiver.clone();
@@ -119,13 +133,22 @@ async fn known_events_raise_exactly_the_expected_alerts_on_nats_and_webhook() {
         async move { receiver.ids().len() >= n }
     })
     .await;
-    assert!(arrived, "webhook got {} of {} alerts", receiver.ids().len(), expected.len());
+    assert!(
+        arrived,
+        "webhook got {} of {} alerts",
+        receiver.ids().len(),
+        expected.len()
+    );
     // Anything extra would arrive shortly after; give it the chance to.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let on_nats = alerts_in_stream(&js).await;
     let triples: Vec<_> = on_nats.iter().map(alert_triple).collect();
-    assert_eq!(triples.len(), expected.len(), "one alert per hit, no duplicates: {triples:?}");
+    assert_eq!(
+        triples.len(),
+        expected.len(),
+        "one alert per hit, no duplicates: {triples:?}"
+    );
     assert_eq!(triples.into_iter().collect::<BTreeSet<_>>(), expected);
 
     let bodies = receiver.bodies.lock().unwrap().clone();
@@ -133,15 +156,27 @@ async fn known_events_raise_exactly_the_expected_alerts_on_nats_and_webhook() {
     let hooked: BTreeSet<_> = bodies.iter().map(|(_, b)| alert_triple(b)).collect();
     assert_eq!(hooked, expected);
     for (headers, body) in &bodies {
-        assert_eq!(headers.get("idempotency-key").map(String::as_str), body["id"].as_str());
-        assert_eq!(headers.get("content-type").map(String::as_str), Some("application/json"));
+        assert_eq!(
+            headers.get("idempotency-key").map(String::as_str),
+            body["id"].as_str()
+        );
+        assert_eq!(
+            headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
         let message = body["message"].as_str().unwrap();
         let key = body["key"].as_str().unwrap();
         assert!(message.contains(key), "message names the route: {message}");
         let explanation = body["explanation"].as_str().unwrap();
-        assert!(explanation.contains("status = "), "explanation shows the values: {explanation}");
+        assert!(
+            explanation.contains("status = "),
+            "explanation shows the values: {explanation}"
+        );
     }
-    let slow = bodies.iter().find(|(_, b)| b["rule"] == "slow_route").unwrap();
+    let slow = bodies
+        .iter()
+        .find(|(_, b)| b["rule"] == "slow_route")
+        .unwrap();
     assert_eq!(
         slow.1["message"].as_str().unwrap(),
         format!(
@@ -185,12 +220,38 @@ async fn bad_input_is_dead_lettered_with_reasons_and_counted_while_good_events_s
     );
     let inputs: Vec<(&str, Bytes)> = vec![
         ("good", Bytes::from(good("BEFORE", "FAILED", 100))),
-        ("decode", Bytes::from_static(b"{\"route\": \"X\", \"status\": ")),
-        ("schema", Bytes::from(r#"{"route":"X","status":"OK","durationMs":"slow","finishedAt":"2026-11-20T10:00:00Z"}"#)),
-        ("schema", Bytes::from(r#"{"route":"X","status":"DONE","durationMs":1,"finishedAt":"2026-11-20T10:00:00Z"}"#)),
-        ("schema", Bytes::from(r#"{"route":"X","durationMs":1,"finishedAt":"2026-11-20T10:00:00Z"}"#)),
-        ("missing_key", Bytes::from(r#"{"route":null,"status":"OK","durationMs":1,"finishedAt":"2026-11-20T10:00:00Z"}"#)),
-        ("schema", Bytes::from(r#"{"route":"X","status":"OK","durationMs":-5,"finishedAt":"2026-11-20T10:00:00Z"}"#)),
+        (
+            "decode",
+            Bytes::from_static(b"{\"route\": \"X\", \"status\": "),
+        ),
+        (
+            "schema",
+            Bytes::from(
+                r#"{"route":"X","status":"OK","durationMs":"slow","finishedAt":"2026-11-20T10:00:00Z"}"#,
+            ),
+        ),
+        (
+            "schema",
+            Bytes::from(
+                r#"{"route":"X","status":"DONE","durationMs":1,"finishedAt":"2026-11-20T10:00:00Z"}"#,
+            ),
+        ),
+        (
+            "schema",
+            Bytes::from(r#"{"route":"X","durationMs":1,"finishedAt":"2026-11-20T10:00:00Z"}"#),
+        ),
+        (
+            "schema",
+            Bytes::from(
+                r#"{"route":null,"status":"OK","durationMs":1,"finishedAt":"2026-11-20T10:00:00Z"}"#,
+            ),
+        ),
+        (
+            "schema",
+            Bytes::from(
+                r#"{"route":"X","status":"OK","durationMs":-5,"finishedAt":"2026-11-20T10:00:00Z"}"#,
+            ),
+        ),
         ("too_large", Bytes::from(oversized)),
         ("decode", Bytes::from_static(b"\xff\xfe not json")),
         ("good", Bytes::from(msgpack)),
@@ -198,7 +259,11 @@ async fn bad_input_is_dead_lettered_with_reasons_and_counted_while_good_events_s
         ("good", Bytes::from(good("AFTER", "TIMEOUT", 30000))),
     ];
     for (_, payload) in &inputs {
-        js.publish("anom.routes.in", payload.clone()).await.unwrap().await.unwrap();
+        js.publish("anom.routes.in", payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     js.publish("anom.routez.in", Bytes::from(good("TYPO", "FAILED", 1)))
         .await
@@ -222,31 +287,76 @@ async fn bad_input_is_dead_lettered_with_reasons_and_counted_while_good_events_s
     assert!(alerts_ok, "good events around the bad ones still alert");
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let keys: BTreeSet<String> = alerts_in_stream(&js).await.iter().map(|a| a["key"].as_str().unwrap().to_string()).collect();
+    let keys: BTreeSet<String> = alerts_in_stream(&js)
+        .await
+        .iter()
+        .map(|a| a["key"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(
         keys,
-        ["AFTER", "BEFORE", "MSGPACK-ROUTE", "NDJSON-1", "NDJSON-2"].iter().map(|s| s.to_string()).collect()
+        ["AFTER", "BEFORE", "MSGPACK-ROUTE", "NDJSON-1", "NDJSON-2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     );
 
     let dlq = read_stream(&js, "ANOM_DLQ", Some("anom.routes.dlq")).await;
-    let kinds: Vec<&str> = dlq.iter().map(|m| m.headers["Anom-Reason-Kind"].as_str()).collect();
+    let kinds: Vec<&str> = dlq
+        .iter()
+        .map(|m| m.headers["Anom-Reason-Kind"].as_str())
+        .collect();
     assert_eq!(
         kinds,
-        vec!["decode", "schema", "schema", "schema", "missing_key", "schema", "too_large", "decode", "decode"],
+        vec![
+            "decode",
+            "schema",
+            "schema",
+            "schema",
+            "schema",
+            "schema",
+            "too_large",
+            "decode",
+            "decode"
+        ],
         "reasons: {:?}",
-        dlq.iter().map(|m| &m.headers["Anom-Reason"]).collect::<Vec<_>>()
+        dlq.iter()
+            .map(|m| &m.headers["Anom-Reason"])
+            .collect::<Vec<_>>()
     );
     let reason = |i: usize| dlq[i].headers["Anom-Reason"].clone();
-    assert!(reason(1).contains("field `durationMs`: expected int, found string \"slow\""), "{}", reason(1));
-    assert!(reason(2).contains("`DONE` is not one of the allowed values (OK, FAILED, TIMEOUT)"), "{}", reason(2));
-    assert!(reason(3).contains("missing required field `status`"), "{}", reason(3));
-    assert!(reason(4).contains("key field `route` is missing or null"), "{}", reason(4));
+    assert!(
+        reason(1).contains("field `durationMs`: expected int, found string \"slow\""),
+        "{}",
+        reason(1)
+    );
+    assert!(
+        reason(2).contains("`DONE` is not one of the allowed values (OK, FAILED, TIMEOUT)"),
+        "{}",
+        reason(2)
+    );
+    assert!(
+        reason(3).contains("missing required field `status`"),
+        "{}",
+        reason(3)
+    );
+    assert!(
+        reason(4).contains("missing required field `route`"),
+        "{}",
+        reason(4)
+    );
     assert!(reason(5).contains("below the minimum 0"), "{}", reason(5));
-    assert!(reason(6).contains("larger than the pipeline's max_event_bytes (2048)"), "{}", reason(6));
+    assert!(
+        reason(6).contains("larger than the pipeline's max_event_bytes (2048)"),
+        "{}",
+        reason(6)
+    );
     // The original bytes are kept, and a bad NDJSON line is dead-lettered alone, with its line.
     assert_eq!(dlq[1].payload, inputs[2].1);
     assert_eq!(dlq[8].headers["Anom-Source-Line"], "2");
-    assert_eq!(&dlq[8].payload[..], b"{\"route\": \"NDJSON-BAD\", \"status\": \"OK\"");
+    assert_eq!(
+        &dlq[8].payload[..],
+        b"{\"route\": \"NDJSON-BAD\", \"status\": \"OK\""
+    );
 
     let unknown = read_stream(&js, "ANOM_DLQ", Some("anom.routez.dlq")).await;
     assert_eq!(unknown.len(), 1);
@@ -256,14 +366,16 @@ async fn bad_input_is_dead_lettered_with_reasons_and_counted_while_good_events_s
     let text = worker.metrics.encode();
     let count = |reason: &str| -> u64 {
         text.lines()
-            .filter(|l| l.starts_with("anom_dead_letters_total{") && l.contains(&format!("reason=\"{reason}\"")))
+            .filter(|l| {
+                l.starts_with("anom_dead_letters_total{")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum()
     };
-    assert_eq!(count("schema"), 4);
+    assert_eq!(count("schema"), 5);
     assert_eq!(count("decode"), 3);
     assert_eq!(count("too_large"), 1);
-    assert_eq!(count("missing_key"), 1);
     assert_eq!(count("unknown_pipeline"), 1);
     worker.stop().await;
 }
@@ -279,14 +391,21 @@ async fn alerts_reach_a_webhook_that_was_down_once_it_is_back() {
 
     let events = sample_events();
     let expected = expected_alerts(&events);
-    publish_all(&js, "anom.routes.in", events.iter().map(|e| Bytes::from(e.to_string())).collect()).await;
+    publish_all(
+        &js,
+        "anom.routes.in",
+        events.iter().map(|e| Bytes::from(e.to_string())).collect(),
+    )
+    .await;
 
     // The alerts are on NATS, and the sink is failing and retrying.
     let retried = wait_for(Duration::from_secs(30), || {
         let text = worker.metrics.encode();
         async move {
             text.lines().any(|l| {
-                l.starts_with("anom_sink_deliveries_total{") && l.contains("outcome=\"retried\"") && !l.ends_with(" 0")
+                l.starts_with("anom_sink_deliveries_total{")
+                    && l.contains("outcome=\"retried\"")
+                    && !l.ends_with(" 0")
             })
         }
     })
@@ -302,12 +421,23 @@ async fn alerts_reach_a_webhook_that_was_down_once_it_is_back() {
         async move { receiver.ids().len() >= n }
     })
     .await;
-    assert!(arrived, "all alerts delivered once the receiver is back ({} of {})", receiver.ids().len(), expected.len());
+    assert!(
+        arrived,
+        "all alerts delivered once the receiver is back ({} of {})",
+        receiver.ids().len(),
+        expected.len()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ids = receiver.ids();
     let unique: BTreeSet<_> = ids.iter().collect();
     assert_eq!(ids.len(), unique.len(), "no alert delivered twice");
-    let hooked: BTreeSet<_> = receiver.bodies.lock().unwrap().iter().map(|(_, b)| alert_triple(b)).collect();
+    let hooked: BTreeSet<_> = receiver
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| alert_triple(b))
+        .collect();
     assert_eq!(hooked, expected);
     let dead = read_stream(&js, "ANOM_DLQ", None).await;
     assert!(dead.is_empty(), "nothing was dead-lettered");

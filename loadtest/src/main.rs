@@ -1,1 +1,86 @@
-fn main() {}
+//! `anom-loadtest`: how fast is Anom's pipeline, as a ratio of a raw JetStream hop measured
+//! on the same machine in the same run.
+//!
+//! 1. baseline: publish N messages of the pipeline's event size to a stream while a plain
+//!    async-nats operator moves them to a second stream (pull, republish with `Nats-Msg-Id`,
+//!    await acks, ack) — the cheapest honest version of one stage;
+//! 2. throughput: N events through validate → rules → alert, as fast as they are published;
+//! 3. latency: events at a fixed rate, publish → alert received, as an HDR histogram.
+
+mod baseline;
+mod pipeline;
+mod report;
+
+use std::time::Duration;
+
+use anom_operators::natsd::Natsd;
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Anom load test: pipeline throughput and latency against a raw JetStream hop")]
+pub struct Args {
+    /// Events for the throughput runs (baseline and pipeline).
+    #[arg(long, default_value_t = 300_000)]
+    pub events: usize,
+    /// Events per second for the latency run.
+    #[arg(long, default_value_t = 25_000)]
+    pub latency_rate: u64,
+    /// Length of the latency run.
+    #[arg(long, default_value = "10s", value_parser = anom_operators::duration::parse)]
+    pub latency_duration: Duration,
+    /// Partitions of the benchmark pipeline.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+    /// One event in this many raises an alert.
+    #[arg(long, default_value_t = 20)]
+    pub alert_every: usize,
+    /// Skip phases: any of baseline, throughput, latency.
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ANOM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut report = report::Report::new(&args);
+
+    if !args.skip.iter().any(|s| s == "baseline") {
+        let dir = tempfile::tempdir()?;
+        let server = Natsd::start_in(dir.path()).await?;
+        let size = pipeline::sample_event(0, 0, 1).len();
+        eprintln!(
+            "baseline: raw JetStream hop, {} messages of {size} B ...",
+            args.events
+        );
+        report.baseline = Some(baseline::hop(server.url(), args.events, size).await?);
+        server.stop().await?;
+    }
+    if !args.skip.iter().any(|s| s == "throughput") {
+        let dir = tempfile::tempdir()?;
+        let server = Natsd::start_in(dir.path()).await?;
+        eprintln!(
+            "throughput: {} events through validate → rules → alert ...",
+            args.events
+        );
+        report.throughput = Some(pipeline::throughput(server.url(), &args).await?);
+        server.stop().await?;
+    }
+    if !args.skip.iter().any(|s| s == "latency") {
+        let dir = tempfile::tempdir()?;
+        let server = Natsd::start_in(dir.path()).await?;
+        eprintln!(
+            "latency: {} events/s for {:?} ...",
+            args.latency_rate, args.latency_duration
+        );
+        report.latency = Some(pipeline::latency(server.url(), &args).await?);
+        server.stop().await?;
+    }
+    println!("{}", report.markdown());
+    Ok(())
+}

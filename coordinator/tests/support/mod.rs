@@ -33,7 +33,9 @@ impl Env {
     }
 
     pub async fn js(&self) -> jetstream::Context {
-        let client = async_nats::connect(self.natsd.url()).await.expect("connect");
+        let client = async_nats::connect(self.natsd.url())
+            .await
+            .expect("connect");
         jetstream::new(client)
     }
 
@@ -48,7 +50,10 @@ impl Env {
 
 /// The repository's root (for pipelines/ and its samples).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A stored message as read back from a stream.
@@ -60,7 +65,11 @@ pub struct Stored {
 }
 
 /// Every message currently in `stream` (optionally only `subject`), in order.
-pub async fn read_stream(js: &jetstream::Context, stream: &str, subject: Option<&str>) -> Vec<Stored> {
+pub async fn read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: Option<&str>,
+) -> Vec<Stored> {
     let stream = js.get_stream(stream).await.expect("stream exists");
     let consumer = stream
         .create_consumer(pull::Config {
@@ -73,7 +82,12 @@ pub async fn read_stream(js: &jetstream::Context, stream: &str, subject: Option<
         .await
         .expect("consumer");
     let mut out = Vec::new();
-    let mut pending = consumer.clone().info().await.map(|i| i.num_pending).unwrap_or(0);
+    let mut pending = consumer
+        .clone()
+        .info()
+        .await
+        .map(|i| i.num_pending)
+        .unwrap_or(0);
     while pending > 0 {
         let mut batch = consumer
             .fetch()
@@ -90,7 +104,14 @@ pub async fn read_stream(js: &jetstream::Context, stream: &str, subject: Option<
                 .as_ref()
                 .map(|h| {
                     h.iter()
-                        .map(|(k, v)| (k.to_string(), v.first().map(|v| v.as_str().to_string()).unwrap_or_default()))
+                        .map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                v.first()
+                                    .map(|v| v.as_str().to_string())
+                                    .unwrap_or_default(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -126,11 +147,14 @@ where
     }
 }
 
+/// Requests a receiver got: headers (lowercase names) and JSON body.
+pub type Recorded = Arc<Mutex<Vec<(HashMap<String, String>, serde_json::Value)>>>;
+
 /// A real HTTP server that records the JSON bodies POSTed to it.
 #[derive(Clone)]
 pub struct Receiver {
     pub addr: SocketAddr,
-    pub bodies: Arc<Mutex<Vec<(HashMap<String, String>, serde_json::Value)>>>,
+    pub bodies: Recorded,
     stop: CancellationToken,
 }
 
@@ -140,26 +164,32 @@ impl Receiver {
         Self::start_recording(addr, Arc::new(Mutex::new(Vec::new()))).await
     }
 
-    async fn start_recording(addr: SocketAddr, bodies: Arc<Mutex<Vec<(HashMap<String, String>, serde_json::Value)>>>) -> Receiver {
+    async fn start_recording(addr: SocketAddr, bodies: Recorded) -> Receiver {
         use axum::{routing::post, Router};
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let recorded = bodies.clone();
         let app = Router::new().route(
             "/hook",
-            post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let recorded = recorded.clone();
-                async move {
-                    let h = headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-                        .collect();
-                    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                    recorded.lock().unwrap().push((h, json));
-                    axum::http::StatusCode::OK
-                }
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let recorded = recorded.clone();
+                    async move {
+                        let h = headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.to_string(), v.to_str().unwrap_or_default().to_string())
+                            })
+                            .collect();
+                        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                        recorded.lock().unwrap().push((h, json));
+                        axum::http::StatusCode::OK
+                    }
+                },
+            ),
         );
         let s = stop.clone();
         tokio::spawn(async move {

@@ -1,0 +1,84 @@
+//! The report, as Markdown (docs/performance.md keeps the latest one).
+
+use crate::baseline::Baseline;
+use crate::pipeline::{Latency, Throughput};
+use crate::Args;
+
+pub struct Report {
+    args: Args,
+    pub baseline: Option<Baseline>,
+    pub throughput: Option<Throughput>,
+    pub latency: Option<Latency>,
+}
+
+impl Report {
+    pub fn new(args: &Args) -> Report {
+        Report {
+            args: args.clone(),
+            baseline: None,
+            throughput: None,
+            latency: None,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        out.push_str(&format!("machine: {cores} cores, {cpu}\n"));
+        out.push_str(&format!(
+            "args: --events {} --latency-rate {} --latency-duration {:?} --partitions {} --alert-every {}\n\n",
+            self.args.events, self.args.latency_rate, self.args.latency_duration, self.args.partitions, self.args.alert_every
+        ));
+        out.push_str("| run | events | seconds | events/s | vs raw hop |\n|---|---|---|---|---|\n");
+        if let Some(b) = &self.baseline {
+            out.push_str(&format!(
+                "| raw JetStream hop ({} B, Nats-Msg-Id, AckAll) | {} | {:.2} | {:.0} | 1.00 |\n",
+                b.size,
+                b.messages,
+                b.seconds,
+                b.rate()
+            ));
+        }
+        if let Some(t) = &self.throughput {
+            let ratio = self
+                .baseline
+                .as_ref()
+                .map_or("n/a".to_string(), |b| format!("{:.2}", t.rate() / b.rate()));
+            out.push_str(&format!(
+                "| pipeline validate → rules → alert ({} alerts) | {} | {:.2} | {:.0} | {ratio} |\n",
+                t.alerts,
+                t.events,
+                t.seconds,
+                t.rate()
+            ));
+        }
+        if let Some(l) = &self.latency {
+            let h = &l.histogram;
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            out.push_str(&format!(
+                "\nlatency, publish → alert received, at {} events/s (achieved {:.0}/s), {} of {} alerts:\n\n",
+                l.target_rate, l.achieved_rate, l.samples, l.expected_samples
+            ));
+            out.push_str("| p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|\n");
+            out.push_str(&format!(
+                "| {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                ms(0.999),
+                h.max() as f64 / 1000.0
+            ));
+        }
+        out
+    }
+}
