@@ -432,3 +432,6 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>, DefinitionErrors> {
         Err(DefinitionErrors(errors))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -113,13 +113,18 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    fn new(pipeline: &str, stage: &'static str) -> Emitter {
+    pub(crate) fn new(pipeline: &str, stage: &'static str) -> Emitter {
         Emitter {
             outputs: Vec::new(),
             pipeline: pipeline.to_string(),
             stage,
             dead_letters: Vec::new(),
         }
+    }
+
+    /// What was emitted so far.
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
     }
 
     pub fn emit(&mut self, subject: String, msg_id: String, payload: Vec<u8>) {

@@ -1,0 +1,43 @@
+//! The README's examples are real: its pipeline compiles and its expressions type-check.
+
+use anom_operators::expr;
+use anom_operators::pipeline::Pipeline;
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap()
+}
+
+/// The contents of every fenced block of the given language.
+fn blocks(text: &str, lang: &str) -> Vec<String> {
+    let fence = format!("```{lang}\n");
+    text.split(&fence)
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn the_readme_pipeline_compiles() {
+    let yaml = blocks(&readme(), "yaml");
+    assert_eq!(yaml.len(), 1);
+    let p = Pipeline::from_yaml(&yaml[0]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.name, "routes");
+    assert_eq!(p.rules.len(), 2);
+    assert_eq!(p.sinks.len(), 1);
+}
+
+#[test]
+fn the_readme_expressions_type_check_against_its_pipeline() {
+    let text = readme();
+    let p = Pipeline::from_yaml(&blocks(&text, "yaml")[0]).unwrap();
+    let examples = blocks(&text, "text");
+    assert_eq!(examples.len(), 1);
+    let lines: Vec<&str> = examples[0]
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(lines.len() >= 5);
+    for line in lines {
+        expr::compile_predicate(line, &p.schema).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+}
