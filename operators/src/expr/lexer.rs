@@ -306,14 +306,11 @@ fn lex_string(chars: &[char], start: usize) -> Result<(Tok, usize), ExprError> {
                     Some('"') => '"',
                     Some('n') => '\n',
                     Some('t') => '\t',
+                    // Any other escape is kept as written, so regexes read naturally:
+                    // matches(f, '^\d+\.csv$').
                     Some(other) => {
-                        return Err(ExprError::new(
-                            i + 1,
-                            format!(
-                                "unknown escape `\\{}` in a string (known: \\\\ \\' \\\" \\n \\t)",
-                                other.escape_debug()
-                            ),
-                        ))
+                        out.push('\\');
+                        other
                     }
                 };
                 out.push(escaped);

@@ -800,10 +800,6 @@ fn parse_errors() {
         "column 10: unterminated string: missing the closing \""
     );
     assert_eq!(
-        err("route == 'a\\qb'"),
-        "column 12: unknown escape `\\q` in a string (known: \\\\ \\' \\\" \\n \\t)"
-    );
-    assert_eq!(
         err("durationMs > 99999999999999999999"),
         "column 14: integer 99999999999999999999 is too large (the largest is 9223372036854775807)"
     );
@@ -912,4 +908,24 @@ fn examples_from_the_rule_docs() {
     assert!(!fire(src, &[("file", s("SFTP-abc"))]));
     let hit = compile("durationMs > 5000 and status in ['FAILED']", &scope).unwrap();
     assert_eq!(hit.fields(), vec![0, 1]);
+}
+
+#[test]
+fn regex_escapes_are_kept_as_written_in_strings() {
+    assert_eq!(ev0(r"'a\.b'"), s(r"a\.b"));
+    assert_eq!(ev0(r"'a\\b'"), s(r"a\b"));
+    assert_eq!(
+        ev(
+            r"matches(route, '^R-\d+\.csv$')",
+            &[("route", s("R-12.csv"))]
+        ),
+        Value::Bool(true)
+    );
+    assert_eq!(
+        ev(
+            r"matches(route, '^R-\d+\.csv$')",
+            &[("route", s("R-12xcsv"))]
+        ),
+        Value::Bool(false)
+    );
 }

@@ -98,6 +98,19 @@ pub enum TypeName {
     Enum,
 }
 
+impl TypeName {
+    pub fn name(self) -> &'static str {
+        match self {
+            TypeName::String => "string",
+            TypeName::Int => "int",
+            TypeName::Float => "float",
+            TypeName::Bool => "bool",
+            TypeName::Timestamp => "timestamp",
+            TypeName::Enum => "enum",
+        }
+    }
+}
+
 /// `FieldDef` or its short form, a bare type name.
 #[derive(Debug, Clone)]
 pub struct FieldSpec(pub FieldDef);

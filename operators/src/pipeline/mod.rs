@@ -224,14 +224,14 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
                 None,
             ),
             Some(i) => {
-                if def.schema.0[i].1 .0.ty != definition::TypeName::Timestamp {
+                let ty = def.schema.0[i].1 .0.ty;
+                if ty != definition::TypeName::Timestamp {
                     error(
                         "event_time".into(),
                         format!(
-                            "field `{et}` must be of type timestamp, found {:?}",
-                            def.schema.0[i].1 .0.ty
-                        )
-                        .to_lowercase(),
+                            "field `{et}` must be of type timestamp, found {}",
+                            ty.name()
+                        ),
                         None,
                     );
                 }
@@ -271,14 +271,12 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
                 None
             }
         };
-        let message_text = r
-            .message
-            .clone()
-            .unwrap_or_else(|| default_message(r, schema));
+        let message_text = r.message.clone().unwrap_or_else(|| default_message(r));
         let message = match Template::compile(&message_text, schema) {
             Ok(t) => Some(t),
             Err(e) => {
-                error(format!("{path}.message"), e, None);
+                let needle = r.message.as_deref().map(|m| (m, e.column));
+                error(format!("{path}.message"), e.to_string(), needle);
                 None
             }
         };
@@ -358,8 +356,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
     })
 }
 
-fn default_message(rule: &definition::RuleDef, schema: &Schema) -> String {
-    let _ = schema;
+fn default_message(rule: &definition::RuleDef) -> String {
     format!(
         "{{rule}} on {{key}}: {}",
         rule.when.replace('{', "{{").replace('}', "}}")

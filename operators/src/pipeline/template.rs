@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::schema::Schema;
+use crate::expr::ExprError;
 use crate::value::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +30,7 @@ pub struct Context<'a> {
 
 impl Template {
     /// Parses `text`; `{{` and `}}` stand for literal braces.
-    pub fn compile(text: &str, schema: &Schema) -> Result<Template, String> {
+    pub fn compile(text: &str, schema: &Schema) -> Result<Template, ExprError> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let mut chars = text.char_indices().peekable();
@@ -54,10 +55,10 @@ impl Template {
                         name.push(c);
                     }
                     if !closed {
-                        return Err(format!(
-                            "column {}: `{{` is not closed; write `{{{{` for a literal brace",
-                            text[..at].chars().count() + 1
-                        ));
+                        return Err(ExprError {
+                            column: text[..at].chars().count() + 1,
+                            message: "`{` is not closed; write `{{` for a literal brace".into(),
+                        });
                     }
                     if !literal.is_empty() {
                         pieces.push(Piece::Text(std::mem::take(&mut literal)));
@@ -73,20 +74,22 @@ impl Template {
                                 let mut names: Vec<&str> =
                                     schema.fields().iter().map(|f| f.name.as_str()).collect();
                                 names.extend(["key", "rule", "severity"]);
-                                return Err(format!(
-                                    "column {}: unknown field `{name}` in the message{}",
-                                    text[..at].chars().count() + 1,
-                                    crate::suggest::did_you_mean(name, &names)
-                                ));
+                                return Err(ExprError {
+                                    column: text[..at].chars().count() + 1,
+                                    message: format!(
+                                        "unknown field `{name}` in the message{}",
+                                        crate::suggest::did_you_mean(name, &names)
+                                    ),
+                                });
                             }
                         },
                     });
                 }
                 '}' => {
-                    return Err(format!(
-                        "column {}: unmatched `}}`; write `}}}}` for a literal brace",
-                        text[..at].chars().count() + 1
-                    ))
+                    return Err(ExprError {
+                        column: text[..at].chars().count() + 1,
+                        message: "unmatched `}`; write `}}` for a literal brace".into(),
+                    })
                 }
                 c => literal.push(c),
             }

@@ -75,7 +75,7 @@ fn an_unknown_field_in_a_rule_names_the_rule_line_column_and_suggestion() {
     let e = errors(&yaml);
     assert_eq!(
         e,
-        vec!["line 16: rules[0].when: column 1: unknown field `durationMS`, did you mean `durationMs`?".to_string()]
+        vec!["line 14: rules[0].when: column 1: unknown field `durationMS`, did you mean `durationMs`?".to_string()]
     );
     let with_file = Pipeline::from_yaml(&yaml).map_err(|mut e| {
         e.0[0].file = Some("pipelines/routes.yaml".into());
@@ -83,7 +83,7 @@ fn an_unknown_field_in_a_rule_names_the_rule_line_column_and_suggestion() {
     });
     assert_eq!(
         with_file.unwrap_err(),
-        "pipelines/routes.yaml:16:11: rules[0].when: column 1: unknown field `durationMS`, did you mean `durationMs`?"
+        "pipelines/routes.yaml:14:11: rules[0].when: column 1: unknown field `durationMS`, did you mean `durationMs`?"
     );
 }
 
@@ -92,7 +92,7 @@ fn structural_mistakes_give_the_line_and_what_was_expected() {
     let e = errors(&ROUTES.replace("    when: durationMs > 5000", "    whn: durationMs > 5000"));
     assert_eq!(e.len(), 1);
     assert!(
-        e[0].starts_with("line 15: rules[0]: unknown field `whn`, expected one of `name`, `when`"),
+        e[0].starts_with("line 14: rules[0]: unknown field `whn`, expected one of `name`, `when`"),
         "{}",
         e[0]
     );
@@ -134,11 +134,11 @@ fn every_semantic_problem_is_reported_at_once() {
         "{all}"
     );
     assert!(
-        all.contains("event_time: field `filename` must be of type timestamp"),
+        all.contains("event_time: field `fileName` must be of type timestamp, found string"),
         "{all}"
     );
     assert!(all.contains("did you mean `TIMEOUT`?"), "{all}");
-    assert!(all.contains("rules[0].message: column 26: unknown field `duration` in the message, did you mean `durationMs`?"), "{all}");
+    assert!(all.contains("line 15: rules[0].message: column 20: unknown field `duration` in the message, did you mean `durationMs`?"), "{all}");
     assert_eq!(e.len(), 5, "{all}");
 }
 
@@ -194,7 +194,10 @@ fn webhook_sinks_are_checked() {
     let e = errors(&with_sink(
         "    - type: webhook\n      name: ops\n      url: http://x\n      timeout: 5\n",
     ));
-    assert!(e[0].contains("needs a unit"), "{e:?}");
+    assert!(
+        e[0].contains("alerts.sinks: invalid type: integer `5`, expected a duration such as `5s`"),
+        "{e:?}"
+    );
     let e = errors(&with_sink("    - type: pager\n      name: ops\n"));
     assert!(e[0].contains("unknown variant `pager`"), "{e:?}");
 }

@@ -122,6 +122,11 @@ impl Emitter {
         }
     }
 
+    /// An emitter outside a running stage, for benchmarks and tools.
+    pub fn for_bench(pipeline: &str, stage: &'static str) -> Emitter {
+        Emitter::new(pipeline, stage)
+    }
+
     /// What was emitted so far.
     pub fn outputs(&self) -> &[Output] {
         &self.outputs

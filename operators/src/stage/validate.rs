@@ -155,7 +155,7 @@ mod tests {
         let env = Envelope::decode(&out[0].payload).unwrap();
         assert_eq!(env.meta.key, "ana");
         assert_eq!(env.meta.partition, k);
-        assert_eq!(env.meta.event_time, 1_763_632_800_000);
+        assert_eq!(env.meta.event_time, 1_795_168_800_000);
         assert_eq!(env.meta.ingest_time_us, 1_700_000_000_000_000);
         assert_eq!(env.data[1], Value::Float(12.5));
     }
