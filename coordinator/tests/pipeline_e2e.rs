@@ -443,3 +443,67 @@ async fn alerts_reach_a_webhook_that_was_down_once_it_is_back() {
     assert!(dead.is_empty(), "nothing was dead-lettered");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_keeps_failing_gets_its_alerts_dead_lettered_after_its_attempts() {
+    let env = Env::start().await;
+    let failing = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    failing
+        .status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    let refusing = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    refusing
+        .status
+        .store(400, std::sync::atomic::Ordering::SeqCst);
+    let yaml = std::fs::read_to_string(repo_root().join("pipelines/routes.yaml")).unwrap().replace(
+        "alerts:\n  sinks: []\n",
+        &format!(
+            "alerts:\n  sinks:\n    - type: webhook\n      name: flaky\n      url: {}\n      max_attempts: 3\n      backoff: 50ms\n    - type: webhook\n      name: strict\n      url: {}\n      max_attempts: 3\n      backoff: 50ms\n",
+            failing.url(),
+            refusing.url()
+        ),
+    );
+    let dir = env.pipeline_dir("routes", &yaml);
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+    let event = r#"{"route":"R1","status":"FAILED","durationMs":1,"fileName":"f.csv","finishedAt":"2026-11-20T10:00:00Z"}"#;
+    publish_all(&js, "anom.routes.in", vec![Bytes::from(event)]).await;
+
+    let dead = wait_for(Duration::from_secs(30), || {
+        let js = js.clone();
+        async move {
+            read_stream(&js, "ANOM_DLQ", Some("anom.routes.dlq"))
+                .await
+                .len()
+                >= 2
+        }
+    })
+    .await;
+    assert!(dead, "both sinks dead-letter the alert");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dlq = read_stream(&js, "ANOM_DLQ", Some("anom.routes.dlq")).await;
+    assert_eq!(dlq.len(), 2);
+    let alert = alerts_in_stream(&js).await[0].clone();
+    for m in &dlq {
+        assert_eq!(m.headers["Anom-Reason-Kind"], "delivery");
+        assert_eq!(m.headers["Anom-Stage"], "sink");
+        let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(body["id"], alert["id"], "the alert record itself is kept");
+    }
+    let reasons: Vec<&str> = dlq
+        .iter()
+        .map(|m| m.headers["Anom-Reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"sink `flaky`: 3 attempts failed, last: HTTP 503 Service Unavailable"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"sink `strict`: HTTP 400 Bad Request"),
+        "{reasons:?}"
+    );
+    // 503 is retried up to max_attempts; 400 is not retried at all.
+    assert_eq!(failing.ids().len(), 3);
+    assert_eq!(refusing.ids().len(), 1);
+    worker.stop().await;
+}

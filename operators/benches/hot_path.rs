@@ -29,7 +29,7 @@ fn input(payload: &[u8]) -> Input<'_> {
 }
 
 fn run(stage: &mut dyn Stage, payload: &[u8]) -> Vec<u8> {
-    let mut out = Emitter::for_bench("routes", "bench");
+    let mut out = Emitter::new("bench", "routes-bench");
     stage.process(&input(payload), &mut out).unwrap();
     out.outputs()
         .first()

@@ -229,7 +229,7 @@ impl<'de> Visitor<'de> for RowVisitor<'_> {
                             .collect();
                         return Err(de::Error::custom(format!(
                             "unknown field `{name}`{}",
-                            crate::suggest::did_you_mean(&name, &names)
+                            crate::suggest::did_you_mean(&name, names.iter().copied())
                         )));
                     }
                     map.next_value::<IgnoredAny>()?;

@@ -155,16 +155,22 @@ pub type Recorded = Arc<Mutex<Vec<(HashMap<String, String>, serde_json::Value)>>
 pub struct Receiver {
     pub addr: SocketAddr,
     pub bodies: Recorded,
+    /// The HTTP status it answers with (200 unless changed).
+    pub status: Arc<std::sync::atomic::AtomicU16>,
     stop: CancellationToken,
 }
 
 impl Receiver {
     /// Listens on `addr` (port 0 for a free one).
     pub async fn start(addr: SocketAddr) -> Receiver {
-        Self::start_recording(addr, Arc::new(Mutex::new(Vec::new()))).await
+        Self::start_recording(addr, Arc::new(Mutex::new(Vec::new())), Arc::new(200.into())).await
     }
 
-    async fn start_recording(addr: SocketAddr, bodies: Recorded) -> Receiver {
+    async fn start_recording(
+        addr: SocketAddr,
+        bodies: Recorded,
+        status: Arc<std::sync::atomic::AtomicU16>,
+    ) -> Receiver {
         use axum::{routing::post, Router};
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -172,11 +178,13 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let recorded = bodies.clone();
+        let answer = status.clone();
         let app = Router::new().route(
             "/hook",
             post(
                 move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                     let recorded = recorded.clone();
+                    let answer = answer.clone();
                     async move {
                         let h = headers
                             .iter()
@@ -186,7 +194,8 @@ impl Receiver {
                             .collect();
                         let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                         recorded.lock().unwrap().push((h, json));
-                        axum::http::StatusCode::OK
+                        let code = answer.load(std::sync::atomic::Ordering::SeqCst);
+                        axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::OK)
                     }
                 },
             ),
@@ -197,7 +206,12 @@ impl Receiver {
                 .with_graceful_shutdown(async move { s.cancelled().await })
                 .await;
         });
-        Receiver { addr, bodies, stop }
+        Receiver {
+            addr,
+            bodies,
+            status,
+            stop,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -212,7 +226,7 @@ impl Receiver {
 
     /// Listens again on the same port, keeping what was recorded.
     pub async fn restart(&self) -> Receiver {
-        Self::start_recording(self.addr, self.bodies.clone()).await
+        Self::start_recording(self.addr, self.bodies.clone(), self.status.clone()).await
     }
 
     pub fn ids(&self) -> Vec<String> {

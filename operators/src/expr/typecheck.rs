@@ -61,28 +61,7 @@ pub(crate) fn describe(ast: &Ast, ty: ValueType) -> String {
     }
 }
 
-/// The candidate closest to `name`: a case-insensitive match first, else the nearest
-/// by edit distance if it is within a third of the name's length.
-pub(crate) fn suggest<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    let lower = name.to_lowercase();
-    let candidates: Vec<(&str, String)> = candidates
-        .into_iter()
-        .map(|c| (c, c.to_lowercase()))
-        .collect();
-    if let Some((c, _)) = candidates.iter().find(|(_, l)| *l == lower) {
-        return Some(c);
-    }
-    let limit = lower.chars().count() / 3;
-    candidates
-        .iter()
-        .map(|(c, l)| (strsim::damerau_levenshtein(&lower, l), *c))
-        .filter(|(distance, _)| *distance <= limit)
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, c)| c)
-}
+pub(crate) use crate::suggest::closest as suggest;
 
 fn is_null_literal(ast: &Ast) -> bool {
     matches!(ast.kind, AstKind::Literal(Literal::Null))

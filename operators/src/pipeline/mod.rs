@@ -207,7 +207,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
             format!(
                 "unknown field `{}`{}",
                 def.key,
-                crate::suggest::did_you_mean(&def.key, &names)
+                crate::suggest::did_you_mean(&def.key, names.iter().copied())
             ),
             None,
         );
@@ -219,7 +219,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
                 "event_time".into(),
                 format!(
                     "unknown field `{et}`{}",
-                    crate::suggest::did_you_mean(et, &names)
+                    crate::suggest::did_you_mean(et, names.iter().copied())
                 ),
                 None,
             ),

@@ -78,7 +78,7 @@ impl Template {
                                     column: text[..at].chars().count() + 1,
                                     message: format!(
                                         "unknown field `{name}` in the message{}",
-                                        crate::suggest::did_you_mean(name, &names)
+                                        crate::suggest::did_you_mean(name, names.iter().copied())
                                     ),
                                 });
                             }

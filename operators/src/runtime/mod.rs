@@ -104,27 +104,25 @@ pub struct Output {
     pub headers: Option<HeaderMap>,
 }
 
-/// Collects a stage's outputs for one input.
+/// Collects a stage's outputs; made once per consumer and reused for every input.
 pub struct Emitter {
     outputs: Vec<Output>,
-    pipeline: String,
     stage: &'static str,
+    /// The durable consumer the inputs come from: dead-letter ids are
+    /// `<consumer>:dlq:<input sequence>:<index>`, unique per input even when several sinks
+    /// dead-letter the same alert.
+    consumer: String,
     dead_letters: Vec<&'static str>,
 }
 
 impl Emitter {
-    pub(crate) fn new(pipeline: &str, stage: &'static str) -> Emitter {
+    pub fn new(stage: &'static str, consumer: &str) -> Emitter {
         Emitter {
             outputs: Vec::new(),
-            pipeline: pipeline.to_string(),
             stage,
+            consumer: consumer.to_string(),
             dead_letters: Vec::new(),
         }
-    }
-
-    /// An emitter outside a running stage, for benchmarks and tools.
-    pub fn for_bench(pipeline: &str, stage: &'static str) -> Emitter {
-        Emitter::new(pipeline, stage)
     }
 
     /// What was emitted so far.
@@ -169,14 +167,11 @@ impl Emitter {
         }
         self.outputs.push(Output {
             subject: dlq_subject(pipeline),
-            msg_id: format!("{pipeline}:{}:dlq:{}:{index}", self.stage, input.stream_seq),
+            msg_id: format!("{}:dlq:{}:{index}", self.consumer, input.stream_seq),
             payload: Bytes::copy_from_slice(part),
             headers: Some(h),
         });
         self.dead_letters.push(rejection.kind.as_str());
-        if pipeline != self.pipeline {
-            debug!(pipeline, "dead letter for another pipeline");
-        }
     }
 }
 
@@ -299,6 +294,7 @@ pub async fn run_stage(
             }
             let started = Instant::now();
             let mut outputs = Vec::new();
+            let mut out = Emitter::new(binding.stage, &binding.durable);
             for msg in &batch {
                 let (stream_seq, published_us) = msg
                     .info()
@@ -316,7 +312,6 @@ pub async fn run_stage(
                     stream_seq,
                     published_us,
                 };
-                let mut out = Emitter::new(&binding.pipeline, binding.stage);
                 if let Err(rejection) = stage.process(&input, &mut out) {
                     out.outputs.clear();
                     out.dead_letters.clear();
@@ -329,7 +324,7 @@ pub async fn run_stage(
                         &rejection,
                     );
                 }
-                for reason in &out.dead_letters {
+                for reason in out.dead_letters.drain(..) {
                     metrics.dead_letter(&binding.pipeline, reason);
                 }
                 outputs.append(&mut out.outputs);

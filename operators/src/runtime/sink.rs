@@ -156,7 +156,7 @@ async fn dead_letter(
         stream_seq: seq,
         published_us,
     };
-    let mut out = Emitter::new(&binding.pipeline, binding.stage);
+    let mut out = Emitter::new(binding.stage, &binding.durable);
     let rejection = Rejection::new(RejectKind::Delivery, format!("sink `{sink}`: {failure}"));
     out.reject(&input, &binding.pipeline, &msg.payload, 0, None, &rejection);
     stage.dead_letter(&binding.pipeline, RejectKind::Delivery.as_str());

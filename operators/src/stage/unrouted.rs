@@ -30,7 +30,7 @@ impl Stage for Unrouted {
                 "no pipeline named `{}` is loaded (loaded: {}){}",
                 self.name,
                 known.join(", "),
-                crate::suggest::did_you_mean(&self.name, &known)
+                crate::suggest::did_you_mean(&self.name, known.iter().copied())
             ),
         );
         out.reject(input, &self.name, input.payload, 0, None, &rejection);

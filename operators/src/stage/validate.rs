@@ -128,7 +128,7 @@ mod tests {
             stream_seq: 42,
             published_us: 1_700_000_000_000_000,
         };
-        let mut out = Emitter::new("t", NAME);
+        let mut out = Emitter::new(NAME, "t-validate");
         stage.process(&input, &mut out).unwrap();
         out.outputs().to_vec()
     }
@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(out[1].subject, "anom.t.dlq");
         assert_eq!(header(&out[1], headers::SOURCE_LINE), "3");
         assert_eq!(&out[1].payload[..], b"{\"user\":\"b\",\"amount\":-1}");
-        assert_eq!(out[1].msg_id, "t:validate:dlq:42:1");
+        assert_eq!(out[1].msg_id, "t-validate:dlq:42:1");
         assert_eq!(out[2].msg_id, "t:validate:42:2");
     }
 
@@ -266,7 +266,7 @@ mod properties {
             let p = Arc::new(Pipeline::from_yaml("name: t\nkey: k\nschema:\n  k: string\n  n: int\n").unwrap());
             let mut stage = Validate::new(p);
             let input = Input { subject: "anom.t.in", payload: &payload, headers: None, stream_seq: 1, published_us: 0 };
-            let mut out = Emitter::new("t", NAME);
+            let mut out = Emitter::new(NAME, "t-validate");
             stage.process(&input, &mut out).unwrap();
             prop_assert!(!out.outputs().is_empty());
         }
