@@ -36,6 +36,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         What::Dlq => format!("anom.{pipeline}.dlq"),
     };
     let mut sub = client.subscribe(subject.clone()).await?;
+    // Once flushed, the server knows the subscription: nothing published after this is missed.
+    client.flush().await?;
     eprintln!("watching {subject} (Ctrl-C to stop)");
     loop {
         let msg = tokio::select! {

@@ -396,6 +396,29 @@ async fn publish_until_sent(
     }
 }
 
+/// Publishes `output` (same id, so never twice in the stream) until JetStream confirms it.
+/// Returns false if shutdown came first.
+async fn republish_until_confirmed(rt: &Runtime, output: &Output, metrics: &StageMetrics) -> bool {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        metrics.publish_retries.inc();
+        tokio::select! {
+            _ = rt.shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+        let Some(ack) = publish_until_sent(rt, output, metrics).await else {
+            return false;
+        };
+        match ack.await {
+            Ok(_) => return true,
+            Err(e) => {
+                warn!(subject = %output.subject, error = %e, "publish not acknowledged; retrying")
+            }
+        }
+    }
+}
+
 /// Awaits each batch's publish acks in order, republishing (same ids) what failed, then acks
 /// the batch's inputs. Inputs are never acked past an unconfirmed output.
 async fn confirm(
@@ -407,21 +430,13 @@ async fn confirm(
     while let Some(pending) = rx.recv().await {
         let count = pending.outputs.len() as u64;
         for (output, ack) in pending.outputs {
-            let mut result = ack.await;
-            let mut delay = Duration::from_millis(50);
-            while let Err(e) = result {
-                metrics.publish_retries.inc();
+            if let Err(e) = ack.await {
                 warn!(stage = binding.stage, subject = %output.subject, error = %e, "publish not acknowledged; republishing");
-                if rt.shutdown.is_cancelled() {
-                    // Leave the inputs unacked: they are redelivered and republished (deduplicated).
+                if !republish_until_confirmed(&rt, &output, &metrics).await {
+                    // Shutting down: the inputs stay unacked, are redelivered and their outputs
+                    // republished (and deduplicated) by the next run.
                     return;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-                result = match publish_until_sent(&rt, &output, &metrics).await {
-                    Some(ack) => ack.await,
-                    None => return,
-                };
             }
         }
         metrics.events_out.inc_by(count);

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tracing::{debug, warn};
 
-use super::{publish_until_sent, Binding, Emitter, Input, Runtime};
+use super::{publish_until_sent, republish_until_confirmed, Binding, Emitter, Input, Runtime};
 use crate::metrics::Metrics;
 use crate::rejection::{RejectKind, Rejection};
 
@@ -161,13 +161,12 @@ async fn dead_letter(
     out.reject(&input, &binding.pipeline, &msg.payload, 0, None, &rejection);
     stage.dead_letter(&binding.pipeline, RejectKind::Delivery.as_str());
     for output in out.outputs {
-        loop {
-            let Some(ack) = publish_until_sent(rt, &output, stage).await else {
-                return;
-            };
-            if ack.await.is_ok() {
-                break;
-            }
+        let sent = match publish_until_sent(rt, &output, stage).await {
+            Some(ack) => ack.await.is_ok() || republish_until_confirmed(rt, &output, stage).await,
+            None => false,
+        };
+        if !sent {
+            return; // shutting down: the alert stays unacked and is retried after restart
         }
     }
     let _ = msg.ack().await;
