@@ -5,6 +5,7 @@
 //! writes JetStream; events travel between stages in an [`envelope`].
 
 pub mod alert;
+pub mod checkpoint;
 pub mod duration;
 pub mod envelope;
 pub mod event;
