@@ -36,7 +36,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ANOM_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,anom=info,anom_operators=info")
+                tracing_subscriber::EnvFilter::new(
+                    "warn,async_nats=error,anom=info,anom_operators=info",
+                )
             }),
         )
         .with_writer(std::io::stderr)

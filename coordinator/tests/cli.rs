@@ -55,6 +55,8 @@ async fn publish_jsonl_and_csv_then_tail_the_alerts() {
     let mut worker = anom()
         .args(["worker", "--nats", &url, "--pipelines"])
         .arg(repo_root().join("pipelines"))
+        .arg("--state-dir")
+        .arg(env.dir.path().join("state"))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

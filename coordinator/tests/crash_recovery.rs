@@ -49,6 +49,8 @@ fn spawn_worker(url: &str, dir: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_anom"))
         .args(["worker", "--nats", url, "--pipelines"])
         .arg(dir)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
         .env("ANOM_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -189,4 +191,169 @@ async fn sigkill_mid_stream_loses_no_alert_and_duplicates_none() {
     assert!(read_stream(&js, "ANOM_DLQ", None).await.is_empty());
     worker.start_kill().unwrap();
     let _ = worker.wait().await;
+}
+
+const KEYED: &str = r#"
+name: spend
+key: user
+event_time: at
+partitions: 4
+schema:
+  user:   { type: string, required: true }
+  amount: { type: int, required: true }
+  at:     { type: timestamp, required: true }
+aggregates:
+  n: count()
+  n_1h: count() over 1h
+  total: sum(amount)
+  today: sum(amount) over calendar day
+  last_amount: prev(amount)
+rules:
+  - name: every_25th
+    when: n % 25 == 0
+  - name: big_day
+    when: today > 12000 and last_amount > 900
+"#;
+
+const KEYED_EVENTS: usize = 100_000;
+
+fn keyed_event(i: usize) -> Bytes {
+    // 1,000 users; times advance 3 s per event over ~3.5 days, so windows roll.
+    let at = 1_795_132_800_000i64 + i as i64 * 3_000;
+    Bytes::from(format!(
+        r#"{{"user":"u{}","amount":{},"at":{at}}}"#,
+        (i * 7919) % 1000,
+        (i * 31) % 997
+    ))
+}
+
+/// Publishes every keyed event at a steady pace.
+async fn publish_keyed(js: async_nats::jetstream::Context) {
+    let mut acks = Vec::new();
+    for i in 0..KEYED_EVENTS {
+        acks.push(js.publish("anom.spend.in", keyed_event(i)).await.unwrap());
+        if acks.len() == 1000 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+/// Waits until the pipeline has gone through all events, then returns the alert ids and the
+/// last aggregate values seen per user.
+async fn outcome(
+    js: &async_nats::jetstream::Context,
+) -> (Vec<String>, std::collections::BTreeMap<String, Vec<String>>) {
+    let enriched_count = || async {
+        match js.get_stream("ANOM_SPEND_ENRICHED").await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        }
+    };
+    let done = wait_for(Duration::from_secs(300), || async {
+        enriched_count().await >= KEYED_EVENTS as u64
+    })
+    .await;
+    assert!(
+        done,
+        "all events enriched ({} of {KEYED_EVENTS})",
+        enriched_count().await
+    );
+    // Alerts trail the enriched stream; wait until their count stops moving.
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = js
+            .get_stream("ANOM_SPEND_ALERTS")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let ids: Vec<String> = read_stream(js, "ANOM_SPEND_ALERTS", None)
+        .await
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut finals = std::collections::BTreeMap::new();
+    for m in read_stream(js, "ANOM_SPEND_ENRICHED", None).await {
+        let env = anom_operators::envelope::Envelope::decode(&m.payload).unwrap();
+        finals.insert(
+            env.meta.key.clone(),
+            env.enrichment.iter().map(|v| v.to_string()).collect(),
+        );
+    }
+    (ids, finals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkills_during_a_keyed_stream_give_the_same_alerts_and_aggregates_as_an_undisturbed_run(
+) {
+    // Undisturbed run.
+    let calm = Env::start().await;
+    let calm_dir = calm.pipeline_dir("spend", KEYED);
+    let calm_js = calm.js().await;
+    let mut worker = spawn_worker(&calm.url(), &calm_dir);
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            calm_js.get_stream("ANOM_SPEND_ALERTS").await.is_ok()
+        })
+        .await
+    );
+    publish_keyed(calm_js.clone()).await;
+    let (calm_ids, calm_finals) = outcome(&calm_js).await;
+    worker.start_kill().unwrap();
+    let _ = worker.wait().await;
+    assert!(calm_ids.len() > 4100, "both rules fire: {}", calm_ids.len());
+
+    // The same stream, with the worker killed every 1.5 s while it runs.
+    let rough = Env::start().await;
+    let rough_dir = rough.pipeline_dir("spend", KEYED);
+    let js = rough.js().await;
+    let mut worker = spawn_worker(&rough.url(), &rough_dir);
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            js.get_stream("ANOM_SPEND_ALERTS").await.is_ok()
+        })
+        .await
+    );
+    let publisher = tokio::spawn(publish_keyed(js.clone()));
+    let mut kills = 0;
+    while kills < 5 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        worker.start_kill().unwrap();
+        worker.wait().await.unwrap();
+        kills += 1;
+        worker = spawn_worker(&rough.url(), &rough_dir);
+    }
+    publisher.await.unwrap();
+    let (ids, finals) = outcome(&js).await;
+    worker.start_kill().unwrap();
+    let _ = worker.wait().await;
+
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no alert duplicated");
+    assert_eq!(ids.len(), calm_ids.len(), "no alert missing");
+    assert_eq!(unique, calm_ids.iter().collect::<BTreeSet<_>>());
+    assert_eq!(finals.len(), 1000);
+    assert_eq!(
+        finals, calm_finals,
+        "final aggregates equal the undisturbed run's"
+    );
 }

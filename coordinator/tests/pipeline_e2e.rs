@@ -31,6 +31,7 @@ async fn start_worker(env: &Env, dir: &std::path::Path) -> Running {
     let pipelines = load_dir(dir).expect("test pipelines are valid");
     let mut config = WorkerConfig::new(env.url(), pipelines);
     config.unrouted_poll = Duration::from_millis(200);
+    config.state_dir = env.dir.path().join("state");
     let shutdown = CancellationToken::new();
     let worker = Worker::start(config, shutdown.clone())
         .await

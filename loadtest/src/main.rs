@@ -8,6 +8,7 @@
 //! 3. latency: events at a fixed rate, publish → alert received, as an HDR histogram.
 
 mod baseline;
+mod generate;
 mod pipeline;
 mod report;
 
@@ -16,9 +17,24 @@ use std::time::Duration;
 use anom_operators::natsd::Natsd;
 use clap::Parser;
 
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print sample events for an example pipeline (JSON lines) with labelled anomalies.
+    Generate {
+        /// Which pipeline: payments.
+        pipeline: String,
+        #[arg(long, default_value_t = 400)]
+        events: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Anom load test: pipeline throughput and latency against a raw JetStream hop")]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Events for the throughput runs (baseline and pipeline).
     #[arg(long, default_value_t = 300_000)]
     pub events: usize,
@@ -48,6 +64,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(Command::Generate {
+        pipeline,
+        events,
+        seed,
+    }) = &args.command
+    {
+        match pipeline.as_str() {
+            "payments" => generate::payments(*events, *seed)
+                .iter()
+                .for_each(|l| println!("{l}")),
+            other => anyhow::bail!("no generator for `{other}` (have: payments)"),
+        }
+        return Ok(());
+    }
     let mut report = report::Report::new(&args);
 
     if !args.skip.iter().any(|s| s == "baseline") {

@@ -67,8 +67,17 @@ async fn start(
     let pipeline =
         Pipeline::from_yaml(&definition(args.partitions)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
-    let worker = Worker::start(WorkerConfig::new(url, vec![pipeline]), shutdown.clone()).await?;
-    Ok((shutdown, tokio::spawn(worker.run_until_shutdown())))
+    let state = tempfile::tempdir()?;
+    let mut config = WorkerConfig::new(url, vec![pipeline]);
+    config.state_dir = state.path().to_path_buf();
+    let worker = Worker::start(config, shutdown.clone()).await?;
+    Ok((
+        shutdown,
+        tokio::spawn(async move {
+            worker.run_until_shutdown().await;
+            drop(state);
+        }),
+    ))
 }
 
 #[derive(Debug, Clone)]

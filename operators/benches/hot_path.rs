@@ -70,11 +70,11 @@ fn stages(c: &mut Criterion) {
     let mut g = c.benchmark_group("rule");
     g.throughput(Throughput::Elements(1));
     let row = env.data.clone();
-    for rule in &p.rules {
-        g.bench_function(format!("eval `{}`", rule.condition.source()), |b| {
+    for condition in p.rules.iter().filter_map(|r| r.condition()) {
+        g.bench_function(format!("eval `{}`", condition.source()), |b| {
             b.iter_batched_ref(
                 || row.clone(),
-                |row| rule.condition.matches(row),
+                |row| condition.matches(row),
                 BatchSize::SmallInput,
             )
         });

@@ -16,6 +16,9 @@ pub struct Alert {
     pub pipeline_version: String,
     pub rule: String,
     pub severity: Severity,
+    /// `firing`, or `resolved` when the condition ended (a silent key sent data again).
+    #[serde(default)]
+    pub status: AlertStatus,
     pub key: String,
     /// The rule's message template, rendered.
     pub message: String,
@@ -31,6 +34,14 @@ pub struct Alert {
     pub event: serde_json::Map<String, serde_json::Value>,
     /// Where the event is in the ingest stream.
     pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    #[default]
+    Firing,
+    Resolved,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

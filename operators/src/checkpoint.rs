@@ -26,6 +26,8 @@ pub enum CheckpointError {
 pub struct StateDelta {
     pub puts: Vec<(Vec<u8>, Vec<u8>)>,
     pub deletes: Vec<Vec<u8>>,
+    /// How many keys the stage holds in all, for metrics.
+    pub keys: usize,
 }
 
 impl StateDelta {
@@ -128,12 +130,14 @@ mod tests {
                     (b"b".to_vec(), b"2".to_vec()),
                 ],
                 deletes: vec![],
+                keys: 2,
             };
             let c = store.commit(delta, 41).await.unwrap();
             assert_eq!(c.entries, 2);
             let delta = StateDelta {
                 puts: vec![(b"a".to_vec(), b"3".to_vec())],
                 deletes: vec![b"b".to_vec()],
+                keys: 1,
             };
             store.commit(delta, 57).await.unwrap();
         }

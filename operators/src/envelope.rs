@@ -19,6 +19,9 @@ pub struct Envelope {
     pub data: Vec<Value>,
     #[serde(default)]
     pub analysis: Analysis,
+    /// The key's aggregates at this event, in the pipeline's declaration order (window stage).
+    #[serde(default)]
+    pub enrichment: Vec<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +45,21 @@ pub struct Meta {
 pub struct Analysis {
     #[serde(default)]
     pub hits: Vec<RuleHit>,
+    /// Set on the detections the window stage's absence timers emit (they carry no event).
+    #[serde(default)]
+    pub absence: Option<AbsenceNote>,
+}
+
+/// A key went silent (or spoke again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbsenceNote {
+    /// When the key's last event happened (epoch ms; for keys declared but never seen, when
+    /// watching started).
+    pub last_seen_ms: i64,
+    /// How long it has been silent when this was raised, in ms.
+    pub silent_ms: i64,
+    /// True when data came back: this resolves the absence alert.
+    pub resolved: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,7 +121,9 @@ mod tests {
                     rule: 0,
                     name: "slow".into(),
                 }],
+                absence: None,
             },
+            enrichment: vec![Value::Int(3)],
         };
         let bytes = env.encode();
         assert!(bytes.len() < 120, "{} bytes", bytes.len());
@@ -128,6 +148,7 @@ mod tests {
                 },
                 data: vec![],
                 analysis: Analysis::default(),
+                enrichment: vec![],
             }
             .encode(),
         )

@@ -4,6 +4,7 @@
 //! plan; the plan's stages ([`stage`]) run on one shared runtime ([`runtime`]) that reads and
 //! writes JetStream; events travel between stages in an [`envelope`].
 
+pub mod aggregate;
 pub mod alert;
 pub mod checkpoint;
 pub mod duration;

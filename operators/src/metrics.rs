@@ -68,6 +68,11 @@ pub struct Metrics {
     pub ingest_to_alert_seconds: Family<PipelineLabels, Histogram, fn() -> Histogram>,
     pub sink_deliveries: Family<SinkLabels, Counter>,
     pub build_info: Family<BuildLabels, Gauge>,
+    pub checkpoint_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
+    pub checkpoint_entries: Family<StageLabels, Counter>,
+    pub checkpoint_bytes: Family<StageLabels, Gauge>,
+    pub state_keys: Family<StageLabels, Gauge>,
+    pub late_events: Family<StageLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,6 +130,39 @@ impl Metrics {
             "Alert deliveries by sink and outcome (delivered, retried, dead_lettered)",
             sink_deliveries.clone(),
         );
+        let checkpoint_seconds =
+            Family::<StageLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "Time to write and flush one checkpoint of keyed state",
+            checkpoint_seconds.clone(),
+        );
+        let checkpoint_entries = Family::default();
+        registry.register(
+            "checkpoint_entries",
+            "State entries written or deleted by checkpoints",
+            checkpoint_entries.clone(),
+        );
+        let checkpoint_bytes = Family::default();
+        registry.register(
+            "checkpoint_last_bytes",
+            "Bytes written by the latest checkpoint",
+            checkpoint_bytes.clone(),
+        );
+        let state_keys = Family::default();
+        registry.register(
+            "state_keys",
+            "Keys held by a keyed stage",
+            state_keys.clone(),
+        );
+        let late_events = Family::default();
+        registry.register(
+            "late_events",
+            "Events later than the allowed lateness, sent to anom.<p>.late",
+            late_events.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Anom build", build_info.clone());
         build_info
@@ -143,6 +181,11 @@ impl Metrics {
             ingest_to_alert_seconds,
             sink_deliveries,
             build_info,
+            checkpoint_seconds,
+            checkpoint_entries,
+            checkpoint_bytes,
+            state_keys,
+            late_events,
         }
     }
 
@@ -157,6 +200,11 @@ impl Metrics {
             events_out: self.events_out.get_or_create_owned(&labels),
             publish_retries: self.publish_retries.get_or_create_owned(&labels),
             batch_seconds: self.batch_seconds.get_or_create_owned(&labels),
+            checkpoint_seconds: self.checkpoint_seconds.get_or_create_owned(&labels),
+            checkpoint_entries: self.checkpoint_entries.get_or_create_owned(&labels),
+            checkpoint_bytes: self.checkpoint_bytes.get_or_create_owned(&labels),
+            state_keys: self.state_keys.get_or_create_owned(&labels),
+            late_events: self.late_events.get_or_create_owned(&labels),
             dead_letters: self.dead_letters.clone(),
             pipeline: labels.pipeline,
             stage: labels.stage,
@@ -178,12 +226,24 @@ pub struct StageMetrics {
     pub events_out: Counter,
     pub publish_retries: Counter,
     pub batch_seconds: Histogram,
+    pub checkpoint_seconds: Histogram,
+    pub checkpoint_entries: Counter,
+    pub checkpoint_bytes: Gauge,
+    pub state_keys: Gauge,
+    pub late_events: Counter,
     dead_letters: Family<DeadLetterLabels, Counter>,
     pipeline: String,
     stage: String,
 }
 
 impl StageMetrics {
+    pub fn checkpointed(&self, done: &crate::checkpoint::Committed, keys: usize) {
+        self.checkpoint_seconds.observe(done.duration.as_secs_f64());
+        self.checkpoint_entries.inc_by(done.entries as u64);
+        self.checkpoint_bytes.set(done.bytes as i64);
+        self.state_keys.set(keys as i64);
+    }
+
     pub fn dead_letter(&self, pipeline: &str, reason: &str) {
         // Dead letters are rare; resolving the label set here keeps the struct small.
         let pipeline = if pipeline.is_empty() {

@@ -7,6 +7,8 @@ pub const INGEST_STREAM: &str = "ANOM_INGEST";
 pub const INGEST_SUBJECTS: &str = "anom.*.in";
 pub const DLQ_STREAM: &str = "ANOM_DLQ";
 pub const DLQ_SUBJECTS: &str = "anom.*.dlq";
+pub const LATE_STREAM: &str = "ANOM_LATE";
+pub const LATE_SUBJECTS: &str = "anom.*.late";
 
 /// The subjects and streams of one pipeline, computed once.
 #[derive(Debug, Clone)]
@@ -15,9 +17,13 @@ pub struct Subjects {
     pub input: String,
     pub dlq: String,
     pub alerts: String,
+    /// Events later than the allowed lateness, kept aside.
+    pub late: String,
     valid_prefix: String,
+    enriched_prefix: String,
     detections_prefix: String,
     pub valid_stream: String,
+    pub enriched_stream: String,
     pub detections_stream: String,
     pub alerts_stream: String,
 }
@@ -30,7 +36,10 @@ impl Subjects {
             input: input_subject(pipeline),
             dlq: dlq_subject(pipeline),
             alerts: format!("anom.{pipeline}.alerts"),
+            late: format!("anom.{pipeline}.late"),
             valid_prefix: format!("anom.{pipeline}.valid."),
+            enriched_prefix: format!("anom.{pipeline}.enriched."),
+            enriched_stream: format!("ANOM_{upper}_ENRICHED"),
             detections_prefix: format!("anom.{pipeline}.detections."),
             valid_stream: format!("ANOM_{upper}_VALID"),
             detections_stream: format!("ANOM_{upper}_DETECTIONS"),
@@ -44,6 +53,14 @@ impl Subjects {
 
     pub fn valid_all(&self) -> String {
         format!("{}*", self.valid_prefix)
+    }
+
+    pub fn enriched(&self, partition: u32) -> String {
+        format!("{}{partition}", self.enriched_prefix)
+    }
+
+    pub fn enriched_all(&self) -> String {
+        format!("{}*", self.enriched_prefix)
     }
 
     pub fn detections(&self, partition: u32) -> String {

@@ -4,7 +4,9 @@
 //! |---|---|---|
 //! | `ANOM_INGEST` | `anom.*.in` | raw events as published, for every pipeline (and unknown ones) |
 //! | `ANOM_DLQ` | `anom.*.dlq` | refused inputs with their reason headers |
+//! | `ANOM_LATE` | `anom.*.late` | events later than their pipeline's allowed lateness |
 //! | `ANOM_<P>_VALID` | `anom.<p>.valid.<k>` | validated envelopes, by partition |
+//! | `ANOM_<P>_ENRICHED` | `anom.<p>.enriched.<k>` | envelopes with their key's aggregates (keyed pipelines) |
 //! | `ANOM_<P>_DETECTIONS` | `anom.<p>.detections.<k>` | envelopes with rule hits |
 //! | `ANOM_<P>_ALERTS` | `anom.<p>.alerts` | alert records (JSON), the source of truth for sinks |
 
@@ -13,7 +15,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 
 use crate::pipeline::Pipeline;
-use crate::subjects::{DLQ_STREAM, DLQ_SUBJECTS, INGEST_STREAM, INGEST_SUBJECTS};
+use crate::subjects::{
+    DLQ_STREAM, DLQ_SUBJECTS, INGEST_STREAM, INGEST_SUBJECTS, LATE_STREAM, LATE_SUBJECTS,
+};
 
 /// Retention of the streams.
 #[derive(Debug, Clone)]
@@ -52,48 +56,23 @@ pub async fn ensure(
     pipelines: &[Pipeline],
     options: &StreamOptions,
 ) -> Result<(), TopologyError> {
-    ensure_stream(
-        js,
-        INGEST_STREAM,
-        vec![INGEST_SUBJECTS.into()],
-        options.ingest_max_age,
-        options,
-    )
-    .await?;
-    ensure_stream(
-        js,
-        DLQ_STREAM,
-        vec![DLQ_SUBJECTS.into()],
-        options.ingest_max_age,
-        options,
-    )
-    .await?;
+    let (kept, internal) = (options.ingest_max_age, options.internal_max_age);
+    let mut streams: Vec<(String, String, Duration)> = vec![
+        (INGEST_STREAM.into(), INGEST_SUBJECTS.into(), kept),
+        (DLQ_STREAM.into(), DLQ_SUBJECTS.into(), kept),
+        (LATE_STREAM.into(), LATE_SUBJECTS.into(), kept),
+    ];
     for p in pipelines {
         let s = &p.subjects;
-        ensure_stream(
-            js,
-            &s.valid_stream,
-            vec![s.valid_all()],
-            options.internal_max_age,
-            options,
-        )
-        .await?;
-        ensure_stream(
-            js,
-            &s.detections_stream,
-            vec![s.detections_all()],
-            options.internal_max_age,
-            options,
-        )
-        .await?;
-        ensure_stream(
-            js,
-            &s.alerts_stream,
-            vec![s.alerts.clone()],
-            options.ingest_max_age,
-            options,
-        )
-        .await?;
+        streams.push((s.valid_stream.clone(), s.valid_all(), internal));
+        if p.is_keyed() {
+            streams.push((s.enriched_stream.clone(), s.enriched_all(), internal));
+        }
+        streams.push((s.detections_stream.clone(), s.detections_all(), internal));
+        streams.push((s.alerts_stream.clone(), s.alerts.clone(), kept));
+    }
+    for (name, subject, max_age) in streams {
+        ensure_stream(js, &name, vec![subject], max_age, options).await?;
     }
     Ok(())
 }

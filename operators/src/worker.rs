@@ -2,6 +2,7 @@
 //! pipelines on the shared runtime until shut down.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// How often to look for events sent to unknown pipelines.
     pub unrouted_poll: Duration,
+    /// Where keyed state is kept (a sled database).
+    pub state_dir: PathBuf,
 }
 
 impl WorkerConfig {
@@ -37,6 +40,7 @@ impl WorkerConfig {
             streams: StreamOptions::default(),
             metrics_addr: None,
             unrouted_poll: Duration::from_secs(2),
+            state_dir: PathBuf::from("anom-state"),
         }
     }
 }
@@ -57,6 +61,11 @@ pub enum WorkerError {
     },
     #[error("sink: {0}")]
     Sink(String),
+    #[error("keyed state in {dir}: {source}")]
+    State {
+        dir: PathBuf,
+        source: crate::checkpoint::CheckpointError,
+    },
 }
 
 /// A started worker.
@@ -67,6 +76,7 @@ pub struct Worker {
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
     client: async_nats::Client,
+    db: sled::Db,
 }
 
 /// Connects with settings suited to the runtime's batch sizes.
@@ -113,12 +123,23 @@ impl Worker {
             options: config.runtime.clone(),
             shutdown: shutdown.clone(),
         };
+        let state_error = |source: crate::checkpoint::CheckpointError| WorkerError::State {
+            dir: config.state_dir.clone(),
+            source,
+        };
+        let db = sled::open(&config.state_dir).map_err(|e| state_error(e.into()))?;
         let mut tasks = JoinSet::new();
         for p in &config.pipelines {
             let pipeline = Arc::new(p.clone());
-            for (binding, stage) in stage::build(&pipeline, &metrics) {
-                let m = metrics.stage(&binding.pipeline, binding.stage);
-                tasks.spawn(run_stage(rt.clone(), binding, stage, m));
+            for planned in stage::build(&pipeline, &metrics, &db).map_err(state_error)? {
+                let m = metrics.stage(&planned.binding.pipeline, planned.binding.stage);
+                tasks.spawn(run_stage(
+                    rt.clone(),
+                    planned.binding,
+                    planned.stage,
+                    m,
+                    planned.state,
+                ));
             }
             for sink in &pipeline.sinks {
                 let SinkDef::Webhook(def) = sink;
@@ -153,6 +174,7 @@ impl Worker {
             tasks,
             shutdown,
             client,
+            db,
         })
     }
 
@@ -161,6 +183,7 @@ impl Worker {
         self.shutdown.cancelled().await;
         while self.tasks.join_next().await.is_some() {}
         let _ = self.client.flush().await;
+        let _ = self.db.flush_async().await;
         info!("worker stopped");
     }
 }

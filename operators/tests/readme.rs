@@ -17,9 +17,31 @@ fn blocks(text: &str, lang: &str) -> Vec<String> {
 }
 
 #[test]
+fn the_readme_keyed_example_compiles_with_the_payments_schema() {
+    let yaml = blocks(&readme(), "yaml");
+    assert_eq!(yaml.len(), 2);
+    let payments = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../pipelines/payments.yaml"
+    ))
+    .unwrap();
+    let header = payments.split("timezone:").next().unwrap();
+    let schema = payments
+        .split("schema:")
+        .nth(1)
+        .unwrap()
+        .split("aggregates:")
+        .next()
+        .unwrap();
+    let p = Pipeline::from_yaml(&format!("{header}{}schema:{schema}", yaml[1]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.aggregates.len(), 5);
+    assert!(p.is_keyed());
+}
+
+#[test]
 fn the_readme_pipeline_compiles() {
     let yaml = blocks(&readme(), "yaml");
-    assert_eq!(yaml.len(), 1);
     let p = Pipeline::from_yaml(&yaml[0]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.name, "routes");
     assert_eq!(p.rules.len(), 2);

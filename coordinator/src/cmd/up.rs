@@ -20,7 +20,7 @@ pub struct Args {
     /// Pipeline definitions: a directory of YAML files.
     #[arg(long, default_value = "pipelines")]
     pipelines: PathBuf,
-    /// Where nats-server keeps its JetStream store and log.
+    /// Where nats-server keeps its JetStream store and log, and workers their keyed state.
     #[arg(long, default_value = ".anom")]
     data_dir: PathBuf,
     /// Client port of the local nats-server (0 picks a free one).
@@ -53,6 +53,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut config = WorkerConfig::new(url.clone(), pipelines.clone());
     config.metrics_addr = Some(args.metrics_addr);
+    config.state_dir = args.data_dir.join("state");
     let worker = Worker::start(config, shutdown.clone()).await?;
 
     println!("Anom is up.");

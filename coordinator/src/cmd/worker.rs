@@ -17,12 +17,16 @@ pub struct Args {
     /// Serve Prometheus metrics at http://<addr>/metrics.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Where keyed state (windows, aggregates, timers) is checkpointed.
+    #[arg(long, default_value = "anom-state")]
+    state_dir: PathBuf,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let pipelines = super::load_pipelines(&args.pipelines)?;
     let mut config = WorkerConfig::new(args.nats, pipelines);
     config.metrics_addr = args.metrics_addr;
+    config.state_dir = args.state_dir;
     let shutdown = CancellationToken::new();
     let worker = Worker::start(config, shutdown.clone()).await?;
     if let Some(addr) = worker.metrics_addr {

@@ -42,6 +42,104 @@ pub struct PipelineDef {
     /// Where alerts go besides the pipeline's NATS alert subject.
     #[serde(default)]
     pub alerts: AlertsDef,
+    /// Per-key aggregates, `name: <fn>(<field>) over <window>`, e.g. `tx_5m: count() over 5m`.
+    /// Each event leaves the window stage with its key's values; rules use them by name.
+    #[serde(default)]
+    pub aggregates: OrderedMap<String>,
+    /// "No event from a key for a while" rules.
+    #[serde(default)]
+    pub absence: Vec<AbsenceDef>,
+    /// Time zone of calendar windows (IANA name, default UTC).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// How far behind the partition's newest event time an event may arrive and still count;
+    /// later ones go to `anom.<name>.late` (default 1m).
+    #[serde(default = "default_lateness", with = "crate::duration")]
+    pub allowed_lateness: Duration,
+    /// Keyed state: checkpoints and eviction.
+    #[serde(default)]
+    pub state: StateDef,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn default_lateness() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// An absence rule: fires once when a key sends nothing for `after`, resolves when it
+/// sends again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbsenceDef {
+    /// Identifier, unique among the pipeline's rules.
+    pub name: String,
+    /// How long a key may stay silent.
+    #[serde(with = "crate::duration")]
+    pub after: Duration,
+    /// Keys watched from the start, even before they send anything.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// `processing` (default: wall clock, live) or `event` (event time, for replays).
+    #[serde(default)]
+    pub clock: Clock,
+    #[serde(default = "critical")]
+    pub severity: Severity,
+    /// Alert text; `{key}`, `{rule}`, `{severity}` and `{silence}` (how long) are available.
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn critical() -> Severity {
+    Severity::Critical
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clock {
+    #[default]
+    Processing,
+    Event,
+}
+
+/// Keyed state settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDef {
+    /// How often changed state is checkpointed to disk (default 1s).
+    #[serde(default = "default_checkpoint_interval", with = "crate::duration")]
+    pub checkpoint_interval: Duration,
+    /// Checkpoint sooner once this many keys changed (default 100000).
+    #[serde(default = "default_checkpoint_keys")]
+    pub checkpoint_max_keys: usize,
+    /// Forget a key this long after its last event, beyond what its windows need
+    /// (default 30d; windowless aggregates like `prev` keep a key this long).
+    #[serde(default = "default_ttl", with = "crate::duration")]
+    pub ttl: Duration,
+}
+
+impl Default for StateDef {
+    fn default() -> Self {
+        StateDef {
+            checkpoint_interval: default_checkpoint_interval(),
+            checkpoint_max_keys: default_checkpoint_keys(),
+            ttl: default_ttl(),
+        }
+    }
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_checkpoint_keys() -> usize {
+    100_000
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 
 fn default_partitions() -> u32 {
@@ -244,13 +342,19 @@ fn default_max_backoff() -> Duration {
 #[derive(Debug, Clone)]
 pub struct OrderedMap<V>(pub Vec<(String, V)>);
 
+impl<V> Default for OrderedMap<V> {
+    fn default() -> Self {
+        OrderedMap(Vec::new())
+    }
+}
+
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct MapVisitor<V>(PhantomData<V>);
         impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
             type Value = OrderedMap<V>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of field names to field declarations")
+                f.write_str("a map of names to declarations")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut entries: Vec<(String, V)> = Vec::new();

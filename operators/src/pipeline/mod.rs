@@ -3,17 +3,23 @@
 //! only sees typed, compiled parts.
 
 pub mod definition;
+pub mod inline;
 pub mod schema;
+pub mod scope;
 pub mod template;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use definition::{PipelineDef, Severity, SinkDef, WebhookDef};
+pub use definition::{Clock, PipelineDef, Severity, SinkDef, StateDef, WebhookDef};
 pub use schema::{Field, FieldType, Schema};
+pub use scope::RowScope;
 pub use template::Template;
 
+use std::time::Duration;
+
+use crate::aggregate::{self, Aggregate};
 use crate::expr::{self, CompiledExpr};
 use crate::subjects::Subjects;
 
@@ -31,18 +37,86 @@ pub struct Pipeline {
     pub event_time: Option<usize>,
     pub partitions: u32,
     pub max_event_bytes: usize,
+    /// Condition rules first, then absence rules; a hit names a rule by its index here.
     pub rules: Vec<Rule>,
     pub sinks: Vec<SinkDef>,
     pub subjects: Subjects,
+    /// Per-key aggregates, in declaration order: the envelope's `enrichment` holds their
+    /// values in this order, after the schema's fields in the rules' rows.
+    pub aggregates: Vec<NamedAggregate>,
+    /// Names rules and messages can use: fields, then aggregates.
+    pub scope: RowScope,
+    pub allowed_lateness: Duration,
+    pub timezone: String,
+    pub state: StateDef,
 }
 
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
+    /// The condition as written (empty for absence rules), for explanations.
+    pub when: String,
     pub severity: Severity,
-    pub condition: CompiledExpr,
     pub message: Template,
     pub labels: BTreeMap<String, String>,
+    pub kind: RuleKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleKind {
+    /// Evaluated on every event by the rules stage.
+    Condition(CompiledExpr),
+    /// Fired by the window stage's timers when a key goes silent.
+    Absence(Absence),
+}
+
+#[derive(Debug, Clone)]
+pub struct Absence {
+    pub after: Duration,
+    pub keys: Vec<String>,
+    pub clock: Clock,
+}
+
+impl Rule {
+    pub fn condition(&self) -> Option<&CompiledExpr> {
+        match &self.kind {
+            RuleKind::Condition(c) => Some(c),
+            RuleKind::Absence(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NamedAggregate {
+    /// The name rules use (for an inline aggregate, the hidden identifier that replaced it).
+    pub name: String,
+    /// As written, for messages and listings.
+    pub source: String,
+    /// Written inline in a rule rather than declared under `aggregates:`.
+    pub inline: bool,
+    pub aggregate: Aggregate,
+}
+
+impl NamedAggregate {
+    /// How people see it: its name, or for an inline aggregate its text.
+    pub fn display(&self) -> &str {
+        if self.inline {
+            &self.source
+        } else {
+            &self.name
+        }
+    }
+}
+
+impl Pipeline {
+    /// Whether the pipeline needs the keyed window stage (aggregates or absence rules).
+    pub fn is_keyed(&self) -> bool {
+        !self.aggregates.is_empty()
+            || self
+                .rules
+                .iter()
+                .any(|r| matches!(r.kind, RuleKind::Absence(_)))
+    }
 }
 
 /// One problem in a pipeline definition, located as precisely as the source allows.
@@ -140,6 +214,9 @@ fn strip_location(message: &str) -> String {
         None => message.to_string(),
     }
 }
+
+/// Records one problem: (path, message, optionally the text to locate and a column in it).
+type ReportError<'a> = dyn FnMut(String, String, Option<(&str, usize)>) + 'a;
 
 /// Checks a parsed definition and builds the plan. `source` (the YAML text, if any) is only
 /// used to point errors at a line.
@@ -240,27 +317,131 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         }
     }
 
-    let mut rules = Vec::new();
-    let mut rule_names: Vec<&str> = Vec::new();
-    for (i, r) in def.rules.iter().enumerate() {
-        let path = format!("rules[{i}]");
-        if !valid_pipeline_name(&r.name) {
-            error(
-                format!("{path}.name"),
-                format!("`{}` is not a valid rule name: expected lowercase letters, digits, `_` and `-`", r.name),
-                None,
-            );
+    if jiff::tz::TimeZone::get(&def.timezone).is_err() {
+        error(
+            "timezone".into(),
+            format!(
+                "unknown time zone `{}`: expected an IANA name such as Europe/Berlin or UTC",
+                def.timezone
+            ),
+            None,
+        );
+    }
+    // Inline aggregates (`sum(amount) over 1d > 2000`) become hidden ones; see `inline`.
+    let mut inlines = Vec::new();
+    let mut counter = 0;
+    let rewritten: Vec<String> = def
+        .rules
+        .iter()
+        .map(|r| inline::extract(&r.when, &mut counter, &mut inlines))
+        .collect();
+    let mut declared: Vec<(String, String, String, bool)> = Vec::new();
+    for (name, text) in &def.aggregates.0 {
+        declared.push((
+            name.clone(),
+            text.clone(),
+            format!("aggregates.{name}"),
+            false,
+        ));
+    }
+    for i in &inlines {
+        let rule = def
+            .rules
+            .iter()
+            .position(|r| r.when.contains(&i.spec))
+            .unwrap_or(0);
+        declared.push((
+            i.name.clone(),
+            i.spec.clone(),
+            format!("rules[{rule}].when"),
+            true,
+        ));
+    }
+    let mut aggregates = Vec::new();
+    let mut aggregate_names: Vec<&str> = Vec::new();
+    for (name, text, path, is_inline) in &declared {
+        let path = path.clone();
+        if !is_inline {
+            if !schema::valid_field_name(name) {
+                error(
+                    path.clone(),
+                    format!("`{name}` is not a valid aggregate name: expected letters, digits and `_`, not starting with a digit"),
+                    None,
+                );
+            }
+            if names.contains(&name.as_str()) || aggregate_names.contains(&name.as_str()) {
+                error(
+                    path.clone(),
+                    format!("`{name}` is already the name of a field or aggregate"),
+                    None,
+                );
+            }
         }
-        if rule_names.contains(&r.name.as_str()) {
-            error(
-                format!("{path}.name"),
-                format!("rule `{}` is declared twice", r.name),
-                None,
-            );
-        }
-        rule_names.push(&r.name);
+        aggregate_names.push(name);
         let Some(schema) = &schema else { continue };
-        let condition = match expr::compile_predicate(&r.when, schema) {
+        let spec = match aggregate::parse_spec(text, &def.timezone) {
+            Ok(spec) => spec,
+            Err(e) => {
+                error(path, e.to_string(), Some((text.as_str(), e.column)));
+                continue;
+            }
+        };
+        let field = match spec.field.as_deref() {
+            None => None,
+            Some(f) => match schema.index_of(f) {
+                Some(i) => Some((i, schema.fields()[i].ty.value_type())),
+                None => {
+                    error(
+                        path,
+                        format!(
+                            "unknown field `{f}`{}",
+                            crate::suggest::did_you_mean(f, names.iter().copied())
+                        ),
+                        Some((text.as_str(), 1)),
+                    );
+                    continue;
+                }
+            },
+        };
+        // Late-but-allowed events must still find their panes.
+        match Aggregate::compile(&spec, field).map(|a| a.with_lateness(def.allowed_lateness)) {
+            Ok(aggregate) => aggregates.push(NamedAggregate {
+                name: name.clone(),
+                source: text.clone(),
+                inline: *is_inline,
+                aggregate,
+            }),
+            Err(e) => error(path, e, Some((text.as_str(), 1))),
+        }
+    }
+    let scope = schema
+        .as_ref()
+        .map(|schema| RowScope::new(schema, &aggregates));
+
+    let mut rules = Vec::new();
+    let mut rule_names: Vec<String> = Vec::new();
+    let mut check_rule_name = |path: &str, name: &'_ str, error: &mut ReportError| {
+        if !valid_pipeline_name(name) {
+            error(
+                format!("{path}.name"),
+                format!("`{name}` is not a valid rule name: expected lowercase letters, digits, `_` and `-`"),
+                None,
+            );
+        }
+        if rule_names.iter().any(|n| n == name) {
+            error(
+                format!("{path}.name"),
+                format!("rule `{name}` is declared twice"),
+                None,
+            );
+        }
+        rule_names.push(name.to_string());
+    };
+    for (i, (r, when)) in def.rules.iter().zip(&rewritten).enumerate() {
+        let path = format!("rules[{i}]");
+        check_rule_name(&path, &r.name, &mut error);
+        let Some(scope) = &scope else { continue };
+        let condition = match expr::compile_predicate(when, scope) {
             Ok(c) => Some(c),
             Err(e) => {
                 error(
@@ -272,21 +453,53 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
             }
         };
         let message_text = r.message.clone().unwrap_or_else(|| default_message(r));
-        let message = match Template::compile(&message_text, schema) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let needle = r.message.as_deref().map(|m| (m, e.column));
-                error(format!("{path}.message"), e.to_string(), needle);
-                None
-            }
-        };
+        let message = compile_message(
+            &message_text,
+            r.message.as_deref(),
+            scope,
+            &path,
+            &mut error,
+        );
         if let (Some(condition), Some(message)) = (condition, message) {
             rules.push(Rule {
                 name: r.name.clone(),
+                when: r.when.clone(),
                 severity: r.severity,
-                condition,
                 message,
                 labels: r.labels.clone(),
+                kind: RuleKind::Condition(condition),
+            });
+        }
+    }
+    for (i, a) in def.absence.iter().enumerate() {
+        let path = format!("absence[{i}]");
+        check_rule_name(&path, &a.name, &mut error);
+        if a.after.is_zero() {
+            error(
+                format!("{path}.after"),
+                "expected a duration above zero".into(),
+                None,
+            );
+        }
+        let Some(scope) = &scope else { continue };
+        let text = a
+            .message
+            .clone()
+            .unwrap_or_else(|| "No event from {key} for {silence}".to_string());
+        if let Some(message) =
+            compile_message(&text, a.message.as_deref(), scope, &path, &mut error)
+        {
+            rules.push(Rule {
+                name: a.name.clone(),
+                when: String::new(),
+                severity: a.severity,
+                message,
+                labels: a.labels.clone(),
+                kind: RuleKind::Absence(Absence {
+                    after: a.after,
+                    keys: a.keys.clone(),
+                    clock: a.clock,
+                }),
             });
         }
     }
@@ -334,7 +547,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
     if !errors.is_empty() {
         return Err(DefinitionErrors(errors));
     }
-    let (Some(schema), Some(key)) = (schema, key) else {
+    let (Some(schema), Some(key), Some(scope)) = (schema, key, scope) else {
         unreachable!("a missing schema or key field was reported above")
     };
     let version = format!(
@@ -353,7 +566,29 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         max_event_bytes: def.max_event_bytes,
         rules,
         sinks: def.alerts.sinks.clone(),
+        aggregates,
+        scope,
+        allowed_lateness: def.allowed_lateness,
+        timezone: def.timezone.clone(),
+        state: def.state.clone(),
     })
+}
+
+fn compile_message(
+    text: &str,
+    written: Option<&str>,
+    scope: &RowScope,
+    path: &str,
+    error: &mut ReportError,
+) -> Option<Template> {
+    match Template::compile(text, scope) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let needle = written.map(|m| (m, e.column));
+            error(format!("{path}.message"), e.to_string(), needle);
+            None
+        }
+    }
 }
 
 fn default_message(rule: &definition::RuleDef) -> String {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::schema::Schema;
+use super::scope::RowScope;
 use crate::expr::ExprError;
 use crate::value::Value;
 
@@ -14,6 +14,7 @@ enum Piece {
     Key,
     Rule,
     Severity,
+    Silence,
 }
 
 #[derive(Debug, Clone)]
@@ -26,11 +27,13 @@ pub struct Context<'a> {
     pub key: &'a str,
     pub rule: &'a str,
     pub severity: &'a str,
+    /// For absence rules: how long the key has been silent.
+    pub silence: Option<&'a str>,
 }
 
 impl Template {
     /// Parses `text`; `{{` and `}}` stand for literal braces.
-    pub fn compile(text: &str, schema: &Schema) -> Result<Template, ExprError> {
+    pub fn compile(text: &str, scope: &RowScope) -> Result<Template, ExprError> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let mut chars = text.char_indices().peekable();
@@ -68,12 +71,12 @@ impl Template {
                         "key" => Piece::Key,
                         "rule" => Piece::Rule,
                         "severity" => Piece::Severity,
-                        _ => match schema.index_of(name) {
+                        "silence" => Piece::Silence,
+                        _ => match scope.index_of(name) {
                             Some(i) => Piece::Field(i),
                             None => {
-                                let mut names: Vec<&str> =
-                                    schema.fields().iter().map(|f| f.name.as_str()).collect();
-                                names.extend(["key", "rule", "severity"]);
+                                let mut names: Vec<&str> = scope.names().collect();
+                                names.extend(["key", "rule", "severity", "silence"]);
                                 return Err(ExprError {
                                     column: text[..at].chars().count() + 1,
                                     message: format!(
@@ -114,6 +117,7 @@ impl Template {
                 Piece::Key => out.push_str(ctx.key),
                 Piece::Rule => out.push_str(ctx.rule),
                 Piece::Severity => out.push_str(ctx.severity),
+                Piece::Silence => out.push_str(ctx.silence.unwrap_or("")),
             }
         }
         out

@@ -48,12 +48,13 @@ fn compiles_a_valid_definition_into_a_plan() {
         Value::Null,
         Value::Timestamp(0),
     ];
-    assert!(p.rules[0].condition.matches(&row));
-    assert!(!p.rules[1].condition.matches(&row));
+    assert!(p.rules[0].condition().unwrap().matches(&row));
+    assert!(!p.rules[1].condition().unwrap().matches(&row));
     let ctx = template::Context {
         key: "SFTP-A",
         rule: "slow",
         severity: "warning",
+        silence: None,
     };
     assert_eq!(
         p.rules[0].message.render(&row, &ctx),
@@ -207,5 +208,5 @@ fn the_example_pipelines_load() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
     let pipelines = load_dir(&dir).unwrap();
     let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, vec!["expenses", "iot", "routes"]);
+    assert_eq!(names, vec!["expenses", "iot", "payments", "routes"]);
 }

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::checkpoint::{StateDelta, StateStore};
 use crate::metrics::StageMetrics;
 use crate::rejection::Rejection;
 use crate::subjects::{dlq_subject, headers};
@@ -64,9 +65,14 @@ impl RuntimeOptions {
     /// The server stops delivering past this many unacked messages; keep it above what
     /// can be outstanding (pulled + in-flight batches), or the consumer stalls.
     fn max_ack_pending(&self) -> i64 {
-        (self.pull_batch * 2 + self.batch * (self.batches_in_flight + 2)) as i64
+        // Keyed stages hold acks until a checkpoint: leave room for a checkpoint's worth.
+        (self.pull_batch * 2 + self.batch * (self.batches_in_flight + 2)).max(KEYED_UNACKED_MAX * 2)
+            as i64
     }
 }
+
+/// A keyed stage checkpoints at the latest when this many inputs wait for their ack.
+const KEYED_UNACKED_MAX: usize = 10_000;
 
 /// What a stage reads: which stream, through which durable consumer.
 #[derive(Debug, Clone)]
@@ -139,6 +145,22 @@ impl Emitter {
         });
     }
 
+    /// Publishes to a side subject (late data) with headers.
+    pub fn emit_with_headers(
+        &mut self,
+        subject: String,
+        msg_id: String,
+        payload: Bytes,
+        headers: HeaderMap,
+    ) {
+        self.outputs.push(Output {
+            subject,
+            msg_id,
+            payload,
+            headers: Some(headers),
+        });
+    }
+
     /// Dead-letters one part of the input (an NDJSON line, or all of it) with its reason.
     /// `pipeline` is the pipeline the input was meant for (it may not exist).
     pub fn reject(
@@ -187,10 +209,26 @@ fn header_safe(reason: &str) -> String {
     }
 }
 
-/// One stage of the data plane.
+/// One stage of the data plane. Only `process` is required; keyed stages add timers and
+/// checkpoints.
 pub trait Stage: Send + 'static {
     /// Turns one input into outputs via `out`. An `Err` dead-letters the whole input.
     fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection>;
+
+    /// Called about once a second when no input is waiting, with the wall clock (epoch ms):
+    /// timers emit here.
+    fn tick(&mut self, _now_ms: i64, _out: &mut Emitter) {}
+
+    /// The state changed since the previous call, to be committed with the source sequence of
+    /// the last processed input. `None` for stateless stages.
+    fn checkpoint(&mut self) -> Option<StateDelta> {
+        None
+    }
+
+    /// Whether to checkpoint before the interval is up (e.g. many keys changed).
+    fn checkpoint_due(&self) -> bool {
+        false
+    }
 }
 
 /// What every stage task shares.
@@ -202,19 +240,36 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Creates (or updates) the durable pull consumer of a binding.
+    /// (Re)creates the durable pull consumer of a binding so that it delivers from just after
+    /// `max(its ack floor, resume_after)`.
+    ///
+    /// Recreating matters after a crash: messages delivered to the dead process but never
+    /// processed would otherwise only come back after the ack wait, and with AckAll the new
+    /// process's first ack would cover them, losing them. Starting over from the ack floor
+    /// redelivers them at once; outputs republished twice are dropped by their ids.
     pub async fn consumer(
         &self,
         binding: &Binding,
         ack_policy: AckPolicy,
+        resume_after: u64,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, async_nats::Error> {
         let stream = self.js.get_stream(&binding.stream).await?;
+        let floor = match stream.consumer_info(&binding.durable).await {
+            Ok(info) => Some(info.ack_floor.stream_sequence),
+            Err(_) => None,
+        };
+        let start = floor.unwrap_or(0).max(resume_after) + 1;
+        if floor.is_some() {
+            stream.delete_consumer(&binding.durable).await?;
+        }
         let config = pull::Config {
             durable_name: Some(binding.durable.clone()),
             filter_subject: binding.filter_subject.clone(),
             ack_policy,
             ack_wait: self.options.ack_wait,
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
             max_ack_pending: self.options.max_ack_pending(),
             max_deliver: -1,
             ..Default::default()
@@ -226,8 +281,9 @@ impl Runtime {
         &self,
         binding: &Binding,
         ack_policy: AckPolicy,
+        resume_after: u64,
     ) -> Result<pull::Stream, async_nats::Error> {
-        let consumer = self.consumer(binding, ack_policy).await?;
+        let consumer = self.consumer(binding, ack_policy, resume_after).await?;
         Ok(consumer
             .stream()
             .max_messages_per_batch(self.options.pull_batch)
@@ -238,29 +294,75 @@ impl Runtime {
     }
 }
 
-/// A batch whose outputs are being confirmed; its inputs are acked once they all are.
+/// Where a keyed stage's state is made durable, and how often.
+pub struct StateBinding {
+    pub store: StateStore,
+    pub interval: Duration,
+    /// The source sequence the restored state already reflects: inputs up to it are skipped.
+    pub restored_seq: u64,
+}
+
+/// Work handed to the confirmer, which handles it in order: confirm `outputs`, then commit
+/// `commit` (state as of a source sequence), then ack `ack` (AckAll: it and everything
+/// before it).
 struct Pending {
     outputs: Vec<(Output, PublishAckFuture)>,
-    last_input: Message,
+    commit: Option<(StateDelta, u64)>,
+    ack: Option<Message>,
+}
+
+fn stream_position(msg: &Message) -> (u64, i64) {
+    msg.info()
+        .map(|i| {
+            (
+                i.stream_sequence,
+                (i.published.unix_timestamp_nanos() / 1000) as i64,
+            )
+        })
+        .unwrap_or((0, 0))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs `stage` on `binding` until shutdown. Never returns early on bad input: rejections
 /// are dead-lettered, NATS errors are retried.
+///
+/// Keyed stages (`state` given) ack their inputs only once the state that includes them is
+/// committed, so after a crash the restored state and the redelivered inputs fit exactly.
 pub async fn run_stage(
     rt: Runtime,
     binding: Binding,
     mut stage: Box<dyn Stage>,
     metrics: StageMetrics,
+    state: Option<StateBinding>,
 ) {
+    let store = state.as_ref().map(|s| s.store.clone());
     let (confirm_tx, confirm_rx) = mpsc::channel::<Pending>(rt.options.batches_in_flight);
     let confirmer = tokio::spawn(confirm(
         rt.clone(),
         binding.clone(),
         confirm_rx,
         metrics.clone(),
+        store,
     ));
+    let restored_seq = state.as_ref().map_or(0, |s| s.restored_seq);
+    let interval = state.as_ref().map(|s| s.interval);
+    let mut last_checkpoint = Instant::now();
+    let mut last_seq = restored_seq;
+    // Keyed stages: the newest input not yet covered by a committed checkpoint.
+    let mut unacked: Option<Message> = None;
+    let mut since_checkpoint = 0usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out = Emitter::new(binding.stage, &binding.durable);
     'outer: while !rt.shutdown.is_cancelled() {
-        let mut messages = match rt.messages(&binding, AckPolicy::All).await {
+        // Resuming after what this process already processed: those inputs are in its state
+        // and in the confirmer's hands.
+        let mut messages = match rt.messages(&binding, AckPolicy::All, last_seq).await {
             Ok(m) => m,
             Err(e) => {
                 warn!(stage = binding.stage, durable = %binding.durable, error = %e, "cannot open consumer; retrying");
@@ -271,22 +373,24 @@ pub async fn run_stage(
             }
         };
         loop {
-            let first = tokio::select! {
-                _ = rt.shutdown.cancelled() => break 'outer,
-                m = messages.next() => m,
-            };
             let mut batch = Vec::with_capacity(rt.options.batch);
-            match first {
-                Some(Ok(m)) => batch.push(m),
-                Some(Err(e)) => {
-                    debug!(stage = binding.stage, error = %e, "pull error; reopening consumer");
-                    continue 'outer;
-                }
-                None => continue 'outer,
+            tokio::select! {
+                _ = rt.shutdown.cancelled() => break 'outer,
+                _ = ticker.tick() => {}
+                m = messages.next() => match m {
+                    Some(Ok(m)) => batch.push(m),
+                    // Transient (a missed heartbeat, a timed-out pull): the stream goes on.
+                    // Reopening would drop messages already delivered to us.
+                    Some(Err(e)) => {
+                        debug!(stage = binding.stage, error = %e, "pull error");
+                        continue;
+                    }
+                    None => continue 'outer,
+                },
             }
             // Take whatever else is already here, without waiting: large batches under load,
             // no added latency when idle.
-            while batch.len() < rt.options.batch {
+            while !batch.is_empty() && batch.len() < rt.options.batch {
                 match messages.next().now_or_never() {
                     Some(Some(Ok(m))) => batch.push(m),
                     _ => break,
@@ -294,17 +398,14 @@ pub async fn run_stage(
             }
             let started = Instant::now();
             let mut outputs = Vec::new();
-            let mut out = Emitter::new(binding.stage, &binding.durable);
             for msg in &batch {
-                let (stream_seq, published_us) = msg
-                    .info()
-                    .map(|i| {
-                        (
-                            i.stream_sequence,
-                            (i.published.unix_timestamp_nanos() / 1000) as i64,
-                        )
-                    })
-                    .unwrap_or((0, 0));
+                let (stream_seq, published_us) = stream_position(msg);
+                if stream_seq <= last_seq && stream_seq != 0 {
+                    // Already processed (restored state, or a redelivery of an input still
+                    // being confirmed): its effects and outputs exist.
+                    continue;
+                }
+                last_seq = last_seq.max(stream_seq);
                 let input = Input {
                     subject: msg.subject.as_str(),
                     payload: &msg.payload,
@@ -329,31 +430,64 @@ pub async fn run_stage(
                 }
                 outputs.append(&mut out.outputs);
             }
-            metrics.events_in.inc_by(batch.len() as u64);
-            metrics
-                .batch_seconds
-                .observe(started.elapsed().as_secs_f64());
-            let mut confirming = Vec::with_capacity(outputs.len());
+            if batch.is_empty() {
+                stage.tick(now_ms(), &mut out);
+                outputs.append(&mut out.outputs);
+            } else {
+                metrics.events_in.inc_by(batch.len() as u64);
+                metrics
+                    .batch_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            let mut pending = Pending {
+                outputs: Vec::with_capacity(outputs.len()),
+                commit: None,
+                ack: None,
+            };
             for output in outputs {
-                let ack = publish_until_sent(&rt, &output, &metrics).await;
-                match ack {
-                    Some(ack) => confirming.push((output, ack)),
+                match publish_until_sent(&rt, &output, &metrics).await {
+                    Some(ack) => pending.outputs.push((output, ack)),
                     None => break 'outer, // shutting down; unacked inputs are redelivered
                 }
             }
-            let Some(last_input) = batch.pop() else {
+            match interval {
+                None => pending.ack = batch.pop(),
+                Some(every) => {
+                    since_checkpoint += batch.len();
+                    if let Some(last) = batch.pop() {
+                        unacked = Some(last);
+                    }
+                    if last_checkpoint.elapsed() >= every
+                        || since_checkpoint >= KEYED_UNACKED_MAX
+                        || stage.checkpoint_due()
+                    {
+                        since_checkpoint = 0;
+                        if let Some(delta) = stage.checkpoint() {
+                            pending.commit = Some((delta, last_seq));
+                            pending.ack = unacked.take();
+                        }
+                        last_checkpoint = Instant::now();
+                    }
+                }
+            }
+            if pending.outputs.is_empty() && pending.commit.is_none() && pending.ack.is_none() {
                 continue;
-            };
-            if confirm_tx
-                .send(Pending {
-                    outputs: confirming,
-                    last_input,
-                })
-                .await
-                .is_err()
-            {
+            }
+            if confirm_tx.send(pending).await.is_err() {
                 break 'outer;
             }
+        }
+    }
+    // A clean stop commits what was processed, so a restart replays nothing.
+    if interval.is_some() {
+        if let Some(delta) = stage.checkpoint() {
+            let _ = confirm_tx
+                .send(Pending {
+                    outputs: Vec::new(),
+                    commit: Some((delta, last_seq)),
+                    ack: unacked.take(),
+                })
+                .await;
         }
     }
     drop(confirm_tx);
@@ -419,13 +553,15 @@ async fn republish_until_confirmed(rt: &Runtime, output: &Output, metrics: &Stag
     }
 }
 
-/// Awaits each batch's publish acks in order, republishing (same ids) what failed, then acks
-/// the batch's inputs. Inputs are never acked past an unconfirmed output.
+/// Awaits each batch's publish acks in order, republishing (same ids) what failed, commits
+/// the batch's state, then acks its inputs. Inputs are never acked past an unconfirmed output
+/// or an uncommitted state change.
 async fn confirm(
     rt: Runtime,
     binding: Binding,
     mut rx: mpsc::Receiver<Pending>,
     metrics: StageMetrics,
+    store: Option<StateStore>,
 ) {
     while let Some(pending) = rx.recv().await {
         let count = pending.outputs.len() as u64;
@@ -440,9 +576,22 @@ async fn confirm(
             }
         }
         metrics.events_out.inc_by(count);
-        if let Err(e) = pending.last_input.ack().await {
-            // A lost ack only means a redelivery, which the output ids make harmless.
-            debug!(stage = binding.stage, error = %e, "ack failed");
+        if let (Some((delta, seq)), Some(store)) = (pending.commit, &store) {
+            let keys = delta.keys;
+            match store.commit(delta, seq).await {
+                Ok(done) => metrics.checkpointed(&done, keys),
+                Err(e) => {
+                    // Without a durable checkpoint the inputs must stay unacked.
+                    warn!(stage = binding.stage, error = %e, "checkpoint failed; inputs stay unacked");
+                    continue;
+                }
+            }
+        }
+        if let Some(input) = pending.ack {
+            if let Err(e) = input.ack().await {
+                // A lost ack only means a redelivery, which the output ids make harmless.
+                debug!(stage = binding.stage, error = %e, "ack failed");
+            }
         }
     }
 }

@@ -68,7 +68,7 @@ pub async fn run_sink<S: Sink>(
         outcome("dead_lettered"),
     );
     while !rt.shutdown.is_cancelled() {
-        let messages = match rt.messages(&binding, AckPolicy::Explicit).await {
+        let messages = match rt.messages(&binding, AckPolicy::Explicit, 0).await {
             Ok(m) => m,
             Err(e) => {
                 warn!(sink = sink.name(), error = %e, "cannot open consumer; retrying");

@@ -7,14 +7,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::alert::{rfc3339_ms, rfc3339_us, Alert, Source};
+use std::time::Duration;
+
+use crate::alert::{rfc3339_ms, rfc3339_us, Alert, AlertStatus, Source};
+use crate::duration;
 use crate::envelope::Envelope;
 use crate::metrics::{AlertLabels, Metrics, PipelineLabels};
 use crate::pipeline::template::Context;
-use crate::pipeline::{Pipeline, Rule};
+use crate::pipeline::{Pipeline, Rule, RuleKind};
 use crate::rejection::Rejection;
 use crate::runtime::{Emitter, Input, Stage};
 use crate::subjects::INGEST_STREAM;
+use crate::value::Value;
 
 pub const NAME: &str = "alert";
 
@@ -52,37 +56,67 @@ impl AlertStage {
     fn record(&self, env: &Envelope, rule: &Rule, now_us: i64) -> Alert {
         let p = &*self.pipeline;
         let severity = rule.severity.to_string();
+        // Messages and explanations may name fields and aggregates: one row with both.
+        let mut row = env.data.clone();
+        row.resize(p.schema.len(), Value::Null);
+        row.extend(env.enrichment.iter().cloned());
+        p.scope.retype(&mut row);
+        let absence = env.analysis.absence.as_ref();
+        let silence =
+            absence.map(|a| duration::format(Duration::from_millis(a.silent_ms.max(0) as u64)));
         let message = rule.message.render(
-            &env.data,
+            &row,
             &Context {
                 key: &env.meta.key,
                 rule: &rule.name,
                 severity: &severity,
+                silence: silence.as_deref(),
             },
         );
-        Alert {
-            id: format!(
-                "{}:{}:{}:{}",
-                p.name, rule.name, env.meta.origin_seq, env.meta.origin_index
+        let (id, status) = match absence {
+            // One absence alert per silent gap: the gap is named by the key's last event.
+            Some(a) => {
+                let id = format!(
+                    "{}:{}:{}:{}:{}",
+                    p.name, rule.name, env.meta.key, env.meta.origin_seq, env.meta.origin_index
+                );
+                if a.resolved {
+                    (format!("{id}:resolved"), AlertStatus::Resolved)
+                } else {
+                    (id, AlertStatus::Firing)
+                }
+            }
+            None => (
+                format!(
+                    "{}:{}:{}:{}",
+                    p.name, rule.name, env.meta.origin_seq, env.meta.origin_index
+                ),
+                AlertStatus::Firing,
             ),
+        };
+        Alert {
+            id,
             pipeline: p.name.clone(),
             pipeline_version: p.version.clone(),
             rule: rule.name.clone(),
             severity: rule.severity,
+            status,
             key: env.meta.key.clone(),
             message,
-            explanation: explain(p, rule, env),
+            explanation: explain(p, rule, env, &row),
             event_time: rfc3339_ms(env.meta.event_time),
             ingest_time: rfc3339_us(env.meta.ingest_time_us),
             raised_at: rfc3339_us(now_us),
             labels: rule.labels.clone(),
-            event: p
-                .schema
-                .fields()
-                .iter()
-                .zip(&env.data)
-                .map(|(f, v)| (f.name.clone(), v.to_json()))
-                .collect(),
+            event: if absence.is_some() {
+                serde_json::Map::new()
+            } else {
+                p.scope
+                    .display_names()
+                    .zip(&row)
+                    .map(|(name, v)| (name.to_string(), v.to_json()))
+                    .collect()
+            },
             source: Source {
                 stream: INGEST_STREAM.to_string(),
                 sequence: env.meta.origin_seq,
@@ -92,35 +126,49 @@ impl AlertStage {
     }
 }
 
-/// "`durationMs > 5000` held for key SFTP-A: durationMs = 7200".
-fn explain(p: &Pipeline, rule: &Rule, env: &Envelope) -> String {
-    let values: Vec<String> = rule
-        .condition
-        .fields()
-        .into_iter()
-        .filter_map(|i| {
-            let name = &p.schema.field(i)?.name;
-            let value = env.data.get(i)?;
-            Some(if value.is_null() {
-                format!("{name} is missing")
+/// Why it fired, in words: "`durationMs > 5000` held for key SFTP-A: durationMs = 7200",
+/// "no event from key SFTP-A since 2026-11-20T10:00:00Z (silent 20m, limit 20m)".
+fn explain(p: &Pipeline, rule: &Rule, env: &Envelope, row: &[Value]) -> String {
+    let key = &env.meta.key;
+    match &rule.kind {
+        RuleKind::Absence(a) => {
+            let note = env.analysis.absence.as_ref();
+            let since = note.map_or_else(String::new, |n| rfc3339_ms(n.last_seen_ms));
+            let silent = note.map_or_else(String::new, |n| {
+                duration::format(Duration::from_millis(n.silent_ms.max(0) as u64))
+            });
+            if note.is_some_and(|n| n.resolved) {
+                format!(
+                    "key {key} sent an event again after {silent} of silence (limit {})",
+                    duration::format(a.after)
+                )
             } else {
-                format!("{name} = {value}")
-            })
-        })
-        .collect();
-    if values.is_empty() {
-        format!(
-            "`{}` held for key {}",
-            rule.condition.source(),
-            env.meta.key
-        )
-    } else {
-        format!(
-            "`{}` held for key {}: {}",
-            rule.condition.source(),
-            env.meta.key,
-            values.join(", ")
-        )
+                format!(
+                    "no event from key {key} since {since} (silent {silent}, limit {})",
+                    duration::format(a.after)
+                )
+            }
+        }
+        RuleKind::Condition(condition) => {
+            let values: Vec<String> = condition
+                .fields()
+                .into_iter()
+                .filter_map(|i| {
+                    let name = p.scope.name(i)?;
+                    let value = row.get(i)?;
+                    Some(if value.is_null() {
+                        format!("{name} is missing")
+                    } else {
+                        format!("{name} = {value}")
+                    })
+                })
+                .collect();
+            if values.is_empty() {
+                format!("`{}` held for key {key}", rule.when)
+            } else {
+                format!("`{}` held for key {key}: {}", rule.when, values.join(", "))
+            }
+        }
     }
 }
 

@@ -20,7 +20,7 @@ impl Rules {
     }
 }
 
-/// Decodes an envelope this pipeline version can read.
+/// Decodes an envelope this pipeline version can read; its `data` is typed per the schema.
 pub fn open(pipeline: &Pipeline, payload: &[u8]) -> Result<Envelope, Rejection> {
     let mut env = Envelope::decode(payload)
         .map_err(|e| Rejection::new(RejectKind::Envelope, e.to_string()))?;
@@ -41,14 +41,20 @@ impl Stage for Rules {
     fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
         let p = &*self.pipeline;
         let mut env = open(p, input.payload)?;
+        // Rules see one row: the event's fields, then its key's aggregates (see RowScope).
+        let mut row = std::mem::take(&mut env.data);
+        row.extend(env.enrichment.iter().cloned());
+        p.scope.retype(&mut row);
         for (i, rule) in p.rules.iter().enumerate() {
-            if rule.condition.matches(&env.data) {
+            if rule.condition().is_some_and(|c| c.matches(&row)) {
                 env.analysis.hits.push(RuleHit {
                     rule: i as u32,
                     name: rule.name.clone(),
                 });
             }
         }
+        row.truncate(p.schema.len());
+        env.data = row;
         if !env.analysis.hits.is_empty() {
             out.emit(
                 p.subjects.detections(env.meta.partition),

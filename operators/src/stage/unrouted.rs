@@ -87,7 +87,7 @@ pub async fn watch(rt: Runtime, known: Vec<String>, metrics: Arc<Metrics>, every
                             known: known.clone(),
                         });
                         let m = metrics.stage(name, NAME);
-                        tasks.push(tokio::spawn(run_stage(rt.clone(), binding, stage, m)));
+                        tasks.push(tokio::spawn(run_stage(rt.clone(), binding, stage, m, None)));
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot list ingest subjects"),

@@ -72,6 +72,7 @@ impl Validate {
                 },
                 data: row,
                 analysis: Analysis::default(),
+                enrichment: Vec::new(),
             },
         ))
     }

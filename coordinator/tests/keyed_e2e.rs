@@ -1,0 +1,398 @@
+//! Keyed windows, aggregates and absence against a real nats-server: the payments seed cases
+//! with exact expected alerts, absence firing and resolving, late events, and state that
+//! survives a restart.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anom_operators::metrics::Metrics;
+use anom_operators::pipeline::load_dir;
+use anom_operators::worker::{Worker, WorkerConfig};
+use bytes::Bytes;
+use support::{read_stream, repo_root, wait_for, Env};
+use tokio_util::sync::CancellationToken;
+
+struct Running {
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+async fn start_worker(env: &Env, dir: &Path) -> Running {
+    let mut config = WorkerConfig::new(env.url(), load_dir(dir).expect("valid pipelines"));
+    config.state_dir = env.dir.path().join("state");
+    let shutdown = CancellationToken::new();
+    let worker = Worker::start(config, shutdown.clone())
+        .await
+        .expect("worker starts");
+    let metrics = worker.metrics.clone();
+    Running {
+        metrics,
+        shutdown: shutdown.clone(),
+        task: tokio::spawn(worker.run_until_shutdown()),
+    }
+}
+
+async fn publish(js: &async_nats::jetstream::Context, subject: &str, events: &[serde_json::Value]) {
+    let mut acks = Vec::new();
+    for e in events {
+        acks.push(
+            js.publish(subject.to_string(), Bytes::from(e.to_string()))
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+async fn alerts(js: &async_nats::jetstream::Context, stream: &str) -> Vec<serde_json::Value> {
+    match js.get_stream(stream).await {
+        Ok(_) => read_stream(js, stream, None)
+            .await
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn ms(at: &str) -> i64 {
+    at.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+}
+
+/// The payments rules by plain code over the whole history (every sample event falls on one
+/// Berlin calendar day and far from any 5-minute pane edge that would matter).
+fn expected_payment_alerts(events: &[serde_json::Value]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for (i, e) in events.iter().enumerate() {
+        let card = e["card"].as_str().unwrap();
+        let at = ms(e["at"].as_str().unwrap());
+        let history: Vec<&serde_json::Value> =
+            events[..=i].iter().filter(|h| h["card"] == card).collect();
+        let tx_5m = history
+            .iter()
+            .filter(|h| ms(h["at"].as_str().unwrap()) > at - 300_000)
+            .count();
+        let amounts: Vec<f64> = history
+            .iter()
+            .map(|h| h["amount"].as_f64().unwrap())
+            .collect();
+        let spent: f64 = amounts.iter().sum();
+        let avg = spent / amounts.len() as f64;
+        let amount = e["amount"].as_f64().unwrap();
+        let mut hit = |rule: &str| {
+            out.insert((
+                rule.to_string(),
+                card.to_string(),
+                e["at"].as_str().unwrap().to_string(),
+            ));
+        };
+        if tx_5m > 5 {
+            hit("velocity");
+        }
+        if spent > 2000.0 {
+            hit("daily_limit");
+        }
+        if amounts.len() >= 10 && amount > 5.0 * avg {
+            hit("spike");
+        }
+        if history.len() >= 2 {
+            let prev = history[history.len() - 2];
+            if prev["country"] != e["country"] && at - ms(prev["at"].as_str().unwrap()) < 3_600_000
+            {
+                hit("impossible_travel");
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_sample_raises_exactly_the_expected_velocity_daily_spike_and_travel_alerts() {
+    let env = Env::start().await;
+    let yaml = std::fs::read_to_string(repo_root().join("pipelines/payments.yaml")).unwrap();
+    let dir = env.pipeline_dir("payments", &yaml);
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+    let events: Vec<serde_json::Value> =
+        std::fs::read_to_string(repo_root().join("pipelines/samples/payments.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let expected = expected_payment_alerts(&events);
+    let rules: BTreeSet<&str> = expected.iter().map(|(r, _, _)| r.as_str()).collect();
+    assert_eq!(
+        rules,
+        ["daily_limit", "impossible_travel", "spike", "velocity"]
+            .into_iter()
+            .collect()
+    );
+    publish(&js, "anom.payments.in", &events).await;
+
+    let n = expected.len();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move { alerts(&js, "ANOM_PAYMENTS_ALERTS").await.len() >= n }
+        })
+        .await,
+        "alerts arrive: expected {expected:?}, got {:?}",
+        alerts(&js, "ANOM_PAYMENTS_ALERTS")
+            .await
+            .iter()
+            .map(|a| (
+                a["rule"].to_string(),
+                a["key"].to_string(),
+                a["event"]["at"].to_string()
+            ))
+            .collect::<Vec<_>>()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = alerts(&js, "ANOM_PAYMENTS_ALERTS").await;
+    let triples: BTreeSet<(String, String, String)> = got
+        .iter()
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap().to_string(),
+                a["key"].as_str().unwrap().to_string(),
+                a["event"]["at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), expected.len(), "no duplicates");
+    // The event's `at` is rendered back as RFC 3339; compare as instants.
+    let norm = |s: &BTreeSet<(String, String, String)>| -> BTreeSet<(String, String, i64)> {
+        s.iter()
+            .map(|(r, k, at)| (r.clone(), k.clone(), ms(at)))
+            .collect()
+    };
+    assert_eq!(norm(&triples), norm(&expected));
+    let velocity = got.iter().find(|a| a["rule"] == "velocity").unwrap();
+    assert_eq!(
+        velocity["event"]["tx_5m"], 6,
+        "aggregates travel with the alert: {velocity}"
+    );
+    assert!(velocity["message"]
+        .as_str()
+        .unwrap()
+        .ends_with("6 payments within 5 minutes"));
+    worker.stop().await;
+}
+
+const SILENCE: &str = r#"
+name: feeds
+key: route
+event_time: at
+partitions: 2
+allowed_lateness: 1m
+schema:
+  route: { type: string, required: true }
+  at:    { type: timestamp, required: true }
+aggregates:
+  files_today: count() over calendar day
+absence:
+  - name: silent
+    after: 2s
+    keys: [SFTP-BANK-A]
+    message: "No file from {key} for {silence}"
+"#;
+
+fn feed(route: &str, at_ms: i64) -> serde_json::Value {
+    serde_json::json!({"route": route, "at": jiff::Timestamp::from_millisecond(at_ms).unwrap().to_string()})
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absence_fires_once_per_gap_for_declared_and_seen_keys_and_resolves_when_data_returns() {
+    let env = Env::start().await;
+    let dir = env.pipeline_dir("feeds", SILENCE);
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+    publish(&js, "anom.feeds.in", &[feed("SFTP-BANK-B", now_ms())]).await;
+
+    // Both keys go silent: the declared one never spoke, the other spoke once.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move { alerts(&js, "ANOM_FEEDS_ALERTS").await.len() >= 2 }
+        })
+        .await,
+        "absence fires"
+    );
+    // Silent for longer: still one alert per key and gap.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let firing = alerts(&js, "ANOM_FEEDS_ALERTS").await;
+    assert_eq!(firing.len(), 2, "{firing:?}");
+    let keys: BTreeSet<&str> = firing.iter().map(|a| a["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["SFTP-BANK-A", "SFTP-BANK-B"].into_iter().collect());
+    for a in &firing {
+        assert_eq!(a["status"], "firing");
+        assert_eq!(a["rule"], "silent");
+        assert!(a["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("No file from {} for ", a["key"].as_str().unwrap())));
+        assert!(
+            a["explanation"].as_str().unwrap().contains("limit 2s"),
+            "{a}"
+        );
+    }
+
+    // B speaks again: its absence resolves, and a new gap can fire again later.
+    publish(&js, "anom.feeds.in", &[feed("SFTP-BANK-B", now_ms())]).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move {
+                alerts(&js, "ANOM_FEEDS_ALERTS")
+                    .await
+                    .iter()
+                    .any(|a| a["status"] == "resolved")
+            }
+        })
+        .await,
+        "absence resolves"
+    );
+    let all = alerts(&js, "ANOM_FEEDS_ALERTS").await;
+    let resolved: Vec<_> = all.iter().filter(|a| a["status"] == "resolved").collect();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0]["key"], "SFTP-BANK-B");
+    let fired_b = firing.iter().find(|a| a["key"] == "SFTP-BANK-B").unwrap();
+    assert_eq!(
+        resolved[0]["id"].as_str().unwrap(),
+        format!("{}:resolved", fired_b["id"].as_str().unwrap())
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move {
+                alerts(&js, "ANOM_FEEDS_ALERTS")
+                    .await
+                    .iter()
+                    .filter(|a| a["key"] == "SFTP-BANK-B" && a["status"] == "firing")
+                    .count()
+                    == 2
+            }
+        })
+        .await,
+        "a new gap fires again"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_events_go_to_the_late_subject_counted_and_leave_the_state_alone() {
+    let env = Env::start().await;
+    let dir = env.pipeline_dir("feeds", &SILENCE.replace("after: 2s", "after: 1h"));
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+    let t = ms("2026-11-20T10:00:00Z");
+    // In order, slightly out of order (within 1m), then 2 minutes late.
+    let events = [
+        feed("R", t),
+        feed("R", t + 10_000),
+        feed("R", t - 30_000),
+        feed("R", t - 120_000),
+        feed("R", t + 20_000),
+    ];
+    publish(&js, "anom.feeds.in", &events).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move { read_stream(&js, "ANOM_FEEDS_ENRICHED", None).await.len() >= 4 }
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = read_stream(&js, "ANOM_LATE", Some("anom.feeds.late")).await;
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].headers["Anom-Reason-Kind"], "late");
+    assert!(
+        late[0].headers["Anom-Reason"].contains("is 2m10s behind"),
+        "{:?}",
+        late[0].headers
+    );
+    let original = anom_operators::envelope::Envelope::decode(&late[0].payload).unwrap();
+    assert_eq!(
+        original.meta.event_time,
+        t - 120_000,
+        "the late event itself is kept"
+    );
+    let text = worker.metrics.encode();
+    assert!(
+        text.contains("anom_late_events_total{pipeline=\"feeds\",stage=\"window\"} 1"),
+        "{text}"
+    );
+    // The four accepted events counted 1, 2, 3, 4 files today; the late one none.
+    let enriched = read_stream(&js, "ANOM_FEEDS_ENRICHED", None).await;
+    let counts: Vec<i64> = enriched
+        .iter()
+        .map(|m| {
+            let env = anom_operators::envelope::Envelope::decode(&m.payload).unwrap();
+            match env.enrichment[0] {
+                anom_operators::value::Value::Int(n) => n,
+                ref other => panic!("count is an int, found {other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(counts, vec![1, 2, 3, 4]);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_state_survives_a_restart() {
+    let env = Env::start().await;
+    let dir = env.pipeline_dir("feeds", &SILENCE.replace("after: 2s", "after: 1h"));
+    let js = env.js().await;
+    let t = ms("2026-11-20T10:00:00Z");
+    let worker = start_worker(&env, &dir).await;
+    publish(
+        &js,
+        "anom.feeds.in",
+        &(0..5).map(|i| feed("R", t + i * 1000)).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move { read_stream(&js, "ANOM_FEEDS_ENRICHED", None).await.len() >= 5 }
+        })
+        .await
+    );
+    worker.stop().await;
+    let worker = start_worker(&env, &dir).await;
+    publish(&js, "anom.feeds.in", &[feed("R", t + 10_000)]).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move { read_stream(&js, "ANOM_FEEDS_ENRICHED", None).await.len() >= 6 }
+        })
+        .await
+    );
+    let enriched = read_stream(&js, "ANOM_FEEDS_ENRICHED", None).await;
+    let last = anom_operators::envelope::Envelope::decode(&enriched[5].payload).unwrap();
+    assert_eq!(
+        last.enrichment[0],
+        anom_operators::value::Value::Int(6),
+        "the count continues after the restart"
+    );
+    assert_eq!(enriched.len(), 6, "nothing reprocessed twice");
+    worker.stop().await;
+}

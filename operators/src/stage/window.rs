@@ -1,0 +1,475 @@
+//! window: per-key state between validate and rules. Each event updates its key's aggregates
+//! and leaves enriched with their values at that moment; absence timers fire when a key goes
+//! silent and resolve when it speaks again. Events later than the allowed lateness go to the
+//! pipeline's late subject, counted, and do not touch the state.
+//!
+//! State lives in memory for speed and is checkpointed to sled (`crate::checkpoint`): the
+//! keys changed since the previous checkpoint, committed with the source sequence, so a
+//! restart restores exactly the state that matches the redelivered inputs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::AggState;
+use crate::checkpoint::{CheckpointError, StateDelta, StateStore};
+use crate::envelope::{AbsenceNote, Analysis, Envelope, Meta, RuleHit, ENVELOPE_VERSION};
+use crate::pipeline::{Clock, Pipeline, RuleKind};
+use crate::rejection::Rejection;
+use crate::runtime::{Emitter, Input, Stage};
+use crate::subjects::headers;
+use crate::value::Value;
+
+pub const NAME: &str = "window";
+
+/// Entry keys in the state store: one per event key, and the partition's own metadata.
+const KEY_PREFIX: &[u8] = b"k:";
+const META_KEY: &[u8] = b"m";
+
+/// Everything kept for one key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyState {
+    aggs: Vec<AggState>,
+    /// The key's newest event time (ms).
+    last_event_ms: i64,
+    /// Wall clock when its last event was processed (ms).
+    last_seen_wall_ms: i64,
+    /// Identity (ingest sequence, index) of its last event: names the current silent gap.
+    last_origin: (u64, u32),
+    /// Per absence rule: whether it fired for the current gap.
+    fired: Vec<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PartitionMeta {
+    max_event_ms: i64,
+    /// Which aggregate definitions the stored states belong to.
+    aggregates: Vec<String>,
+}
+
+struct AbsenceRule {
+    rule: usize,
+    name: String,
+    after_ms: i64,
+    clock: Clock,
+}
+
+pub struct WindowStage {
+    pipeline: Arc<Pipeline>,
+    partition: u32,
+    keys: HashMap<String, KeyState>,
+    dirty: HashSet<String>,
+    evicted: Vec<String>,
+    max_event_ms: i64,
+    lateness_ms: i64,
+    ttl_ms: i64,
+    absences: Vec<AbsenceRule>,
+    enriched_subject: String,
+    detections_subject: String,
+    late: Counter,
+    last_eviction_ms: i64,
+    max_dirty: usize,
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl WindowStage {
+    /// Builds the stage of one partition from its stored state. Returns it with the source
+    /// sequence that state reflects.
+    pub fn restore(
+        pipeline: Arc<Pipeline>,
+        partition: u32,
+        store: &StateStore,
+        late: Counter,
+    ) -> Result<(WindowStage, u64), CheckpointError> {
+        let p = &*pipeline;
+        let horizon_ms = p
+            .aggregates
+            .iter()
+            .map(|a| a.aggregate.horizon())
+            .try_fold(0u128, |acc, h| h.map(|h| acc.max(h.as_millis())));
+        let ttl_ms = match horizon_ms {
+            Some(h) => {
+                (h + p.allowed_lateness.as_millis()).min(p.state.ttl.as_millis().max(h)) as i64
+            }
+            None => p.state.ttl.as_millis() as i64,
+        };
+        let absences = p
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match &r.kind {
+                RuleKind::Absence(a) => Some(AbsenceRule {
+                    rule: i,
+                    name: r.name.clone(),
+                    after_ms: a.after.as_millis() as i64,
+                    clock: a.clock,
+                }),
+                RuleKind::Condition(_) => None,
+            })
+            .collect();
+        let mut stage = WindowStage {
+            partition,
+            keys: HashMap::new(),
+            dirty: HashSet::new(),
+            evicted: Vec::new(),
+            max_event_ms: i64::MIN,
+            lateness_ms: p.allowed_lateness.as_millis() as i64,
+            ttl_ms,
+            absences,
+            enriched_subject: p.subjects.enriched(partition),
+            detections_subject: p.subjects.detections(partition),
+            late,
+            last_eviction_ms: wall_ms(),
+            max_dirty: p.state.checkpoint_max_keys,
+            pipeline: pipeline.clone(),
+        };
+        let current: Vec<String> = p.aggregates.iter().map(|a| a.source.clone()).collect();
+        let mut same_aggregates = true;
+        let mut stored = Vec::new();
+        for entry in store.entries() {
+            let (k, v) = entry?;
+            if k == META_KEY {
+                if let Ok(meta) = rmp_serde::from_slice::<PartitionMeta>(&v) {
+                    stage.max_event_ms = meta.max_event_ms;
+                    same_aggregates = meta.aggregates == current;
+                }
+            } else if let Some(key) = k.strip_prefix(KEY_PREFIX) {
+                if let Ok(state) = rmp_serde::from_slice::<KeyState>(&v) {
+                    stored.push((String::from_utf8_lossy(key).into_owned(), state));
+                }
+            }
+        }
+        for (key, mut state) in stored {
+            // Changed aggregate definitions start afresh rather than misread old state.
+            if !same_aggregates || state.aggs.len() != p.aggregates.len() {
+                state.aggs = p
+                    .aggregates
+                    .iter()
+                    .map(|a| a.aggregate.new_state())
+                    .collect();
+                stage.dirty.insert(key.clone());
+            }
+            state.fired.resize(stage.absences.len(), false);
+            stage.keys.insert(key, state);
+        }
+        // Keys an absence rule watches from the start, if they belong to this partition.
+        let now = wall_ms();
+        let declared: Vec<String> = p
+            .rules
+            .iter()
+            .filter_map(|r| match &r.kind {
+                RuleKind::Absence(a) => Some(a.keys.clone()),
+                RuleKind::Condition(_) => None,
+            })
+            .flatten()
+            .filter(|k| super::validate::partition_of(k, p.partitions) == partition)
+            .collect();
+        for key in declared {
+            if !stage.keys.contains_key(&key) {
+                let state = stage.new_key(
+                    now,
+                    if stage.max_event_ms == i64::MIN {
+                        now
+                    } else {
+                        stage.max_event_ms
+                    },
+                );
+                stage.keys.insert(key.clone(), state);
+                stage.dirty.insert(key);
+            }
+        }
+        Ok((stage, store.last_seq()?))
+    }
+
+    fn new_key(&self, wall: i64, event_ms: i64) -> KeyState {
+        KeyState {
+            aggs: self
+                .pipeline
+                .aggregates
+                .iter()
+                .map(|a| a.aggregate.new_state())
+                .collect(),
+            last_event_ms: event_ms,
+            last_seen_wall_ms: wall,
+            last_origin: (0, 0),
+            fired: vec![false; self.absences.len()],
+        }
+    }
+
+    fn late_event(&mut self, input: &Input<'_>, env: &Envelope, out: &mut Emitter) {
+        self.late.inc();
+        let behind = self.max_event_ms - env.meta.event_time;
+        let mut h = HeaderMap::new();
+        h.insert(
+            headers::REASON,
+            format!(
+                "event time {} is {} behind the partition's newest event {}; allowed lateness is {}",
+                crate::alert::rfc3339_ms(env.meta.event_time),
+                crate::duration::format(std::time::Duration::from_millis(behind.max(0) as u64)),
+                crate::alert::rfc3339_ms(self.max_event_ms),
+                crate::duration::format(self.pipeline.allowed_lateness),
+            )
+            .as_str(),
+        );
+        h.insert(headers::REASON_KIND, "late");
+        h.insert(headers::STAGE, NAME);
+        h.insert(headers::SOURCE_SUBJECT, input.subject);
+        h.insert(
+            headers::SOURCE_SEQUENCE,
+            input.stream_seq.to_string().as_str(),
+        );
+        out.emit_with_headers(
+            self.pipeline.subjects.late.clone(),
+            format!(
+                "{}:late:{}:{}",
+                self.pipeline.name, env.meta.origin_seq, env.meta.origin_index
+            ),
+            Bytes::copy_from_slice(input.payload),
+            h,
+        );
+    }
+
+    /// A detection for an absence rule: the key went silent (or spoke again).
+    fn absence_detection(
+        &self,
+        key: &str,
+        state: &KeyState,
+        a: &AbsenceRule,
+        now_ms: i64,
+        resolved: bool,
+    ) -> (String, Vec<u8>) {
+        let p = &*self.pipeline;
+        let last_seen = match a.clock {
+            Clock::Processing => state.last_seen_wall_ms,
+            Clock::Event => state.last_event_ms,
+        };
+        let env = Envelope {
+            v: ENVELOPE_VERSION,
+            meta: Meta {
+                pipeline: p.name.clone(),
+                version: p.version.clone(),
+                key: key.to_string(),
+                partition: self.partition,
+                event_time: match a.clock {
+                    Clock::Processing => now_ms,
+                    Clock::Event => now_ms.max(state.last_event_ms),
+                },
+                ingest_time_us: wall_ms() * 1000,
+                origin_seq: state.last_origin.0,
+                origin_index: state.last_origin.1,
+            },
+            data: Vec::new(),
+            analysis: Analysis {
+                hits: vec![RuleHit {
+                    rule: a.rule as u32,
+                    name: a.name.clone(),
+                }],
+                absence: Some(AbsenceNote {
+                    last_seen_ms: last_seen,
+                    silent_ms: now_ms - last_seen,
+                    resolved,
+                }),
+            },
+            enrichment: p
+                .aggregates
+                .iter()
+                .zip(&state.aggs)
+                .map(|(agg, s)| agg.aggregate.value_at(s, state.last_event_ms))
+                .collect(),
+        };
+        let id = format!(
+            "{}:absence:{}:{}:{}:{}{}",
+            p.name,
+            a.name,
+            key,
+            state.last_origin.0,
+            state.last_origin.1,
+            if resolved { ":resolved" } else { "" }
+        );
+        (id, env.encode())
+    }
+
+    fn evict(&mut self, now_wall: i64) {
+        let declared: HashSet<&String> = self
+            .pipeline
+            .rules
+            .iter()
+            .filter_map(|r| match &r.kind {
+                RuleKind::Absence(a) => Some(a.keys.iter()),
+                RuleKind::Condition(_) => None,
+            })
+            .flatten()
+            .collect();
+        let (max_event, ttl) = (self.max_event_ms, self.ttl_ms);
+        let expired: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(k, s)| {
+                !declared.contains(k)
+                    && s.last_event_ms < max_event.saturating_sub(ttl)
+                    && s.last_seen_wall_ms < now_wall.saturating_sub(ttl)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.keys.remove(&key);
+            self.dirty.remove(&key);
+            self.evicted.push(key);
+        }
+    }
+
+    /// The number of keys held (for tests and metrics).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+impl Stage for WindowStage {
+    fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
+        let mut env = super::rules::open(&self.pipeline, input.payload)?;
+        let t = env.meta.event_time;
+        if self.max_event_ms != i64::MIN && t < self.max_event_ms.saturating_sub(self.lateness_ms) {
+            self.late_event(input, &env, out);
+            return Ok(());
+        }
+        self.max_event_ms = self.max_event_ms.max(t);
+        let now = wall_ms();
+        let key = env.meta.key.clone();
+        let mut state = match self.keys.remove(&key) {
+            Some(s) => s,
+            None => self.new_key(now, t),
+        };
+        // An event-clock gap is seen when the key comes back; a processing-clock one was
+        // fired by the timer. Either way the key speaking again resolves it.
+        for (i, a) in self.absences.iter().enumerate() {
+            let gap = t - state.last_event_ms;
+            if a.clock == Clock::Event
+                && !state.fired[i]
+                && state.last_origin != (0, 0)
+                && gap >= a.after_ms
+            {
+                let (id, payload) = self.absence_detection(&key, &state, a, t, false);
+                out.emit(self.detections_subject.clone(), id, payload);
+                state.fired[i] = true;
+            }
+            if state.fired[i] {
+                let clock_now = if a.clock == Clock::Event { t } else { now };
+                let (id, payload) = self.absence_detection(&key, &state, a, clock_now, true);
+                out.emit(self.detections_subject.clone(), id, payload);
+                state.fired[i] = false;
+            }
+        }
+        let p = &*self.pipeline;
+        env.enrichment = p
+            .aggregates
+            .iter()
+            .zip(state.aggs.iter_mut())
+            .map(|(agg, s)| agg.aggregate.update(s, t, &env.data))
+            .collect();
+        state.last_event_ms = state.last_event_ms.max(t);
+        state.last_seen_wall_ms = now;
+        state.last_origin = (env.meta.origin_seq, env.meta.origin_index);
+        self.keys.insert(key.clone(), state);
+        self.dirty.insert(key);
+        out.emit(
+            self.enriched_subject.clone(),
+            format!(
+                "{}:{NAME}:{}:{}",
+                p.name, env.meta.origin_seq, env.meta.origin_index
+            ),
+            env.encode(),
+        );
+        Ok(())
+    }
+
+    fn tick(&mut self, now_ms: i64, out: &mut Emitter) {
+        if !self.absences.is_empty() {
+            let mut fired = Vec::new();
+            for (key, state) in &self.keys {
+                for (i, a) in self.absences.iter().enumerate() {
+                    let (now, last) = match a.clock {
+                        Clock::Processing => (now_ms, state.last_seen_wall_ms),
+                        Clock::Event => (self.max_event_ms, state.last_event_ms),
+                    };
+                    if !state.fired[i] && now - last >= a.after_ms {
+                        let (id, payload) = self.absence_detection(key, state, a, now, false);
+                        out.emit(self.detections_subject.clone(), id, payload);
+                        fired.push((key.clone(), i));
+                    }
+                }
+            }
+            for (key, i) in fired {
+                if let Some(s) = self.keys.get_mut(&key) {
+                    s.fired[i] = true;
+                }
+                self.dirty.insert(key);
+            }
+        }
+        if now_ms - self.last_eviction_ms >= 10_000 {
+            self.last_eviction_ms = now_ms;
+            self.evict(now_ms);
+        }
+    }
+
+    fn checkpoint(&mut self) -> Option<StateDelta> {
+        let mut puts = Vec::with_capacity(self.dirty.len() + 1);
+        for key in self.dirty.drain() {
+            if let Some(state) = self.keys.get(&key) {
+                let mut k = KEY_PREFIX.to_vec();
+                k.extend_from_slice(key.as_bytes());
+                puts.push((k, rmp_serde::to_vec(state).unwrap_or_default()));
+            }
+        }
+        let meta = PartitionMeta {
+            max_event_ms: self.max_event_ms,
+            aggregates: self
+                .pipeline
+                .aggregates
+                .iter()
+                .map(|a| a.source.clone())
+                .collect(),
+        };
+        puts.push((
+            META_KEY.to_vec(),
+            rmp_serde::to_vec(&meta).unwrap_or_default(),
+        ));
+        let deletes = self
+            .evicted
+            .drain(..)
+            .map(|key| {
+                let mut k = KEY_PREFIX.to_vec();
+                k.extend_from_slice(key.as_bytes());
+                k
+            })
+            .collect();
+        Some(StateDelta {
+            puts,
+            deletes,
+            keys: self.keys.len(),
+        })
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.dirty.len() >= self.max_dirty
+    }
+}
+
+/// The value of every aggregate of a key, for inspection and tests.
+pub fn values_of(pipeline: &Pipeline, states: &[AggState], t_ms: i64) -> Vec<Value> {
+    pipeline
+        .aggregates
+        .iter()
+        .zip(states)
+        .map(|(a, s)| a.aggregate.value_at(s, t_ms))
+        .collect()
+}
