@@ -11,6 +11,7 @@ mod baseline;
 mod generate;
 mod pipeline;
 mod report;
+mod window_bench;
 
 use std::time::Duration;
 
@@ -27,6 +28,19 @@ pub enum Command {
         events: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+    },
+    /// The window stage's own work at growing key counts (no JetStream), with a raw hop
+    /// baseline measured in the same run.
+    Window {
+        /// Distinct keys, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        keys: Vec<usize>,
+        /// Events per key.
+        #[arg(long, default_value_t = 2)]
+        events_per_key: usize,
+        /// Messages for the raw hop baseline (0 skips it).
+        #[arg(long, default_value_t = 200_000)]
+        baseline: usize,
     },
 }
 
@@ -50,6 +64,9 @@ pub struct Args {
     /// One event in this many raises an alert.
     #[arg(long, default_value_t = 20)]
     pub alert_every: usize,
+    /// Add the window stage: the benchmark pipeline gets four per-key aggregates.
+    #[arg(long)]
+    pub keyed: bool,
     /// Skip phases: any of baseline, throughput, latency.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
@@ -64,19 +81,48 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    if let Some(Command::Generate {
-        pipeline,
-        events,
-        seed,
-    }) = &args.command
-    {
-        match pipeline.as_str() {
-            "payments" => generate::payments(*events, *seed)
-                .iter()
-                .for_each(|l| println!("{l}")),
-            other => anyhow::bail!("no generator for `{other}` (have: payments)"),
+    match &args.command {
+        Some(Command::Generate {
+            pipeline,
+            events,
+            seed,
+        }) => {
+            match pipeline.as_str() {
+                "payments" => generate::payments(*events, *seed)
+                    .iter()
+                    .for_each(|l| println!("{l}")),
+                other => anyhow::bail!("no generator for `{other}` (have: payments)"),
+            }
+            return Ok(());
         }
-        return Ok(());
+        Some(Command::Window {
+            keys,
+            events_per_key,
+            baseline,
+        }) => {
+            let base = if *baseline > 0 {
+                let dir = tempfile::tempdir()?;
+                let server = Natsd::start_in(dir.path()).await?;
+                eprintln!("baseline: raw JetStream hop, {baseline} messages ...");
+                let b = baseline::hop(server.url(), *baseline, 160).await?;
+                server.stop().await?;
+                Some(b.rate())
+            } else {
+                None
+            };
+            let mut runs = Vec::new();
+            for k in keys {
+                eprintln!("window stage: {k} keys × {events_per_key} events ...");
+                let (k, e) = (*k, *events_per_key);
+                runs.push(tokio::task::spawn_blocking(move || window_bench::run(k, e)).await??);
+            }
+            if let Some(b) = base {
+                println!("raw JetStream hop (160 B, same run): {b:.0} msg/s\n");
+            }
+            println!("{}", window_bench::markdown(&runs, base));
+            return Ok(());
+        }
+        None => {}
     }
     let mut report = report::Report::new(&args);
 

@@ -13,7 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::Args;
 
 /// The benchmark pipeline: the routes example's shape, plus the send time for latency.
-fn definition(partitions: u32) -> String {
+fn definition(partitions: u32, keyed: bool) -> String {
+    let aggregates = if keyed {
+        "aggregates:\n  runs_5m: count() over 5m\n  bytes_today: sum(bytes) over calendar day\n  avg_ms_30d: avg(durationMs) over 30d\n  prev_status: prev(status)\n"
+    } else {
+        ""
+    };
     format!(
         r#"
 name: bench
@@ -28,7 +33,7 @@ schema:
   bytes:      int
   sentUs:     int
   finishedAt: {{ type: timestamp, required: true }}
-rules:
+{aggregates}rules:
   - name: failed
     when: status == 'FAILED'
     severity: critical
@@ -64,8 +69,8 @@ async fn start(
     url: &str,
     args: &Args,
 ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
-    let pipeline =
-        Pipeline::from_yaml(&definition(args.partitions)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = Pipeline::from_yaml(&definition(args.partitions, args.keyed))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
     let state = tempfile::tempdir()?;
     let mut config = WorkerConfig::new(url, vec![pipeline]);
@@ -122,7 +127,7 @@ pub async fn throughput(url: &str, args: &Args) -> anyhow::Result<Throughput> {
     let mut alerts = js.get_stream("ANOM_BENCH_ALERTS").await?;
     loop {
         let stored = alerts.info().await?.state.messages;
-        if stored >= expected_alerts && drained(&js, args.partitions).await? {
+        if stored >= expected_alerts && drained(&js, args.partitions, args.keyed).await? {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -139,10 +144,19 @@ pub async fn throughput(url: &str, args: &Args) -> anyhow::Result<Throughput> {
 }
 
 /// Every consumer of the pipeline has nothing pending and nothing unacked.
-async fn drained(js: &async_nats::jetstream::Context, partitions: u32) -> anyhow::Result<bool> {
+async fn drained(
+    js: &async_nats::jetstream::Context,
+    partitions: u32,
+    keyed: bool,
+) -> anyhow::Result<bool> {
     let mut consumers = vec![("ANOM_INGEST".to_string(), "bench-validate".to_string())];
     for k in 0..partitions {
-        consumers.push(("ANOM_BENCH_VALID".into(), format!("bench-rules-{k}")));
+        if keyed {
+            consumers.push(("ANOM_BENCH_VALID".into(), format!("bench-window-{k}")));
+            consumers.push(("ANOM_BENCH_ENRICHED".into(), format!("bench-rules-{k}")));
+        } else {
+            consumers.push(("ANOM_BENCH_VALID".into(), format!("bench-rules-{k}")));
+        }
         consumers.push(("ANOM_BENCH_DETECTIONS".into(), format!("bench-alert-{k}")));
     }
     for (stream, name) in consumers {

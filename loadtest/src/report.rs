@@ -36,8 +36,13 @@ impl Report {
             .unwrap_or(0);
         out.push_str(&format!("machine: {cores} cores, {cpu}\n"));
         out.push_str(&format!(
-            "args: --events {} --latency-rate {} --latency-duration {:?} --partitions {} --alert-every {}\n\n",
-            self.args.events, self.args.latency_rate, self.args.latency_duration, self.args.partitions, self.args.alert_every
+            "args: --events {} --latency-rate {} --latency-duration {:?} --partitions {} --alert-every {}{}\n\n",
+            self.args.events,
+            self.args.latency_rate,
+            self.args.latency_duration,
+            self.args.partitions,
+            self.args.alert_every,
+            if self.args.keyed { " --keyed" } else { "" }
         ));
         out.push_str("| run | events | seconds | events/s | vs raw hop |\n|---|---|---|---|---|\n");
         if let Some(b) = &self.baseline {
@@ -55,7 +60,8 @@ impl Report {
                 .as_ref()
                 .map_or("n/a".to_string(), |b| format!("{:.2}", t.rate() / b.rate()));
             out.push_str(&format!(
-                "| pipeline validate → rules → alert ({} alerts) | {} | {:.2} | {:.0} | {ratio} |\n",
+                "| pipeline validate → {}rules → alert ({} alerts) | {} | {:.2} | {:.0} | {ratio} |\n",
+                if self.args.keyed { "window (4 aggregates) → " } else { "" },
                 t.alerts,
                 t.events,
                 t.seconds,

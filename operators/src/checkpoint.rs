@@ -21,6 +21,18 @@ pub enum CheckpointError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// Opens the sled database of a worker's keyed state, tuned for checkpoints: large batches
+/// of small writes, flushed explicitly.
+pub fn open_db(dir: &std::path::Path) -> Result<sled::Db, CheckpointError> {
+    Ok(sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .cache_capacity(256 * 1024 * 1024)
+        // Checkpoints flush themselves; no background flusher is needed.
+        .flush_every_ms(None)
+        .open()?)
+}
+
 /// State entries changed since the last checkpoint.
 #[derive(Debug, Default)]
 pub struct StateDelta {

@@ -127,7 +127,7 @@ impl Worker {
             dir: config.state_dir.clone(),
             source,
         };
-        let db = sled::open(&config.state_dir).map_err(|e| state_error(e.into()))?;
+        let db = crate::checkpoint::open_db(&config.state_dir).map_err(state_error)?;
         let mut tasks = JoinSet::new();
         for p in &config.pipelines {
             let pipeline = Arc::new(p.clone());

@@ -131,6 +131,12 @@ impl Emitter {
         }
     }
 
+    /// Forgets what was emitted (for tools and benchmarks that run a stage by hand).
+    pub fn clear(&mut self) {
+        self.outputs.clear();
+        self.dead_letters.clear();
+    }
+
     /// What was emitted so far.
     pub fn outputs(&self) -> &[Output] {
         &self.outputs
