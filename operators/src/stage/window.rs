@@ -473,3 +473,84 @@ pub fn values_of(pipeline: &Pipeline, states: &[AggState], t_ms: i64) -> Vec<Val
         .map(|(a, s)| a.aggregate.value_at(s, t_ms))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEF: &str = "name: t\nkey: k\nevent_time: at\nallowed_lateness: 1m\nschema:\n  k: string\n  at: timestamp\naggregates:\n  n_1m: count() over 1m\n";
+
+    fn envelope(p: &Pipeline, key: &str, at: i64, seq: u64) -> Vec<u8> {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            meta: Meta {
+                pipeline: p.name.clone(),
+                version: p.version.clone(),
+                key: key.into(),
+                partition: 0,
+                event_time: at,
+                ingest_time_us: 0,
+                origin_seq: seq,
+                origin_index: 0,
+            },
+            data: vec![Value::from(key), Value::Timestamp(at)],
+            analysis: Analysis::default(),
+            enrichment: vec![],
+        }
+        .encode()
+    }
+
+    fn feed(stage: &mut WindowStage, p: &Pipeline, key: &str, at: i64, seq: u64) -> Vec<crate::runtime::Output> {
+        let payload = envelope(p, key, at, seq);
+        let input = Input { subject: "anom.t.valid.0", payload: &payload, headers: None, stream_seq: seq, published_us: 0 };
+        let mut out = Emitter::new(NAME, "t-window-0");
+        stage.process(&input, &mut out).unwrap();
+        out.outputs().to_vec()
+    }
+
+    #[test]
+    fn keys_past_their_windows_are_evicted_and_deleted_at_the_next_checkpoint() {
+        let p = Arc::new(Pipeline::from_yaml(DEF).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = StateStore::open(&db, "t-window-0").unwrap();
+        let (mut stage, seq) = WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+        assert_eq!(seq, 0);
+        let t = 1_795_132_800_000;
+        feed(&mut stage, &p, "old", t, 1);
+        feed(&mut stage, &p, "new", t + 600_000, 2);
+        let first = stage.checkpoint().unwrap();
+        assert_eq!(first.puts.len(), 3, "two keys and the partition's metadata");
+        // Ten minutes of event time and of wall clock later, `old` is past its 1m window
+        // plus 1m lateness; `new` is not (its last event is the partition's newest).
+        stage.tick(wall_ms() + 600_000, &mut Emitter::new(NAME, "t-window-0"));
+        assert_eq!(stage.key_count(), 1);
+        let delta = stage.checkpoint().unwrap();
+        assert_eq!(delta.deletes, vec![b"k:old".to_vec()]);
+    }
+
+    #[test]
+    fn a_restored_stage_continues_from_its_checkpoint() {
+        let p = Arc::new(Pipeline::from_yaml(DEF).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = StateStore::open(&db, "t-window-0").unwrap();
+        let (mut stage, _) = WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+        let t = 1_795_132_800_000;
+        feed(&mut stage, &p, "a", t, 1);
+        feed(&mut stage, &p, "a", t + 1000, 2);
+        let delta = stage.checkpoint().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(store.commit(delta, 2)).unwrap();
+        let (mut restored, seq) = WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+        assert_eq!(seq, 2);
+        let out = feed(&mut restored, &p, "a", t + 2000, 3);
+        let env = Envelope::decode(&out[0].payload).unwrap();
+        assert_eq!(env.enrichment, vec![Value::Int(3)]);
+        // Late beyond the allowed minute: set aside, not counted.
+        let out = feed(&mut restored, &p, "a", t - 120_000, 4);
+        assert_eq!(out[0].subject, "anom.t.late");
+        let out = feed(&mut restored, &p, "a", t + 3000, 5);
+        assert_eq!(Envelope::decode(&out[0].payload).unwrap().enrichment, vec![Value::Int(4)]);
+    }
+}
