@@ -27,7 +27,7 @@ async fn check_reports_a_bad_definition_with_its_file_line_and_suggestion() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("routes.yaml:17:11: rules[0].when: column 1: unknown field `durationMS`, did you mean `durationMs`?"),
+        stderr.contains("routes.yaml:24:11: rules[1].when: column 1: unknown field `durationMS`, did you mean `durationMs`?"),
         "{stderr}"
     );
 

@@ -396,3 +396,43 @@ async fn keyed_state_survives_a_restart() {
     assert_eq!(enriched.len(), 6, "nothing reprocessed twice");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_event_clock_a_gap_in_replayed_history_fires_and_resolves_when_the_key_returns() {
+    let env = Env::start().await;
+    let def = SILENCE
+        .replace("after: 2s", "after: 10m\n    clock: event")
+        .replace("keys: [SFTP-BANK-A]", "keys: []");
+    let dir = env.pipeline_dir("feeds", &def);
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+    let t = ms("2026-11-20T10:00:00Z");
+    // History replayed fast: a file every 5 minutes, then 30 minutes of silence, then files again.
+    let events: Vec<_> = [0, 5, 10, 40, 45]
+        .iter()
+        .map(|m| feed("SFTP-BANK-A", t + m * 60_000))
+        .collect();
+    publish(&js, "anom.feeds.in", &events).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move { alerts(&js, "ANOM_FEEDS_ALERTS").await.len() >= 2 }
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = alerts(&js, "ANOM_FEEDS_ALERTS").await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["status"], "firing");
+    assert_eq!(got[1]["status"], "resolved");
+    // The gap is measured in event time: silent from 10:10 to 10:40.
+    assert!(
+        got[0]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("since 2026-11-20T10:10:00Z (silent 30m, limit 10m)"),
+        "{}",
+        got[0]
+    );
+    worker.stop().await;
+}

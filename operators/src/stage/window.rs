@@ -500,9 +500,21 @@ mod tests {
         .encode()
     }
 
-    fn feed(stage: &mut WindowStage, p: &Pipeline, key: &str, at: i64, seq: u64) -> Vec<crate::runtime::Output> {
+    fn feed(
+        stage: &mut WindowStage,
+        p: &Pipeline,
+        key: &str,
+        at: i64,
+        seq: u64,
+    ) -> Vec<crate::runtime::Output> {
         let payload = envelope(p, key, at, seq);
-        let input = Input { subject: "anom.t.valid.0", payload: &payload, headers: None, stream_seq: seq, published_us: 0 };
+        let input = Input {
+            subject: "anom.t.valid.0",
+            payload: &payload,
+            headers: None,
+            stream_seq: seq,
+            published_us: 0,
+        };
         let mut out = Emitter::new(NAME, "t-window-0");
         stage.process(&input, &mut out).unwrap();
         out.outputs().to_vec()
@@ -514,7 +526,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let store = StateStore::open(&db, "t-window-0").unwrap();
-        let (mut stage, seq) = WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+        let (mut stage, seq) =
+            WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
         assert_eq!(seq, 0);
         let t = 1_795_132_800_000;
         feed(&mut stage, &p, "old", t, 1);
@@ -535,14 +548,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let store = StateStore::open(&db, "t-window-0").unwrap();
-        let (mut stage, _) = WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+        let (mut stage, _) =
+            WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
         let t = 1_795_132_800_000;
         feed(&mut stage, &p, "a", t, 1);
         feed(&mut stage, &p, "a", t + 1000, 2);
         let delta = stage.checkpoint().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(store.commit(delta, 2)).unwrap();
-        let (mut restored, seq) = WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+        let (mut restored, seq) =
+            WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
         assert_eq!(seq, 2);
         let out = feed(&mut restored, &p, "a", t + 2000, 3);
         let env = Envelope::decode(&out[0].payload).unwrap();
@@ -551,6 +569,9 @@ mod tests {
         let out = feed(&mut restored, &p, "a", t - 120_000, 4);
         assert_eq!(out[0].subject, "anom.t.late");
         let out = feed(&mut restored, &p, "a", t + 3000, 5);
-        assert_eq!(Envelope::decode(&out[0].payload).unwrap().enrichment, vec![Value::Int(4)]);
+        assert_eq!(
+            Envelope::decode(&out[0].payload).unwrap().enrichment,
+            vec![Value::Int(4)]
+        );
     }
 }
