@@ -89,28 +89,33 @@ pub async fn publish(
             .await
             .with_context(|| format!("cannot publish to {subject}"))?;
         acks.push_back(ack);
-        if acks.len() >= IN_FLIGHT {
-            if let Some(ack) = acks.pop_front() {
-                ack.await.with_context(|| {
-                    format!("{subject}: no stream accepted the event (is a worker running?)")
-                })?;
-                confirmed += 1;
-                if let Some(bar) = bar {
-                    bar.inc(1);
-                }
-            }
+        // Below the client's 5,000 acks in flight, or publishing waits on acks never awaited.
+        while acks.len() >= IN_FLIGHT {
+            confirm_oldest(&mut acks, subject, bar).await?;
+            confirmed += 1;
         }
     }
-    while let Some(ack) = acks.pop_front() {
+    while !acks.is_empty() {
+        confirm_oldest(&mut acks, subject, bar).await?;
+        confirmed += 1;
+    }
+    Ok(confirmed)
+}
+
+async fn confirm_oldest(
+    acks: &mut VecDeque<async_nats::jetstream::context::PublishAckFuture>,
+    subject: &str,
+    bar: Option<&ProgressBar>,
+) -> anyhow::Result<()> {
+    if let Some(ack) = acks.pop_front() {
         ack.await.with_context(|| {
             format!("{subject}: no stream accepted the event (is a worker running?)")
         })?;
-        confirmed += 1;
         if let Some(bar) = bar {
             bar.inc(1);
         }
     }
-    Ok(confirmed)
+    Ok(())
 }
 
 /// One event per non-empty line, sent as it is written.

@@ -186,26 +186,7 @@ pub const MAX_DURATION_MS: u64 = 100 * 365 * 86_400_000;
 pub const MAX_HOPS: u64 = 10_000;
 
 /// Formats a duration the way users write them (`1h30m`, `250ms`).
-pub fn format_duration(d: Duration) -> String {
-    let mut ms = d.as_millis();
-    if ms == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for (unit, size) in [
-        ("d", 86_400_000u128),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ] {
-        if ms >= size {
-            out.push_str(&format!("{}{unit}", ms / size));
-            ms %= size;
-        }
-    }
-    out
-}
+pub use crate::duration::format as format_duration;
 
 /// Parses an aggregate spec. `default_tz` is the IANA time zone of calendar windows that
 /// name none.
@@ -564,48 +545,11 @@ impl Parser {
                 ),
             );
         }
-        let mut total: u128 = 0;
-        let mut rest = text.as_str();
-        while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            if digits == 0 {
-                return self.err(
-                    start,
-                    format!("expected a {what} such as `5m`, `1h30m` or `30d`, found `{text}`"),
-                );
-            }
-            let n: u128 = rest[..digits].parse().unwrap_or(u128::MAX);
-            rest = &rest[digits..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            let unit_ms: u128 = match &rest[..unit_len] {
-                "ms" => 1,
-                "s" => 1_000,
-                "m" => 60_000,
-                "h" => 3_600_000,
-                "d" => 86_400_000,
-                "w" => 604_800_000,
-                "" => {
-                    return self.err(
-                        start,
-                        format!("duration `{text}` needs a unit: one of ms, s, m, h, d, w"),
-                    )
-                }
-                other => {
-                    return self.err(
-                        start,
-                        format!(
-                            "unknown duration unit `{other}` in `{text}`: expected one of ms, s, m, h, d, w"
-                        ),
-                    )
-                }
-            };
-            total = total.saturating_add(n.saturating_mul(unit_ms));
-            rest = &rest[unit_len..];
-        }
+        // Same duration syntax (and messages) as everywhere else in a pipeline file.
+        let total = match crate::duration::parse(&text) {
+            Ok(d) => d.as_millis(),
+            Err(message) => return self.err(start, message),
+        };
         if total == 0 {
             return self.err(start, format!("a {what} must be positive, found `{text}`"));
         }
