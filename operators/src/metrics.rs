@@ -47,6 +47,14 @@ pub struct PipelineLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    pub pipeline: String,
+    pub stage: String,
+    /// The durable consumer: one per (pipeline, stage, partition).
+    pub consumer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -73,6 +81,8 @@ pub struct Metrics {
     pub checkpoint_bytes: Family<StageLabels, Gauge>,
     pub state_keys: Family<StageLabels, Gauge>,
     pub late_events: Family<StageLabels, Counter>,
+    pub consumer_pending: Family<ConsumerLabels, Gauge>,
+    pub checkpoint_timestamp: Family<StageLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -163,6 +173,18 @@ impl Metrics {
             "Events later than the allowed lateness, sent to anom.<p>.late",
             late_events.clone(),
         );
+        let consumer_pending = Family::default();
+        registry.register(
+            "consumer_pending",
+            "Messages waiting for a consumer (its lag), as of its latest delivery",
+            consumer_pending.clone(),
+        );
+        let checkpoint_timestamp = Family::default();
+        registry.register(
+            "checkpoint_last_timestamp_seconds",
+            "When the latest checkpoint was committed (Unix time); its age is time() minus this",
+            checkpoint_timestamp.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Anom build", build_info.clone());
         build_info
@@ -186,6 +208,8 @@ impl Metrics {
             checkpoint_bytes,
             state_keys,
             late_events,
+            consumer_pending,
+            checkpoint_timestamp,
         }
     }
 
@@ -205,6 +229,8 @@ impl Metrics {
             checkpoint_bytes: self.checkpoint_bytes.get_or_create_owned(&labels),
             state_keys: self.state_keys.get_or_create_owned(&labels),
             late_events: self.late_events.get_or_create_owned(&labels),
+            checkpoint_timestamp: self.checkpoint_timestamp.get_or_create_owned(&labels),
+            consumer_pending: self.consumer_pending.clone(),
             dead_letters: self.dead_letters.clone(),
             pipeline: labels.pipeline,
             stage: labels.stage,
@@ -231,6 +257,8 @@ pub struct StageMetrics {
     pub checkpoint_bytes: Gauge,
     pub state_keys: Gauge,
     pub late_events: Counter,
+    pub checkpoint_timestamp: Gauge,
+    consumer_pending: Family<ConsumerLabels, Gauge>,
     dead_letters: Family<DeadLetterLabels, Counter>,
     pipeline: String,
     stage: String,
@@ -242,6 +270,19 @@ impl StageMetrics {
         self.checkpoint_entries.inc_by(done.entries as u64);
         self.checkpoint_bytes.set(done.bytes as i64);
         self.state_keys.set(keys as i64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.checkpoint_timestamp.set(now);
+    }
+
+    /// The lag gauge of one consumer, resolved once by its stage loop.
+    pub fn pending(&self, consumer: &str) -> Gauge {
+        self.consumer_pending.get_or_create_owned(&ConsumerLabels {
+            pipeline: self.pipeline.clone(),
+            stage: self.stage.clone(),
+            consumer: consumer.to_string(),
+        })
     }
 
     pub fn dead_letter(&self, pipeline: &str, reason: &str) {

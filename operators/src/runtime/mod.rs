@@ -365,6 +365,7 @@ pub async fn run_stage(
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = Emitter::new(binding.stage, &binding.durable);
+    let lag = metrics.pending(&binding.durable);
     'outer: while !rt.shutdown.is_cancelled() {
         // Resuming after what this process already processed: those inputs are in its state
         // and in the confirmer's hands.
@@ -440,6 +441,9 @@ pub async fn run_stage(
                 stage.tick(now_ms(), &mut out);
                 outputs.append(&mut out.outputs);
             } else {
+                if let Some(info) = batch.last().and_then(|m| m.info().ok()) {
+                    lag.set(info.pending as i64);
+                }
                 metrics.events_in.inc_by(batch.len() as u64);
                 metrics
                     .batch_seconds
