@@ -61,12 +61,20 @@ pub struct Args {
     /// Partitions of the benchmark pipeline.
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// Distinct keys (routes) in the generated events.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
     /// One event in this many raises an alert.
     #[arg(long, default_value_t = 20)]
     pub alert_every: usize,
     /// Add the window stage: the benchmark pipeline gets four per-key aggregates.
     #[arg(long)]
     pub keyed: bool,
+    /// After the throughput run, raise the rate in 10% steps (5 s each) until latency (p99 over
+    /// 50 ms), pace or alerts break; then report latency, CPU, memory and detection quality at
+    /// 50% and 90% of the highest rate that held.
+    #[arg(long)]
+    pub rising: bool,
     /// Skip phases: any of baseline, throughput, latency.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
@@ -129,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
     if !args.skip.iter().any(|s| s == "baseline") {
         let dir = tempfile::tempdir()?;
         let server = Natsd::start_in(dir.path()).await?;
-        let size = pipeline::sample_event(0, 0, 1).len();
+        let size = pipeline::sample_event(0, 0, 1, args.keys).len();
         eprintln!(
             "baseline: raw JetStream hop, {} messages of {size} B ...",
             args.events
@@ -157,6 +165,48 @@ async fn main() -> anyhow::Result<()> {
         report.latency = Some(pipeline::latency(server.url(), &args).await?);
         server.stop().await?;
     }
+    if args.rising {
+        let burst = report
+            .throughput
+            .as_ref()
+            .map(|t| t.rate())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--rising needs the throughput phase (do not skip it)")
+            })?;
+        let step = Duration::from_secs(5);
+        let mut sustained = 0u64;
+        for pct in (30..=150).step_by(10) {
+            let rate = (burst * pct as f64 / 100.0) as u64;
+            eprintln!("rising: {rate} events/s for {step:?} ...");
+            let run = run_at(&args, rate, step).await?;
+            let ok = run.sustained();
+            report.rising.push(run);
+            if !ok {
+                break;
+            }
+            sustained = rate;
+        }
+        report.sustainable = Some(sustained);
+        for pct in [50u64, 90] {
+            let rate = sustained * pct / 100;
+            eprintln!(
+                "at {pct}% of the sustainable rate: {rate} events/s for {:?} ...",
+                args.latency_duration
+            );
+            report
+                .at_share
+                .push((pct, run_at(&args, rate, args.latency_duration).await?));
+        }
+    }
     println!("{}", report.markdown());
     Ok(())
+}
+
+/// One fixed-rate run on a fresh server, with the server's CPU and memory.
+async fn run_at(args: &Args, rate: u64, duration: Duration) -> anyhow::Result<pipeline::Latency> {
+    let dir = tempfile::tempdir()?;
+    let server = Natsd::start_in(dir.path()).await?;
+    let run = pipeline::latency_at(server.url(), args, rate, duration, server.pid()).await?;
+    server.stop().await?;
+    Ok(run)
 }

@@ -44,16 +44,17 @@ schema:
     )
 }
 
-/// Event `i`; one in `alert_every` fails (and so raises one alert).
-pub fn sample_event(i: usize, sent_us: i64, alert_every: usize) -> Bytes {
+/// Event `i` of `keys` distinct routes; one in `alert_every` fails (the injected, labelled
+/// anomaly: it must raise exactly one alert).
+pub fn sample_event(i: usize, sent_us: i64, alert_every: usize, keys: usize) -> Bytes {
     let status = if i.is_multiple_of(alert_every.max(1)) {
         "FAILED"
     } else {
         "OK"
     };
     Bytes::from(format!(
-        r#"{{"route":"ROUTE-{:04}","status":"{status}","durationMs":{},"fileName":"file-{i:08}.csv","bytes":{},"sentUs":{sent_us},"finishedAt":"2026-11-20T10:00:00Z"}}"#,
-        i % 1000,
+        r#"{{"route":"ROUTE-{:07}","status":"{status}","durationMs":{},"fileName":"file-{i:08}.csv","bytes":{},"sentUs":{sent_us},"finishedAt":"2026-11-20T10:00:00Z"}}"#,
+        i % keys.max(1),
         100 + i % 4000,
         1000 + i % 100_000
     ))
@@ -108,7 +109,7 @@ pub async fn throughput(url: &str, args: &Args) -> anyhow::Result<Throughput> {
         .filter(|i| i.is_multiple_of(args.alert_every.max(1)))
         .count() as u64;
     let events: Vec<Bytes> = (0..args.events)
-        .map(|i| sample_event(i, 0, args.alert_every))
+        .map(|i| sample_event(i, 0, args.alert_every, args.keys))
         .collect();
     let started = Instant::now();
     let mut acks = std::collections::VecDeque::new();
@@ -181,10 +182,74 @@ pub struct Latency {
     pub samples: u64,
     pub expected_samples: u64,
     pub histogram: Histogram<u64>,
+    /// Alerts for events that carried an injected anomaly, alerts for others, and injected
+    /// anomalies that raised none.
+    pub true_positives: u64,
+    pub false_positives: u64,
+    pub false_negatives: u64,
+    /// CPU cores used on average and resident memory at the end: this process (generator and
+    /// worker) and nats-server.
+    pub cpu_self: f64,
+    pub cpu_server: f64,
+    pub rss_self_mib: f64,
+    pub rss_server_mib: f64,
+}
+
+impl Latency {
+    pub fn precision(&self) -> f64 {
+        self.true_positives as f64 / (self.true_positives + self.false_positives).max(1) as f64
+    }
+    pub fn recall(&self) -> f64 {
+        self.true_positives as f64 / (self.true_positives + self.false_negatives).max(1) as f64
+    }
+    /// Held the rate: kept pace, every alert arrived, p99 under 50 ms.
+    pub fn sustained(&self) -> bool {
+        self.achieved_rate >= self.target_rate as f64 * 0.97
+            && self.samples >= self.expected_samples
+            && self.histogram.value_at_quantile(0.99) <= 50_000
+    }
+}
+
+/// CPU seconds used so far and resident memory (MiB) of a process, from /proc.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start at ") ".
+            let rest = s
+                .rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .collect::<Vec<_>>();
+            let utime: f64 = rest.get(11)?.parse().ok()?;
+            let stime: f64 = rest.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0);
+    (cpu, rss)
 }
 
 /// Publishes at a fixed rate and measures publish → alert received, per alert.
 pub async fn latency(url: &str, args: &Args) -> anyhow::Result<Latency> {
+    latency_at(url, args, args.latency_rate, args.latency_duration, None).await
+}
+
+/// Like `latency`, at `rate` for `duration`; `server_pid` adds nats-server's CPU and memory.
+pub async fn latency_at(
+    url: &str,
+    args: &Args,
+    rate: u64,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Latency> {
     let (shutdown, worker) = start(url, args).await?;
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client.clone());
@@ -193,8 +258,11 @@ pub async fn latency(url: &str, args: &Args) -> anyhow::Result<Latency> {
     let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
+    let alerted = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<u64>::new(),
+    ));
     let receiver = {
-        let histogram = histogram.clone();
+        let (histogram, alerted) = (histogram.clone(), alerted.clone());
         tokio::spawn(async move {
             let mut n = 0u64;
             while let Some(msg) = alerts.next().await {
@@ -206,10 +274,23 @@ pub async fn latency(url: &str, args: &Args) -> anyhow::Result<Latency> {
                     }
                     n += 1;
                 }
+                // The event's index is in its file name: `file-<i>.csv`.
+                let index = v["event"]["fileName"].as_str().and_then(|f| {
+                    f.strip_prefix("file-")?
+                        .strip_suffix(".csv")?
+                        .parse::<u64>()
+                        .ok()
+                });
+                if let (Some(i), Ok(mut a)) = (index, alerted.lock()) {
+                    a.insert(i);
+                }
             }
             n
         })
     };
+    let server_before = server_pid.map(process_usage);
+    let self_before = process_usage(std::process::id());
+    let measured_from = Instant::now();
     // Acks are awaited off the publishing loop so pacing is not held up by them.
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel(100_000);
     let acker = tokio::spawn(async move {
@@ -219,20 +300,19 @@ pub async fn latency(url: &str, args: &Args) -> anyhow::Result<Latency> {
         }
         anyhow::Ok(())
     });
-    let total = (args.latency_rate as f64 * args.latency_duration.as_secs_f64()) as usize;
+    let total = (rate as f64 * duration.as_secs_f64()) as usize;
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut sent = 0usize;
     while sent < total {
         tick.tick().await;
-        let due =
-            ((started.elapsed().as_secs_f64() * args.latency_rate as f64) as usize).min(total);
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as usize).min(total);
         while sent < due {
             let ack = js
                 .publish(
                     "anom.bench.in",
-                    sample_event(sent, now_us(), args.alert_every),
+                    sample_event(sent, now_us(), args.alert_every, args.keys),
                 )
                 .await?;
             ack_tx.send(ack).await?;
@@ -251,6 +331,15 @@ pub async fn latency(url: &str, args: &Args) -> anyhow::Result<Latency> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let wall = measured_from.elapsed().as_secs_f64();
+    let (self_cpu, rss_self_mib) = process_usage(std::process::id());
+    let (cpu_server, rss_server_mib) = match (server_pid, server_before) {
+        (Some(pid), Some((before, _))) => {
+            let (cpu, rss) = process_usage(pid);
+            ((cpu - before) / wall, rss)
+        }
+        _ => (0.0, 0.0),
+    };
     shutdown.cancel();
     worker.await?;
     receiver.abort();
@@ -258,11 +347,24 @@ pub async fn latency(url: &str, args: &Args) -> anyhow::Result<Latency> {
         .lock()
         .map(|h| h.clone())
         .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let alerted = alerted
+        .lock()
+        .map(|a| a.clone())
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let injected = |i: u64| (i as usize).is_multiple_of(args.alert_every.max(1));
+    let true_positives = alerted.iter().filter(|i| injected(**i)).count() as u64;
     Ok(Latency {
-        target_rate: args.latency_rate,
+        target_rate: rate,
         achieved_rate,
         samples: histogram.len(),
         expected_samples,
         histogram,
+        true_positives,
+        false_positives: alerted.len() as u64 - true_positives,
+        false_negatives: expected_samples.saturating_sub(true_positives),
+        cpu_self: (self_cpu - self_before.0) / wall,
+        cpu_server,
+        rss_self_mib,
+        rss_server_mib,
     })
 }

@@ -9,6 +9,10 @@ pub struct Report {
     pub baseline: Option<Baseline>,
     pub throughput: Option<Throughput>,
     pub latency: Option<Latency>,
+    /// The rising-rate steps, the highest rate that held, and runs at shares of it.
+    pub rising: Vec<Latency>,
+    pub sustainable: Option<u64>,
+    pub at_share: Vec<(u64, Latency)>,
 }
 
 impl Report {
@@ -18,6 +22,9 @@ impl Report {
             baseline: None,
             throughput: None,
             latency: None,
+            rising: Vec::new(),
+            sustainable: None,
+            at_share: Vec::new(),
         }
     }
 
@@ -36,11 +43,12 @@ impl Report {
             .unwrap_or(0);
         out.push_str(&format!("machine: {cores} cores, {cpu}\n"));
         out.push_str(&format!(
-            "args: --events {} --latency-rate {} --latency-duration {:?} --partitions {} --alert-every {}{}\n\n",
+            "args: --events {} --latency-rate {} --latency-duration {:?} --partitions {} --keys {} --alert-every {}{}\n\n",
             self.args.events,
             self.args.latency_rate,
             self.args.latency_duration,
             self.args.partitions,
+            self.args.keys,
             self.args.alert_every,
             if self.args.keyed { " --keyed" } else { "" }
         ));
@@ -84,6 +92,49 @@ impl Report {
                 ms(0.999),
                 h.max() as f64 / 1000.0
             ));
+        }
+        if !self.rising.is_empty() {
+            out.push_str(
+                "\nrising rate (5 s steps; held = pace ≥ 97%, every alert, p99 ≤ 50 ms):\n\n",
+            );
+            out.push_str("| target/s | achieved/s | p50 | p99 | alerts | held |\n|---|---|---|---|---|---|\n");
+            for r in &self.rising {
+                out.push_str(&format!(
+                    "| {} | {:.0} | {:.2} ms | {:.2} ms | {}/{} | {} |\n",
+                    r.target_rate,
+                    r.achieved_rate,
+                    r.histogram.value_at_quantile(0.5) as f64 / 1000.0,
+                    r.histogram.value_at_quantile(0.99) as f64 / 1000.0,
+                    r.samples,
+                    r.expected_samples,
+                    if r.sustained() { "yes" } else { "no" }
+                ));
+            }
+        }
+        if let Some(max) = self.sustainable {
+            let ratio = self.baseline.as_ref().map_or("n/a".to_string(), |b| {
+                format!("{:.2}", max as f64 / b.rate())
+            });
+            out.push_str(&format!(
+                "\nmax sustainable: {max} events/s ({ratio} of the raw hop)\n\n"
+            ));
+            out.push_str("| share | events/s | p50 | p99 | p99.9 | precision | recall | CPU anom+load | CPU nats-server | RSS anom+load | RSS nats-server |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+            for (pct, r) in &self.at_share {
+                let h = &r.histogram;
+                out.push_str(&format!(
+                    "| {pct}% | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.3} | {:.3} | {:.2} cores | {:.2} cores | {:.0} MiB | {:.0} MiB |\n",
+                    r.achieved_rate,
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0,
+                    h.value_at_quantile(0.999) as f64 / 1000.0,
+                    r.precision(),
+                    r.recall(),
+                    r.cpu_self,
+                    r.cpu_server,
+                    r.rss_self_mib,
+                    r.rss_server_mib
+                ));
+            }
         }
         out
     }

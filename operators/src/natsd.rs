@@ -160,6 +160,11 @@ impl Natsd {
         }
     }
 
+    /// The server's process id (for CPU and memory figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
