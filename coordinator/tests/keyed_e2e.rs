@@ -5,44 +5,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anom_operators::metrics::Metrics;
-use anom_operators::pipeline::load_dir;
-use anom_operators::worker::{Worker, WorkerConfig};
 use bytes::Bytes;
-use support::{read_stream, repo_root, wait_for, Env};
-use tokio_util::sync::CancellationToken;
-
-struct Running {
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap();
-    }
-}
-
-async fn start_worker(env: &Env, dir: &Path) -> Running {
-    let mut config = WorkerConfig::new(env.url(), load_dir(dir).expect("valid pipelines"));
-    config.state_dir = env.dir.path().join("state");
-    let shutdown = CancellationToken::new();
-    let worker = Worker::start(config, shutdown.clone())
-        .await
-        .expect("worker starts");
-    let metrics = worker.metrics.clone();
-    Running {
-        metrics,
-        shutdown: shutdown.clone(),
-        task: tokio::spawn(worker.run_until_shutdown()),
-    }
-}
+use support::{read_stream, repo_root, start_worker, wait_for, Env};
 
 async fn publish(js: &async_nats::jetstream::Context, subject: &str, events: &[serde_json::Value]) {
     let mut acks = Vec::new();

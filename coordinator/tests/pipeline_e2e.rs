@@ -4,46 +4,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anom_operators::metrics::Metrics;
-use anom_operators::pipeline::load_dir;
-use anom_operators::worker::{Worker, WorkerConfig};
 use bytes::Bytes;
-use support::{read_stream, repo_root, wait_for, Env, Receiver};
-use tokio_util::sync::CancellationToken;
-
-struct Running {
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap();
-    }
-}
-
-async fn start_worker(env: &Env, dir: &std::path::Path) -> Running {
-    let pipelines = load_dir(dir).expect("test pipelines are valid");
-    let mut config = WorkerConfig::new(env.url(), pipelines);
-    config.unrouted_poll = Duration::from_millis(200);
-    config.state_dir = env.dir.path().join("state");
-    let shutdown = CancellationToken::new();
-    let worker = Worker::start(config, shutdown.clone())
-        .await
-        .expect("worker starts");
-    let metrics = worker.metrics.clone();
-    let task = tokio::spawn(worker.run_until_shutdown());
-    Running {
-        metrics,
-        shutdown,
-        task,
-    }
-}
+use support::{read_stream, repo_root, start_worker, wait_for, Env, Receiver};
 
 /// The example routes pipeline, with a webhook sink added.
 fn routes_with_webhook(url: &str, extra: &str) -> String {

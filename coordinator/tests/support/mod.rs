@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anom_operators::metrics::Metrics;
 use anom_operators::natsd::Natsd;
+use anom_operators::pipeline::load_dir;
+use anom_operators::worker::{Worker, WorkerConfig};
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use futures::StreamExt;
@@ -45,6 +48,38 @@ impl Env {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.yaml")), yaml).unwrap();
         dir
+    }
+}
+
+/// A worker running in the test process.
+pub struct Running {
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops it the way Ctrl-C does: every stage finishes its batch and checkpoints.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// Starts a worker on the pipelines in `dir`, with its state in the env's temp dir.
+pub async fn start_worker(env: &Env, dir: &Path) -> Running {
+    let mut config = WorkerConfig::new(env.url(), load_dir(dir).expect("test pipelines are valid"));
+    config.unrouted_poll = Duration::from_millis(200);
+    config.state_dir = env.dir.path().join("state");
+    let shutdown = CancellationToken::new();
+    let worker = Worker::start(config, shutdown.clone())
+        .await
+        .expect("worker starts");
+    let metrics = worker.metrics.clone();
+    Running {
+        metrics,
+        shutdown,
+        task: tokio::spawn(worker.run_until_shutdown()),
     }
 }
 
