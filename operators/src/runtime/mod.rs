@@ -347,7 +347,14 @@ pub async fn run_stage(
     state: Option<StateBinding>,
 ) {
     let store = state.as_ref().map(|s| s.store.clone());
-    let (confirm_tx, confirm_rx) = mpsc::channel::<Pending>(rt.options.batches_in_flight);
+    // Keyed stages may wait on a checkpoint in the confirmer: leave room to keep processing
+    // meanwhile (the consumer's max_ack_pending still bounds what is outstanding).
+    let in_flight = if state.is_some() {
+        rt.options.batches_in_flight * 8
+    } else {
+        rt.options.batches_in_flight
+    };
+    let (confirm_tx, confirm_rx) = mpsc::channel::<Pending>(in_flight);
     let confirmer = tokio::spawn(confirm(
         rt.clone(),
         binding.clone(),
