@@ -74,6 +74,8 @@ pub struct WindowStage {
     late: Counter,
     last_eviction_ms: i64,
     max_dirty: usize,
+    /// Whether anything happened since the last checkpoint (an idle stage writes nothing).
+    touched: bool,
 }
 
 fn wall_ms() -> i64 {
@@ -131,6 +133,7 @@ impl WindowStage {
             late,
             last_eviction_ms: wall_ms(),
             max_dirty: p.state.checkpoint_max_keys,
+            touched: true,
             pipeline: pipeline.clone(),
         };
         let current: Vec<String> = p.aggregates.iter().map(|a| a.source.clone()).collect();
@@ -336,6 +339,8 @@ impl WindowStage {
 
 impl Stage for WindowStage {
     fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
+        // Even a late or refused input must be covered by a checkpoint to be acked.
+        self.touched = true;
         let mut env = super::rules::open(&self.pipeline, input.payload)?;
         let t = env.meta.event_time;
         if self.max_event_ms != i64::MIN && t < self.max_event_ms.saturating_sub(self.lateness_ms) {
@@ -413,15 +418,20 @@ impl Stage for WindowStage {
                     s.fired[i] = true;
                 }
                 self.dirty.insert(key);
+                self.touched = true;
             }
         }
         if now_ms - self.last_eviction_ms >= 10_000 {
             self.last_eviction_ms = now_ms;
             self.evict(now_ms);
+            self.touched |= !self.evicted.is_empty();
         }
     }
 
     fn checkpoint(&mut self) -> Option<StateDelta> {
+        if !std::mem::take(&mut self.touched) {
+            return None;
+        }
         let mut puts = Vec::with_capacity(self.dirty.len() + 1);
         for key in self.dirty.drain() {
             if let Some(state) = self.keys.get(&key) {
