@@ -402,3 +402,74 @@ async fn on_the_event_clock_a_gap_in_replayed_history_fires_and_resolves_when_th
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_field_fires_once_while_it_keeps_its_value_and_resolves_when_it_changes() {
+    let env = Env::start().await;
+    let def = r#"
+name: sensors
+key: device
+event_time: at
+schema:
+  device:      { type: string, required: true }
+  temperature: { type: float, required: true }
+  at:          { type: timestamp, required: true }
+absence:
+  - name: stuck
+    stale: temperature
+    after: 10m
+    severity: warning
+"#;
+    let dir = env.pipeline_dir("sensors", def);
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+    let t = ms("2026-11-20T10:00:00Z");
+    let reading = |minute: i64, temperature: f64| {
+        serde_json::json!({"device": "d1", "temperature": temperature,
+            "at": jiff::Timestamp::from_millisecond(t + minute * 60_000).unwrap().to_string()})
+    };
+    // 4.2 from 10:00 to 10:25 (stuck from 10:10 on), then it moves again.
+    let events: Vec<_> = [
+        (0, 4.2),
+        (5, 4.2),
+        (10, 4.2),
+        (15, 4.2),
+        (20, 4.2),
+        (25, 4.2),
+        (30, 4.6),
+        (35, 4.4),
+    ]
+    .iter()
+    .map(|(m, v)| reading(*m, *v))
+    .collect();
+    publish(&js, "anom.sensors.in", &events).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move { alerts(&js, "ANOM_SENSORS_ALERTS").await.len() >= 2 }
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = alerts(&js, "ANOM_SENSORS_ALERTS").await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["status"], "firing");
+    assert_eq!(
+        got[0]["message"],
+        "d1: `temperature` has not changed for 10m"
+    );
+    assert!(
+        got[0]["explanation"].as_str().unwrap().contains(
+            "`temperature` has stayed 4.2 for key d1 since 2026-11-20T10:00:00Z (10m, limit 10m)"
+        ),
+        "{}",
+        got[0]
+    );
+    assert_eq!(got[1]["status"], "resolved");
+    assert_eq!(
+        got[1]["id"].as_str().unwrap(),
+        format!("{}:resolved", got[0]["id"].as_str().unwrap())
+    );
+    assert_eq!(got[1]["event"]["temperature"], 4.6);
+    worker.stop().await;
+}

@@ -82,6 +82,10 @@ pub struct AbsenceDef {
     /// Keys watched from the start, even before they send anything.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Instead of silence, watch a field that stops changing: fires when the key keeps
+    /// sending but this field has kept one value for `after` (a stuck sensor).
+    #[serde(default)]
+    pub stale: Option<String>,
     /// `processing` (default: wall clock, live) or `event` (event time, for replays).
     #[serde(default)]
     pub clock: Clock,

@@ -75,6 +75,8 @@ pub struct Absence {
     pub after: Duration,
     pub keys: Vec<String>,
     pub clock: Clock,
+    /// For `stale:` rules, the schema index of the field that must keep changing.
+    pub stale: Option<usize>,
 }
 
 impl Rule {
@@ -482,10 +484,27 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
             );
         }
         let Some(scope) = &scope else { continue };
-        let text = a
-            .message
-            .clone()
-            .unwrap_or_else(|| "No event from {key} for {silence}".to_string());
+        let text = a.message.clone().unwrap_or_else(|| match &a.stale {
+            Some(f) => format!("{{key}}: `{f}` has not changed for {{silence}}"),
+            None => "No event from {key} for {silence}".to_string(),
+        });
+        let stale = match &a.stale {
+            None => None,
+            Some(f) => match names.iter().position(|n| n == f) {
+                Some(i) => Some(i),
+                None => {
+                    error(
+                        format!("{path}.stale"),
+                        format!(
+                            "unknown field `{f}`{}",
+                            crate::suggest::did_you_mean(f, names.iter().copied())
+                        ),
+                        None,
+                    );
+                    continue;
+                }
+            },
+        };
         if let Some(message) =
             compile_message(&text, a.message.as_deref(), scope, &path, &mut error)
         {
@@ -499,6 +518,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
                     after: a.after,
                     keys: a.keys.clone(),
                     clock: a.clock,
+                    stale,
                 }),
             });
         }

@@ -108,7 +108,8 @@ impl AlertStage {
             ingest_time: rfc3339_us(env.meta.ingest_time_us),
             raised_at: rfc3339_us(now_us),
             labels: rule.labels.clone(),
-            event: if absence.is_some() {
+            // Silence has no event; a stale field's detection carries the event that showed it.
+            event: if absence.is_some() && env.data.is_empty() {
                 serde_json::Map::new()
             } else {
                 p.scope
@@ -137,16 +138,21 @@ fn explain(p: &Pipeline, rule: &Rule, env: &Envelope, row: &[Value]) -> String {
             let silent = note.map_or_else(String::new, |n| {
                 duration::format(Duration::from_millis(n.silent_ms.max(0) as u64))
             });
-            if note.is_some_and(|n| n.resolved) {
-                format!(
-                    "key {key} sent an event again after {silent} of silence (limit {})",
-                    duration::format(a.after)
-                )
-            } else {
-                format!(
-                    "no event from key {key} since {since} (silent {silent}, limit {})",
-                    duration::format(a.after)
-                )
+            let limit = duration::format(a.after);
+            let resolved = note.is_some_and(|n| n.resolved);
+            match a.stale.and_then(|f| Some((p.scope.name(f)?, row.get(f)?))) {
+                Some((field, value)) if resolved => {
+                    format!("`{field}` changed to {value} for key {key} after {silent} unchanged (limit {limit})")
+                }
+                Some((field, value)) => {
+                    format!("`{field}` has stayed {value} for key {key} since {since} ({silent}, limit {limit})")
+                }
+                None if resolved => format!(
+                    "key {key} sent an event again after {silent} of silence (limit {limit})"
+                ),
+                None => format!(
+                    "no event from key {key} since {since} (silent {silent}, limit {limit})"
+                ),
             }
         }
         RuleKind::Condition(condition) => {

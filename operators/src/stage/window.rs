@@ -43,6 +43,17 @@ struct KeyState {
     last_origin: (u64, u32),
     /// Per absence rule: whether it fired for the current gap.
     fired: Vec<bool>,
+    /// Per absence rule watching a field (`stale:`): its value and since when.
+    #[serde(default)]
+    since: Vec<Since>,
+}
+
+/// When a watched field took its current value; the event that set it names the stale spell.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Since {
+    value: Value,
+    at_ms: i64,
+    origin: (u64, u32),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +68,8 @@ struct AbsenceRule {
     name: String,
     after_ms: i64,
     clock: Clock,
+    /// `stale:` rules watch this field's value instead of the key's silence.
+    stale: Option<usize>,
 }
 
 pub struct WindowStage {
@@ -115,6 +128,7 @@ impl WindowStage {
                     name: r.name.clone(),
                     after_ms: a.after.as_millis() as i64,
                     clock: a.clock,
+                    stale: a.stale,
                 }),
                 RuleKind::Condition(_) => None,
             })
@@ -163,6 +177,7 @@ impl WindowStage {
                 stage.dirty.insert(key.clone());
             }
             state.fired.resize(stage.absences.len(), false);
+            state.since.resize(stage.absences.len(), Since::default());
             stage.keys.insert(key, state);
         }
         // Keys an absence rule watches from the start, if they belong to this partition.
@@ -206,6 +221,13 @@ impl WindowStage {
             last_seen_wall_ms: wall,
             last_origin: (0, 0),
             fired: vec![false; self.absences.len()],
+            since: vec![
+                Since {
+                    at_ms: event_ms,
+                    ..Since::default()
+                };
+                self.absences.len()
+            ],
         }
     }
 
@@ -247,14 +269,23 @@ impl WindowStage {
         &self,
         key: &str,
         state: &KeyState,
-        a: &AbsenceRule,
+        slot: usize,
         now_ms: i64,
         resolved: bool,
+        row: Vec<Value>,
     ) -> (String, Vec<u8>) {
         let p = &*self.pipeline;
-        let last_seen = match a.clock {
-            Clock::Processing => state.last_seen_wall_ms,
-            Clock::Event => state.last_event_ms,
+        let a = &self.absences[slot];
+        // What names this gap (and so the alert's id): the key's last event, or for a stale
+        // field the event that gave it its current value.
+        let origin = match (a.stale, state.since.get(slot)) {
+            (Some(_), Some(since)) => since.origin,
+            _ => state.last_origin,
+        };
+        let last_seen = match (a.stale, a.clock) {
+            (Some(_), _) => state.since.get(slot).map_or(now_ms, |s| s.at_ms),
+            (None, Clock::Processing) => state.last_seen_wall_ms,
+            (None, Clock::Event) => state.last_event_ms,
         };
         let env = Envelope {
             v: ENVELOPE_VERSION,
@@ -268,10 +299,10 @@ impl WindowStage {
                     Clock::Event => now_ms.max(state.last_event_ms),
                 },
                 ingest_time_us: wall_ms() * 1000,
-                origin_seq: state.last_origin.0,
-                origin_index: state.last_origin.1,
+                origin_seq: origin.0,
+                origin_index: origin.1,
             },
-            data: Vec::new(),
+            data: row,
             analysis: Analysis {
                 hits: vec![RuleHit {
                     rule: a.rule as u32,
@@ -295,8 +326,8 @@ impl WindowStage {
             p.name,
             a.name,
             key,
-            state.last_origin.0,
-            state.last_origin.1,
+            origin.0,
+            origin.1,
             if resolved { ":resolved" } else { "" }
         );
         (id, env.encode())
@@ -357,19 +388,43 @@ impl Stage for WindowStage {
         // An event-clock gap is seen when the key comes back; a processing-clock one was
         // fired by the timer. Either way the key speaking again resolves it.
         for (i, a) in self.absences.iter().enumerate() {
+            if let Some(field) = a.stale {
+                // A stale rule: the key speaks, but does the field still change?
+                let value = env.data.get(field).cloned().unwrap_or_default();
+                if state.since[i].value != value {
+                    if state.fired[i] {
+                        let (id, payload) =
+                            self.absence_detection(&key, &state, i, t, true, env.data.clone());
+                        out.emit(self.detections_subject.clone(), id, payload);
+                        state.fired[i] = false;
+                    }
+                    state.since[i] = Since {
+                        value,
+                        at_ms: t,
+                        origin: (env.meta.origin_seq, env.meta.origin_index),
+                    };
+                } else if !state.fired[i] && t - state.since[i].at_ms >= a.after_ms {
+                    let (id, payload) =
+                        self.absence_detection(&key, &state, i, t, false, env.data.clone());
+                    out.emit(self.detections_subject.clone(), id, payload);
+                    state.fired[i] = true;
+                }
+                continue;
+            }
             let gap = t - state.last_event_ms;
             if a.clock == Clock::Event
                 && !state.fired[i]
                 && state.last_origin != (0, 0)
                 && gap >= a.after_ms
             {
-                let (id, payload) = self.absence_detection(&key, &state, a, t, false);
+                let (id, payload) = self.absence_detection(&key, &state, i, t, false, Vec::new());
                 out.emit(self.detections_subject.clone(), id, payload);
                 state.fired[i] = true;
             }
             if state.fired[i] {
                 let clock_now = if a.clock == Clock::Event { t } else { now };
-                let (id, payload) = self.absence_detection(&key, &state, a, clock_now, true);
+                let (id, payload) =
+                    self.absence_detection(&key, &state, i, clock_now, true, Vec::new());
                 out.emit(self.detections_subject.clone(), id, payload);
                 state.fired[i] = false;
             }
@@ -402,12 +457,16 @@ impl Stage for WindowStage {
             let mut fired = Vec::new();
             for (key, state) in &self.keys {
                 for (i, a) in self.absences.iter().enumerate() {
+                    if a.stale.is_some() {
+                        continue; // checked as events arrive
+                    }
                     let (now, last) = match a.clock {
                         Clock::Processing => (now_ms, state.last_seen_wall_ms),
                         Clock::Event => (self.max_event_ms, state.last_event_ms),
                     };
                     if !state.fired[i] && now - last >= a.after_ms {
-                        let (id, payload) = self.absence_detection(key, state, a, now, false);
+                        let (id, payload) =
+                            self.absence_detection(key, state, i, now, false, Vec::new());
                         out.emit(self.detections_subject.clone(), id, payload);
                         fired.push((key.clone(), i));
                     }
