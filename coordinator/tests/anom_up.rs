@@ -77,10 +77,17 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
     )
     .unwrap();
     let mut rest = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        rest.push_str(&line);
-        rest.push('\n');
-    }
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "anom up stops within 30 s of Ctrl-C; it printed:\n{rest}"
+    );
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .unwrap()

@@ -106,10 +106,13 @@ impl StateStore {
                 }
                 batch.insert(SEQ_KEY, &seq.to_be_bytes());
                 tree.apply_batch(batch)?;
+                // A blocking flush on this blocking thread: sled 0.34's `flush_async` can
+                // deadlock when several are in flight at once (spacejam/sled#1241, #1308); it
+                // hung a worker whose partitions checkpointed together.
+                tree.flush()?;
                 Ok((entries, bytes))
             })
             .await??;
-        self.tree.flush_async().await?;
         Ok(Committed {
             entries,
             bytes,

@@ -183,7 +183,8 @@ impl Worker {
         self.shutdown.cancelled().await;
         while self.tasks.join_next().await.is_some() {}
         let _ = self.client.flush().await;
-        let _ = self.db.flush_async().await;
+        let db = self.db.clone();
+        let _ = tokio::task::spawn_blocking(move || db.flush()).await;
         info!("worker stopped");
     }
 }
