@@ -96,7 +96,12 @@ impl fmt::Display for Value {
             Value::Null => f.write_str("null"),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
-            Value::Float(x) => write!(f, "{x}"),
+            // Messages show floats rounded to 4 decimals: "49.2308", not "49.23076923076923".
+            Value::Float(x) => {
+                let text = format!("{x:.4}");
+                let text = text.trim_end_matches('0').trim_end_matches('.');
+                f.write_str(if text == "-0" { "0" } else { text })
+            }
             Value::Str(s) => f.write_str(s),
             Value::Timestamp(ms) => match jiff::Timestamp::from_millisecond(*ms) {
                 Ok(ts) => write!(f, "{ts}"),
@@ -168,5 +173,19 @@ impl Value {
             Value::Str(s) => (**s).into(),
             Value::Timestamp(_) => self.to_string().into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_read_well_in_messages() {
+        assert_eq!(Value::Float(49.230769230769).to_string(), "49.2308");
+        assert_eq!(Value::Float(1249.0).to_string(), "1249");
+        assert_eq!(Value::Float(11.4).to_string(), "11.4");
+        assert_eq!(Value::Float(-0.00001).to_string(), "0");
+        assert_eq!(Value::Int(7).to_string(), "7");
     }
 }

@@ -49,6 +49,8 @@ impl Validate {
             }
             Value::Str(s) => s.to_string(),
             Value::Timestamp(ms) => ms.to_string(),
+            // Exact, not the rounded text messages use: distinct values stay distinct keys.
+            Value::Float(x) => x.to_string(),
             other => other.to_string(),
         };
         let partition = partition_of(&key, p.partitions);
