@@ -35,6 +35,14 @@ async fn alerts(js: &async_nats::jetstream::Context, stream: &str) -> Vec<serde_
     }
 }
 
+/// Waits (up to 20 s) until `stream` holds at least `n` alerts.
+async fn alerts_reach(js: &async_nats::jetstream::Context, stream: &str, n: usize) -> bool {
+    wait_for(Duration::from_secs(20), || async move {
+        alerts(js, stream).await.len() >= n
+    })
+    .await
+}
+
 fn ms(at: &str) -> i64 {
     at.parse::<jiff::Timestamp>().unwrap().as_millisecond()
 }
@@ -195,11 +203,7 @@ async fn absence_fires_once_per_gap_for_declared_and_seen_keys_and_resolves_when
 
     // Both keys go silent: the declared one never spoke, the other spoke once.
     assert!(
-        wait_for(Duration::from_secs(20), || {
-            let js = js.clone();
-            async move { alerts(&js, "ANOM_FEEDS_ALERTS").await.len() >= 2 }
-        })
-        .await,
+        alerts_reach(&js, "ANOM_FEEDS_ALERTS", 2).await,
         "absence fires"
     );
     // Silent for longer: still one alert per key and gap.
@@ -379,13 +383,7 @@ async fn on_the_event_clock_a_gap_in_replayed_history_fires_and_resolves_when_th
         .map(|m| feed("SFTP-BANK-A", t + m * 60_000))
         .collect();
     publish(&js, "anom.feeds.in", &events).await;
-    assert!(
-        wait_for(Duration::from_secs(20), || {
-            let js = js.clone();
-            async move { alerts(&js, "ANOM_FEEDS_ALERTS").await.len() >= 2 }
-        })
-        .await
-    );
+    assert!(alerts_reach(&js, "ANOM_FEEDS_ALERTS", 2).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = alerts(&js, "ANOM_FEEDS_ALERTS").await;
     assert_eq!(got.len(), 2, "{got:?}");
@@ -443,13 +441,7 @@ absence:
     .map(|(m, v)| reading(*m, *v))
     .collect();
     publish(&js, "anom.sensors.in", &events).await;
-    assert!(
-        wait_for(Duration::from_secs(20), || {
-            let js = js.clone();
-            async move { alerts(&js, "ANOM_SENSORS_ALERTS").await.len() >= 2 }
-        })
-        .await
-    );
+    assert!(alerts_reach(&js, "ANOM_SENSORS_ALERTS", 2).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = alerts(&js, "ANOM_SENSORS_ALERTS").await;
     assert_eq!(got.len(), 2, "{got:?}");

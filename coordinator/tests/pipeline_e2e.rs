@@ -92,12 +92,9 @@ async fn known_events_raise_exactly_the_expected_alerts_on_nats_and_webhook() {
     )
     .await;
 
-    let arrived = wait_for(Duration::from_secs(30), || {
-        let receiver = receiver.clone();
-        let n = expected.len();
-        async move { receiver.ids().len() >= n }
-    })
-    .await;
+    let arrived = receiver
+        .wait_for_ids(expected.len(), Duration::from_secs(30))
+        .await;
     assert!(
         arrived,
         "webhook got {} of {} alerts",
@@ -380,12 +377,9 @@ async fn alerts_reach_a_webhook_that_was_down_once_it_is_back() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let receiver = receiver.restart().await;
-    let arrived = wait_for(Duration::from_secs(30), || {
-        let receiver = receiver.clone();
-        let n = expected.len();
-        async move { receiver.ids().len() >= n }
-    })
-    .await;
+    let arrived = receiver
+        .wait_for_ids(expected.len(), Duration::from_secs(30))
+        .await;
     assert!(
         arrived,
         "all alerts delivered once the receiver is back ({} of {})",

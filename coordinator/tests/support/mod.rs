@@ -264,6 +264,15 @@ impl Receiver {
         Self::start_recording(self.addr, self.bodies.clone(), self.status.clone()).await
     }
 
+    /// Waits until at least `n` requests arrived (or `limit` passes); returns whether they did.
+    pub async fn wait_for_ids(&self, n: usize, limit: Duration) -> bool {
+        wait_for(limit, || {
+            let receiver = self.clone();
+            async move { receiver.ids().len() >= n }
+        })
+        .await
+    }
+
     pub fn ids(&self) -> Vec<String> {
         self.bodies
             .lock()
