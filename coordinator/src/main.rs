@@ -1,6 +1,8 @@
 //! `anom`: run Anom locally (`anom up`), run a worker, publish events, watch alerts.
 
+mod agent;
 mod cmd;
+mod server;
 
 use std::process::ExitCode;
 
@@ -19,10 +21,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a local nats-server and every stage of every pipeline in one process.
+    /// Start a local nats-server, the coordinator and a worker, and load pipelines/.
     Up(cmd::up::Args),
-    /// Run the stages of the given pipelines against an existing NATS server.
+    /// Run the coordinator: gRPC API, pipeline versions, partition assignment.
+    Coordinator(cmd::coordinator::Args),
+    /// Run stages: those a coordinator assigns (--coordinator), or every stage of --pipelines.
     Worker(cmd::worker::Args),
+    /// Manage pipelines through the coordinator: apply, list, get, history, diff, ...
+    Pipeline(cmd::pipeline::Args),
+    /// The workers of the cluster and their leases.
+    Workers(cmd::cluster::WorkersArgs),
+    /// Which worker runs which unit (stage and partition), at which epoch.
+    Assignments(cmd::cluster::AssignmentsArgs),
     /// Publish events from a JSON-lines or CSV file to a pipeline.
     Publish(cmd::publish::Args),
     /// Watch alerts (or dead letters) as they happen.
@@ -57,6 +67,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => cmd::up::run(args).await,
             Command::Worker(args) => cmd::worker::run(args).await,
+            Command::Coordinator(args) => cmd::coordinator::run(args).await,
+            Command::Pipeline(args) => cmd::pipeline::run(args).await,
+            Command::Workers(args) => cmd::cluster::workers(args).await,
+            Command::Assignments(args) => cmd::cluster::assignments(args).await,
             Command::Publish(args) => cmd::publish::run(args).await,
             Command::Tail(args) => cmd::tail::run(args).await,
             Command::Check(args) => cmd::check::run(args),

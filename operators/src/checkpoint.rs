@@ -121,6 +121,102 @@ impl StateStore {
     }
 }
 
+/// A whole tree at one source sequence: what a snapshot holds.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StateImage {
+    pub seq: u64,
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Format tag of an encoded image; bump when the layout changes.
+const IMAGE_MAGIC: &[u8; 8] = b"anomst01";
+
+impl StateImage {
+    /// `magic, seq, count, (key len, key, value len, value)*`, integers big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let size: usize = self
+            .entries
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum();
+        let mut out = Vec::with_capacity(24 + size);
+        out.extend_from_slice(IMAGE_MAGIC);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&(self.entries.len() as u64).to_be_bytes());
+        for (k, v) in &self.entries {
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Result<StateImage, String> {
+        fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+            if bytes.len() < n {
+                return Err(format!(
+                    "truncated: wanted {n} more bytes, {} left",
+                    bytes.len()
+                ));
+            }
+            let (head, rest) = bytes.split_at(n);
+            *bytes = rest;
+            Ok(head)
+        }
+        let u64_of = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        let u32_of = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize;
+        if take(&mut bytes, 8)? != IMAGE_MAGIC {
+            return Err("not a state image (bad magic)".into());
+        }
+        let seq = u64_of(take(&mut bytes, 8)?);
+        let count = u64_of(take(&mut bytes, 8)?) as usize;
+        let mut entries = Vec::with_capacity(count.min(1 << 20));
+        for _ in 0..count {
+            let kl = u32_of(take(&mut bytes, 4)?);
+            let k = take(&mut bytes, kl)?.to_vec();
+            let vl = u32_of(take(&mut bytes, 4)?);
+            let v = take(&mut bytes, vl)?.to_vec();
+            entries.push((k, v));
+        }
+        if !bytes.is_empty() {
+            return Err(format!("{} trailing bytes", bytes.len()));
+        }
+        Ok(StateImage { seq, entries })
+    }
+}
+
+impl StateStore {
+    /// The whole tree and its sequence. Blocking: call it where nothing commits meanwhile
+    /// (the runtime's confirmer, right after a commit).
+    pub fn export(&self) -> Result<StateImage, CheckpointError> {
+        let entries = self.entries().collect::<Result<Vec<_>, _>>()?;
+        Ok(StateImage {
+            seq: self.last_seq()?,
+            entries,
+        })
+    }
+
+    /// Replaces the whole tree with `image`, durably.
+    pub async fn replace(&self, image: StateImage) -> Result<(), CheckpointError> {
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), CheckpointError> {
+            let mut batch = sled::Batch::default();
+            for k in tree.iter().keys() {
+                batch.remove(k?);
+            }
+            for (k, v) in image.entries {
+                batch.insert(prefixed(&k), v);
+            }
+            batch.insert(SEQ_KEY, &image.seq.to_be_bytes());
+            tree.apply_batch(batch)?;
+            tree.flush()?;
+            Ok(())
+        })
+        .await?
+    }
+}
+
 fn prefixed(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
     k.push(ENTRY_PREFIX);
@@ -161,6 +257,26 @@ mod tests {
         assert_eq!(store.last_seq().unwrap(), 57);
         let entries: Vec<_> = store.entries().map(|e| e.unwrap()).collect();
         assert_eq!(entries, vec![(b"a".to_vec(), b"3".to_vec())]);
+        // A snapshot round trip: export, encode, decode, replace elsewhere.
+        let image = store.export().unwrap();
+        assert_eq!(image.seq, 57);
+        let decoded = StateImage::decode(&image.encode()).unwrap();
+        assert_eq!(decoded, image);
+        assert!(StateImage::decode(&image.encode()[..20]).is_err());
+        let other = StateStore::open(&db, "p-window-9").unwrap();
+        other
+            .commit(
+                StateDelta {
+                    puts: vec![(b"zzz".to_vec(), b"old".to_vec())],
+                    deletes: vec![],
+                    keys: 1,
+                },
+                3,
+            )
+            .await
+            .unwrap();
+        other.replace(decoded).await.unwrap();
+        assert_eq!(other.export().unwrap(), image);
         // Another consumer's tree is separate.
         assert_eq!(
             StateStore::open(&db, "p-window-1")

@@ -83,6 +83,7 @@ pub struct Metrics {
     pub late_events: Family<StageLabels, Counter>,
     pub consumer_pending: Family<ConsumerLabels, Gauge>,
     pub checkpoint_timestamp: Family<StageLabels, Gauge>,
+    pub units_running: Gauge,
 }
 
 impl Default for Metrics {
@@ -185,6 +186,12 @@ impl Metrics {
             "When the latest checkpoint was committed (Unix time); its age is time() minus this",
             checkpoint_timestamp.clone(),
         );
+        let units_running = Gauge::default();
+        registry.register(
+            "worker_units",
+            "Units of work (a stage of a pipeline on a partition) this worker runs",
+            units_running.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Anom build", build_info.clone());
         build_info
@@ -210,6 +217,7 @@ impl Metrics {
             late_events,
             consumer_pending,
             checkpoint_timestamp,
+            units_running,
         }
     }
 
@@ -309,24 +317,53 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    serve_with(move || metrics.encode(), ready, addr, shutdown).await
+}
+
+/// Serves `GET /metrics` (what `render` returns), `GET /healthz` (the process answers) and
+/// `GET /readyz` (200 once `ready` is set, 503 before) on `addr` until the token is
+/// cancelled. Returns the bound address.
+pub async fn serve_with(
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    addr: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    use axum::http::StatusCode;
     use axum::{routing::get, Router};
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.encode(),
-                )
-            }
-        }),
-    );
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let render = render.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    }
+                }
+            }),
+        );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -1,34 +1,50 @@
-//! A worker: connects to NATS, ensures the streams, and runs every stage and sink of its
-//! pipelines on the shared runtime until shut down.
+//! A worker: connects to NATS and runs units of work (a stage of a pipeline on a partition)
+//! on the shared runtime.
+//!
+//! Alone (`Worker::start`), it creates the streams and runs every unit of its pipelines. Under
+//! a coordinator (`Worker::join`), it runs what [`Worker::apply`] is given: units are started,
+//! stopped (finishing their batch, committing and snapshotting their state) and restarted on a
+//! new pipeline version, each fenced by its owner record (see [`crate::fence`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::fence::{Fence, Owners};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, SinkDef};
-use crate::runtime::{run_sink, run_stage, Binding, Runtime, RuntimeOptions};
+use crate::runtime::{run_sink, run_stage, Binding, Runtime, RuntimeOptions, SnapshotPolicy};
 use crate::sink::webhook::Webhook;
+use crate::snapshot::Snapshots;
 use crate::stage;
 use crate::topology::{self, StreamOptions};
+use crate::unit::{self, UnitId, UnitStage};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub nats_url: String,
+    /// The pipelines a worker without a coordinator runs.
     pub pipelines: Vec<Pipeline>,
     pub runtime: RuntimeOptions,
     pub streams: StreamOptions,
-    /// Where to serve `/metrics`; `None` serves nothing.
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` serves nothing.
     pub metrics_addr: Option<SocketAddr>,
     /// How often to look for events sent to unknown pipelines.
     pub unrouted_poll: Duration,
     /// Where keyed state is kept (a sled database).
     pub state_dir: PathBuf,
+    /// This worker's name in the cluster; stable across restarts.
+    pub worker_id: String,
+    /// How often keyed state is snapshotted for other workers (under a coordinator). Keep it
+    /// well inside the streams' duplicate window: a takeover replays up to this much.
+    pub snapshot_every: Duration,
 }
 
 impl WorkerConfig {
@@ -41,6 +57,8 @@ impl WorkerConfig {
             metrics_addr: None,
             unrouted_poll: Duration::from_secs(2),
             state_dir: PathBuf::from("anom-state"),
+            worker_id: "worker".into(),
+            snapshot_every: Duration::from_secs(5),
         }
     }
 }
@@ -66,6 +84,65 @@ pub enum WorkerError {
         dir: PathBuf,
         source: crate::checkpoint::CheckpointError,
     },
+    #[error("cluster state in NATS: {0}")]
+    Cluster(String),
+}
+
+/// One unit the worker should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitAssignment {
+    pub unit: UnitId,
+    /// The pipeline version to run it at.
+    pub version: u32,
+    /// The epoch it is held at (0: unfenced, no coordinator).
+    pub epoch: u64,
+}
+
+/// Everything a worker should run.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub units: Vec<UnitAssignment>,
+    /// The definitions, by pipeline name, at the versions the units name.
+    pub pipelines: HashMap<String, Arc<Pipeline>>,
+    /// Every pipeline that exists, for the unrouted watcher.
+    pub known: Vec<String>,
+}
+
+impl Plan {
+    /// Every unit of `pipelines`, unfenced: what a worker without a coordinator runs.
+    pub fn everything(pipelines: &[Pipeline]) -> Plan {
+        let mut plan = Plan::default();
+        for p in pipelines {
+            plan.units
+                .extend(unit::units(p).into_iter().map(|unit| UnitAssignment {
+                    unit,
+                    version: 0,
+                    epoch: 0,
+                }));
+            plan.pipelines.insert(p.name.clone(), Arc::new(p.clone()));
+            plan.known.push(p.name.clone());
+        }
+        plan.units.push(UnitAssignment {
+            unit: UnitId::unrouted(),
+            version: 0,
+            epoch: 0,
+        });
+        plan
+    }
+}
+
+struct RunningUnit {
+    assignment: UnitAssignment,
+    /// For the unrouted watcher, which must restart when the set of pipelines changes.
+    known: Vec<String>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Under a coordinator: what fences and moves state.
+struct Cluster {
+    owners: Owners,
+    snapshots: Snapshots,
 }
 
 /// A started worker.
@@ -73,10 +150,15 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// Where `/metrics` is served, if it is.
     pub metrics_addr: Option<SocketAddr>,
-    tasks: JoinSet<()>,
+    /// Set once the worker runs what it was given; served as `/readyz`.
+    pub ready: Arc<AtomicBool>,
+    config: WorkerConfig,
     shutdown: CancellationToken,
     client: async_nats::Client,
+    rt: Runtime,
     db: sled::Db,
+    units: HashMap<UnitId, RunningUnit>,
+    cluster: Option<Cluster>,
 }
 
 /// Connects with settings suited to the runtime's batch sizes.
@@ -91,8 +173,51 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::Connec
 }
 
 impl Worker {
-    /// Starts every stage; returns once they are running.
+    /// A worker on its own: creates the streams of `config.pipelines` and runs all their
+    /// units; returns once they are running.
     pub async fn start(
+        config: WorkerConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Worker, WorkerError> {
+        let mut worker = Worker::connect(config, shutdown).await?;
+        topology::ensure(
+            &worker.rt.js,
+            &worker.config.pipelines,
+            &worker.config.streams,
+        )
+        .await?;
+        let plan = Plan::everything(&worker.config.pipelines);
+        worker.apply(plan).await?;
+        info!(pipelines = worker.config.pipelines.len(), "worker started");
+        Ok(worker)
+    }
+
+    /// A worker under a coordinator: runs nothing until [`Worker::apply`]; every unit is
+    /// fenced and keyed state is snapshotted so it can move between workers. The coordinator
+    /// creates the streams.
+    pub async fn join(
+        config: WorkerConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Worker, WorkerError> {
+        let mut worker = Worker::connect(config, shutdown).await?;
+        worker.ready.store(false, Ordering::Relaxed);
+        let (js, id, replicas) = (
+            &worker.rt.js,
+            &worker.config.worker_id,
+            worker.config.streams.replicas,
+        );
+        let cluster_error = |e: &dyn std::fmt::Display| WorkerError::Cluster(e.to_string());
+        let owners = Owners::watch(js, id, replicas, worker.shutdown.clone())
+            .await
+            .map_err(|e| cluster_error(&e))?;
+        let snapshots = Snapshots::open(js, replicas, id)
+            .await
+            .map_err(|e| cluster_error(&e))?;
+        worker.cluster = Some(Cluster { owners, snapshots });
+        Ok(worker)
+    }
+
+    async fn connect(
         config: WorkerConfig,
         shutdown: CancellationToken,
     ) -> Result<Worker, WorkerError> {
@@ -109,13 +234,21 @@ impl Worker {
                 source,
             })?;
         let js = async_nats::jetstream::new(client.clone());
-        topology::ensure(&js, &config.pipelines, &config.streams).await?;
+        let ready = Arc::new(AtomicBool::new(true));
         let metrics_addr = match config.metrics_addr {
-            Some(addr) => Some(
-                crate::metrics::serve(metrics.clone(), addr, shutdown.clone())
+            Some(addr) => {
+                let m = metrics.clone();
+                Some(
+                    crate::metrics::serve_with(
+                        move || m.encode(),
+                        ready.clone(),
+                        addr,
+                        shutdown.clone(),
+                    )
                     .await
                     .map_err(|source| WorkerError::Metrics { addr, source })?,
-            ),
+                )
+            }
             None => None,
         };
         let rt = Runtime {
@@ -123,65 +256,231 @@ impl Worker {
             options: config.runtime.clone(),
             shutdown: shutdown.clone(),
         };
-        let state_error = |source: crate::checkpoint::CheckpointError| WorkerError::State {
-            dir: config.state_dir.clone(),
+        let db =
+            crate::checkpoint::open_db(&config.state_dir).map_err(|source| WorkerError::State {
+                dir: config.state_dir.clone(),
+                source,
+            })?;
+        Ok(Worker {
+            metrics,
+            metrics_addr,
+            ready,
+            config,
+            shutdown,
+            client,
+            rt,
+            db,
+            units: HashMap::new(),
+            cluster: None,
+        })
+    }
+
+    /// The units running now.
+    pub fn running(&self) -> Vec<UnitAssignment> {
+        let mut v: Vec<_> = self.units.values().map(|u| u.assignment.clone()).collect();
+        v.sort_by(|a, b| a.unit.cmp(&b.unit));
+        v
+    }
+
+    /// Makes the running units match `plan`: stops what is no longer wanted or changed
+    /// (version or epoch), then starts what is missing. Units that cannot start now (their
+    /// owner record names someone else) are left out and retried on the next call.
+    pub async fn apply(&mut self, plan: Plan) -> Result<(), WorkerError> {
+        let wanted: HashMap<&UnitId, &UnitAssignment> =
+            plan.units.iter().map(|a| (&a.unit, a)).collect();
+        let mut stopping = Vec::new();
+        let ids: Vec<UnitId> = self.units.keys().cloned().collect();
+        for id in ids {
+            let running = &self.units[&id];
+            let keep = wanted.get(&id).is_some_and(|a| {
+                **a == running.assignment
+                    && (id.stage != UnitStage::Unrouted || running.known == plan.known)
+                    && !running.task.is_finished()
+            });
+            if !keep {
+                let u = self.units.remove(&id).expect("listed");
+                u.stop.cancel();
+                stopping.push(u.task);
+            }
+        }
+        // Let go of everything first: a unit moving between partitions of this worker, or to
+        // a new version, must commit before its successor restores.
+        for task in stopping {
+            let _ = task.await;
+        }
+        for a in &plan.units {
+            if self.units.contains_key(&a.unit) {
+                continue;
+            }
+            if a.unit.stage == UnitStage::Unrouted {
+                let stop = self.shutdown.child_token();
+                let Some(fence) = self.fence(a).await else {
+                    continue;
+                };
+                let rt = Runtime {
+                    shutdown: stop.clone(),
+                    ..self.rt.clone()
+                };
+                let task = tokio::spawn(stage::unrouted::watch(
+                    rt,
+                    plan.known.clone(),
+                    self.metrics.clone(),
+                    self.config.unrouted_poll,
+                    fence,
+                ));
+                self.units.insert(
+                    a.unit.clone(),
+                    RunningUnit {
+                        assignment: a.clone(),
+                        known: plan.known.clone(),
+                        stop,
+                        task,
+                    },
+                );
+                continue;
+            }
+            let Some(pipeline) = plan.pipelines.get(&a.unit.pipeline) else {
+                warn!(unit = %a.unit, "no definition for the unit's pipeline; not started");
+                continue;
+            };
+            match self.start_unit(pipeline, a).await {
+                Ok(Some(running)) => {
+                    self.units.insert(a.unit.clone(), running);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(unit = %a.unit, error = %e, "cannot start unit"),
+            }
+        }
+        self.metrics.units_running.set(self.units.len() as i64);
+        self.ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn fence(&self, a: &UnitAssignment) -> Option<Fence> {
+        match &self.cluster {
+            None => Some(Fence::open()),
+            Some(c) => {
+                let fence = c
+                    .owners
+                    .fence(&a.unit.key(), a.epoch, Duration::from_secs(10))
+                    .await;
+                if fence.is_none() {
+                    warn!(unit = %a.unit, epoch = a.epoch, "the owner record names another worker; not starting the unit");
+                }
+                fence
+            }
+        }
+    }
+
+    async fn start_unit(
+        &self,
+        pipeline: &Arc<Pipeline>,
+        a: &UnitAssignment,
+    ) -> Result<Option<RunningUnit>, WorkerError> {
+        let Some(fence) = self.fence(a).await else {
+            return Ok(None);
+        };
+        let stop = self.shutdown.child_token();
+        let rt = Runtime {
+            shutdown: stop.clone(),
+            ..self.rt.clone()
+        };
+        let state_error = |source| WorkerError::State {
+            dir: self.config.state_dir.clone(),
             source,
         };
-        let db = crate::checkpoint::open_db(&config.state_dir).map_err(state_error)?;
-        let mut tasks = JoinSet::new();
-        for p in &config.pipelines {
-            let pipeline = Arc::new(p.clone());
-            for planned in stage::build(&pipeline, &metrics, &db).map_err(state_error)? {
-                let m = metrics.stage(&planned.binding.pipeline, planned.binding.stage);
-                tasks.spawn(run_stage(
-                    rt.clone(),
-                    planned.binding,
-                    planned.stage,
-                    m,
-                    planned.state,
-                ));
-            }
-            for sink in &pipeline.sinks {
-                let SinkDef::Webhook(def) = sink;
+        let task = match &a.unit.stage {
+            UnitStage::Sink(name) => {
+                let Some(def) = pipeline.sinks.iter().find_map(|s| {
+                    let SinkDef::Webhook(def) = s;
+                    (def.name == *name).then_some(def)
+                }) else {
+                    warn!(unit = %a.unit, "the pipeline has no such sink; not started");
+                    return Ok(None);
+                };
                 let webhook = Arc::new(Webhook::new(def).map_err(WorkerError::Sink)?);
                 let binding = Binding {
                     pipeline: pipeline.name.clone(),
                     stage: "sink",
                     stream: pipeline.subjects.alerts_stream.clone(),
-                    durable: format!("{}-sink-{}", pipeline.name, def.name),
+                    durable: stage::durable_name(&a.unit),
                     filter_subject: pipeline.subjects.alerts.clone(),
+                    fence,
                 };
-                tasks.spawn(run_sink(
-                    rt.clone(),
+                tokio::spawn(run_sink(
+                    rt,
                     binding,
                     webhook,
                     Webhook::options(def),
-                    metrics.clone(),
-                ));
+                    self.metrics.clone(),
+                ))
             }
-        }
-        let known = config.pipelines.iter().map(|p| p.name.clone()).collect();
-        tasks.spawn(stage::unrouted::watch(
-            rt.clone(),
-            known,
-            metrics.clone(),
-            config.unrouted_poll,
-        ));
-        info!(pipelines = config.pipelines.len(), "worker started");
-        Ok(Worker {
-            metrics,
-            metrics_addr,
-            tasks,
-            shutdown,
-            client,
-            db,
-        })
+            _ => {
+                let snapshots = match &self.cluster {
+                    Some(c) if a.unit.stage == UnitStage::Window => {
+                        let name = stage::durable_name(&a.unit);
+                        let store = crate::checkpoint::StateStore::open(&self.db, &name)
+                            .map_err(state_error)?;
+                        match c.snapshots.restore_if_newer(&name, &store).await {
+                            Ok(Some(seq)) => {
+                                info!(unit = %a.unit, seq, "state restored from snapshot")
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                // Starting from older state would replay past the duplicate
+                                // window: better to retry on the next assignment.
+                                warn!(unit = %a.unit, error = %e, "cannot read the unit's snapshot; not started");
+                                return Ok(None);
+                            }
+                        }
+                        Some(SnapshotPolicy {
+                            snapshots: c.snapshots.clone(),
+                            name,
+                            every: self.config.snapshot_every,
+                        })
+                    }
+                    _ => None,
+                };
+                let Some(planned) =
+                    stage::build_unit(pipeline, &a.unit, fence, &self.metrics, &self.db, snapshots)
+                        .map_err(state_error)?
+                else {
+                    return Ok(None);
+                };
+                let m = self
+                    .metrics
+                    .stage(&planned.binding.pipeline, planned.binding.stage);
+                tokio::spawn(run_stage(
+                    rt,
+                    planned.binding,
+                    planned.stage,
+                    m,
+                    planned.state,
+                ))
+            }
+        };
+        Ok(Some(RunningUnit {
+            assignment: a.clone(),
+            known: Vec::new(),
+            stop,
+            task,
+        }))
     }
 
-    /// Waits for shutdown to be requested, lets every stage finish its batch, and flushes.
-    pub async fn run_until_shutdown(mut self) {
+    /// Waits for shutdown to be requested, then stops every unit.
+    pub async fn run_until_shutdown(self) {
         self.shutdown.cancelled().await;
-        while self.tasks.join_next().await.is_some() {}
+        self.stop().await;
+    }
+
+    /// Stops every unit (each finishes its batch and commits), flushes, and returns.
+    pub async fn stop(mut self) {
+        for u in self.units.values() {
+            u.stop.cancel();
+        }
+        for (_, u) in self.units.drain() {
+            let _ = u.task.await;
+        }
         let _ = self.client.flush().await;
         let db = self.db.clone();
         let _ = tokio::task::spawn_blocking(move || db.flush()).await;

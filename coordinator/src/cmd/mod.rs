@@ -1,6 +1,9 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod cluster;
+pub mod coordinator;
+pub mod pipeline;
 pub mod publish;
 pub mod tail;
 pub mod up;
@@ -8,15 +11,18 @@ pub mod worker;
 
 use std::path::Path;
 
-use anom_operators::pipeline::{self, Pipeline};
+use anom_operators::pipeline::{load_dir, Pipeline};
 
 /// Default NATS URL of every command that talks to a server.
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
 
+/// Default coordinator address of every command that talks to one.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:50051";
+
 /// Loads a pipelines directory or a single file, turning definition errors into one message.
 pub fn load_pipelines(path: &Path) -> anyhow::Result<Vec<Pipeline>> {
     let loaded = if path.is_dir() {
-        pipeline::load_dir(path)
+        load_dir(path)
     } else {
         Pipeline::load(path).map(|p| vec![p])
     };

@@ -1,6 +1,7 @@
-//! `anom up`: the embedded default. Starts a local nats-server (store under `.anom/`), creates
-//! the streams, runs every stage of every pipeline in this process, prints alerts as they are
-//! raised, and with `--demo` replays each pipeline's sample file so alerts appear at once.
+//! `anom up`: the embedded default. Starts a local nats-server (store under `.anom/`), the
+//! coordinator and one worker with every role in this process, applies `pipelines/` through
+//! the coordinator's API (as `anom pipeline apply` would), prints alerts as they are raised,
+//! and with `--demo` replays each pipeline's sample file so alerts appear at once.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,10 +11,14 @@ use anom_operators::alert::Alert;
 use anom_operators::natsd::{Natsd, NatsdOptions};
 use anom_operators::pipeline::Pipeline;
 use anom_operators::subjects::input_subject;
-use anom_operators::worker::{Worker, WorkerConfig};
+use anom_operators::topology::StreamOptions;
+use anom_operators::worker::WorkerConfig;
 use anyhow::Context as _;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+use crate::agent::AgentConfig;
+use crate::server::{Coordinator, CoordinatorConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,9 +31,12 @@ pub struct Args {
     /// Client port of the local nats-server (0 picks a free one).
     #[arg(long, default_value_t = 4222)]
     nats_port: u16,
-    /// Serve Prometheus metrics here.
+    /// Serve the worker's Prometheus metrics here.
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_addr: SocketAddr,
+    /// Serve the coordinator's gRPC API here (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    grpc_addr: SocketAddr,
     /// Publish each pipeline's sample file (pipelines/samples/<name>.jsonl or .csv) at start.
     #[arg(long)]
     demo: bool,
@@ -51,16 +59,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let url = natsd.url().to_string();
 
     let shutdown = CancellationToken::new();
-    let mut config = WorkerConfig::new(url.clone(), pipelines.clone());
+    let coordinator = Coordinator::start(
+        CoordinatorConfig {
+            listen: args.grpc_addr,
+            nats_url: url.clone(),
+            state_dir: args.data_dir.join("coordinator"),
+            metrics_addr: None,
+            lease_ttl: Duration::from_secs(6),
+            streams: StreamOptions::default(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let grpc = format!("http://{}", coordinator.addr);
+    super::pipeline::apply_path(&grpc, &args.pipelines, "applied by anom up").await?;
+    let mut config = WorkerConfig::new(url.clone(), Vec::new());
     config.metrics_addr = Some(args.metrics_addr);
     config.state_dir = args.data_dir.join("state");
-    let worker = Worker::start(config, shutdown.clone()).await?;
+    config.worker_id = "local".into();
+    let worker = tokio::spawn(crate::agent::run(
+        AgentConfig {
+            coordinator: grpc.clone(),
+            worker: config,
+            roles: Vec::new(),
+            capacity: 1,
+        },
+        shutdown.clone(),
+    ));
 
     println!("Anom is up.");
     println!("  NATS          {url}   (store: {})", natsd.dir().display());
-    if let Some(addr) = worker.metrics_addr {
-        println!("  metrics       http://{addr}/metrics");
-    }
+    println!("  coordinator   {grpc}   (anom pipeline list, anom workers, anom assignments)");
     for p in &pipelines {
         println!(
             "  pipeline      {:<10} publish to {:<22} alerts on {}  (dead letters: {})",
@@ -136,7 +165,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    worker.run_until_shutdown().await;
+    match worker.await {
+        Ok(Err(e)) => eprintln!("worker: {e:#}"),
+        Err(e) => eprintln!("worker: {e}"),
+        Ok(Ok(())) => {}
+    }
+    let _ = coordinator.wait().await;
     printer.abort();
     let _ = client.flush().await;
     natsd.stop().await.context("stopping nats-server")?;

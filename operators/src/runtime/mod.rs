@@ -33,8 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::checkpoint::{StateDelta, StateStore};
+use crate::fence::Fence;
 use crate::metrics::StageMetrics;
 use crate::rejection::Rejection;
+use crate::snapshot::Snapshots;
 use crate::subjects::{dlq_subject, headers};
 
 /// Tunables of the runtime; the defaults suit a small machine.
@@ -80,8 +82,31 @@ pub struct Binding {
     pub pipeline: String,
     pub stage: &'static str,
     pub stream: String,
+    /// The consumer's base name; also names the unit's state tree and its dead-letter ids.
     pub durable: String,
     pub filter_subject: String,
+    /// Whether this process still owns the unit (always, without a coordinator).
+    pub fence: Fence,
+}
+
+impl Binding {
+    /// The consumer's name on the server: the base name, with the owner's epoch when fenced,
+    /// so that a stale owner's acks can never land on its successor's consumer.
+    pub fn consumer_name(&self) -> String {
+        match self.fence.epoch() {
+            None => self.durable.clone(),
+            Some(epoch) => format!("{}-e{epoch}", self.durable),
+        }
+    }
+
+    /// Whether `name` is this unit's consumer under any owner.
+    fn is_incarnation(&self, name: &str) -> bool {
+        name == self.durable
+            || name
+                .strip_prefix(self.durable.as_str())
+                .and_then(|rest| rest.strip_prefix("-e"))
+                .is_some_and(|epoch| !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()))
+    }
 }
 
 /// One input message, as a stage sees it.
@@ -247,29 +272,48 @@ pub struct Runtime {
 
 impl Runtime {
     /// (Re)creates the durable pull consumer of a binding so that it delivers from just after
-    /// `max(its ack floor, resume_after)`.
+    /// `resume_after` (keyed stages: the sequence their state reflects) or, for stateless
+    /// stages, `max(ack floor, resume_after)`.
     ///
     /// Recreating matters after a crash: messages delivered to the dead process but never
     /// processed would otherwise only come back after the ack wait, and with AckAll the new
     /// process's first ack would cover them, losing them. Starting over from the ack floor
-    /// redelivers them at once; outputs republished twice are dropped by their ids.
+    /// redelivers them at once; outputs republished twice are dropped by their ids. The
+    /// consumers of earlier owners of the unit (other epochs) are taken over the same way.
     pub async fn consumer(
         &self,
         binding: &Binding,
         ack_policy: AckPolicy,
         resume_after: u64,
+        keyed: bool,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, async_nats::Error> {
         let stream = self.js.get_stream(&binding.stream).await?;
-        let floor = match stream.consumer_info(&binding.durable).await {
-            Ok(info) => Some(info.ack_floor.stream_sequence),
-            Err(_) => None,
-        };
-        let start = floor.unwrap_or(0).max(resume_after) + 1;
-        if floor.is_some() {
-            stream.delete_consumer(&binding.durable).await?;
+        let mut names = vec![binding.consumer_name()];
+        if binding.fence.epoch().is_some() {
+            let mut listed = stream.consumer_names();
+            while let Some(name) = listed.next().await {
+                let name = name?;
+                if binding.is_incarnation(&name) && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
         }
+        let mut floor: Option<u64> = None;
+        for name in &names {
+            if let Ok(info) = stream.consumer_info(name).await {
+                floor = Some(floor.unwrap_or(0).max(info.ack_floor.stream_sequence));
+                stream.delete_consumer(name).await?;
+            }
+        }
+        // A keyed stage's state may come from a snapshot older than the ack floor: it must see
+        // every input after its state, the floor notwithstanding.
+        let start = if keyed {
+            resume_after
+        } else {
+            floor.unwrap_or(0).max(resume_after)
+        } + 1;
         let config = pull::Config {
-            durable_name: Some(binding.durable.clone()),
+            durable_name: Some(binding.consumer_name()),
             filter_subject: binding.filter_subject.clone(),
             ack_policy,
             ack_wait: self.options.ack_wait,
@@ -288,8 +332,11 @@ impl Runtime {
         binding: &Binding,
         ack_policy: AckPolicy,
         resume_after: u64,
+        keyed: bool,
     ) -> Result<pull::Stream, async_nats::Error> {
-        let consumer = self.consumer(binding, ack_policy, resume_after).await?;
+        let consumer = self
+            .consumer(binding, ack_policy, resume_after, keyed)
+            .await?;
         Ok(consumer
             .stream()
             .max_messages_per_batch(self.options.pull_batch)
@@ -306,6 +353,17 @@ pub struct StateBinding {
     pub interval: Duration,
     /// The source sequence the restored state already reflects: inputs up to it are skipped.
     pub restored_seq: u64,
+    /// Where the state is also snapshotted for other workers, when a coordinator runs.
+    pub snapshots: Option<SnapshotPolicy>,
+}
+
+/// Snapshots of a unit's state to the shared object store (see [`crate::snapshot`]).
+#[derive(Clone)]
+pub struct SnapshotPolicy {
+    pub snapshots: Snapshots,
+    /// The object's name: the unit's state tree.
+    pub name: String,
+    pub every: Duration,
 }
 
 /// Work handed to the confirmer, which handles it in order: confirm `outputs`, then commit
@@ -347,6 +405,7 @@ pub async fn run_stage(
     state: Option<StateBinding>,
 ) {
     let store = state.as_ref().map(|s| s.store.clone());
+    let snapshots = state.as_ref().and_then(|s| s.snapshots.clone());
     // Keyed stages may wait on a checkpoint in the confirmer: leave room to keep processing
     // meanwhile (the consumer's max_ack_pending still bounds what is outstanding).
     let in_flight = if state.is_some() {
@@ -361,6 +420,7 @@ pub async fn run_stage(
         confirm_rx,
         metrics.clone(),
         store,
+        snapshots,
     ));
     let restored_seq = state.as_ref().map_or(0, |s| s.restored_seq);
     let interval = state.as_ref().map(|s| s.interval);
@@ -373,10 +433,19 @@ pub async fn run_stage(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = Emitter::new(binding.stage, &binding.durable);
     let lag = metrics.pending(&binding.durable);
+    // Whether the unit was lost to another owner: then nothing more may be committed.
+    let mut fenced = false;
     'outer: while !rt.shutdown.is_cancelled() {
+        if !binding.fence.holds() {
+            fenced = true;
+            break;
+        }
         // Resuming after what this process already processed: those inputs are in its state
         // and in the confirmer's hands.
-        let mut messages = match rt.messages(&binding, AckPolicy::All, last_seq).await {
+        let mut messages = match rt
+            .messages(&binding, AckPolicy::All, last_seq, state.is_some())
+            .await
+        {
             Ok(m) => m,
             Err(e) => {
                 warn!(stage = binding.stage, durable = %binding.durable, error = %e, "cannot open consumer; retrying");
@@ -456,6 +525,16 @@ pub async fn run_stage(
                     .batch_seconds
                     .observe(started.elapsed().as_secs_f64());
             }
+            if !binding.fence.holds() {
+                // Another worker owns the unit now; it redoes this batch from its own state.
+                warn!(
+                    stage = binding.stage,
+                    unit = binding.fence.unit(),
+                    "unit taken over by another worker; stopping"
+                );
+                fenced = true;
+                break 'outer;
+            }
             let mut pending = Pending {
                 outputs: Vec::with_capacity(outputs.len()),
                 commit: None,
@@ -496,7 +575,7 @@ pub async fn run_stage(
         }
     }
     // A clean stop commits what was processed, so a restart replays nothing.
-    if interval.is_some() {
+    if interval.is_some() && !fenced {
         if let Some(delta) = stage.checkpoint() {
             let _ = confirm_tx
                 .send(Pending {
@@ -579,7 +658,11 @@ async fn confirm(
     mut rx: mpsc::Receiver<Pending>,
     metrics: StageMetrics,
     store: Option<StateStore>,
+    snapshots: Option<SnapshotPolicy>,
 ) {
+    let mut last_snapshot = Instant::now();
+    let mut upload: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_commit: Option<u64> = None;
     while let Some(pending) = rx.recv().await {
         let count = pending.outputs.len() as u64;
         for (output, ack) in pending.outputs {
@@ -593,14 +676,28 @@ async fn confirm(
             }
         }
         metrics.events_out.inc_by(count);
+        if !binding.fence.holds() {
+            // Lost the unit: its new owner commits and acks from here on.
+            return;
+        }
         if let (Some((delta, seq)), Some(store)) = (pending.commit, &store) {
             let keys = delta.keys;
             match store.commit(delta, seq).await {
-                Ok(done) => metrics.checkpointed(&done, keys),
+                Ok(done) => {
+                    metrics.checkpointed(&done, keys);
+                    last_commit = Some(seq);
+                }
                 Err(e) => {
                     // Without a durable checkpoint the inputs must stay unacked.
                     warn!(stage = binding.stage, error = %e, "checkpoint failed; inputs stay unacked");
                     continue;
+                }
+            }
+            if let Some(policy) = &snapshots {
+                let idle = upload.as_ref().is_none_or(|u| u.is_finished());
+                if idle && last_snapshot.elapsed() >= policy.every {
+                    last_snapshot = Instant::now();
+                    upload = snapshot(store, policy, &binding.fence).await;
                 }
             }
         }
@@ -611,4 +708,58 @@ async fn confirm(
             }
         }
     }
+    // Letting the unit go (a rebalance, a new version, a shutdown): leave the newest state for
+    // whoever runs it next, so they replay nothing.
+    if let (Some(policy), Some(store), Some(_)) = (&snapshots, &store, last_commit) {
+        if let Some(u) = upload.take() {
+            let _ = u.await;
+        }
+        if let Some(u) = snapshot(store, policy, &binding.fence).await {
+            let _ = u.await;
+        }
+    }
+}
+
+/// Exports the committed state now (nothing commits meanwhile: we are the confirmer) and
+/// uploads it in the background.
+async fn snapshot(
+    store: &StateStore,
+    policy: &SnapshotPolicy,
+    fence: &Fence,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let epoch = fence.epoch()?;
+    if !fence.holds() {
+        return None;
+    }
+    let exported = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.export()).await
+    };
+    let image = match exported {
+        Ok(Ok(image)) => image,
+        Ok(Err(e)) => {
+            warn!(unit = fence.unit(), error = %e, "cannot export state for a snapshot");
+            return None;
+        }
+        Err(e) => {
+            warn!(unit = fence.unit(), error = %e, "state export task failed");
+            return None;
+        }
+    };
+    let (policy, fence) = (policy.clone(), fence.clone());
+    Some(tokio::spawn(async move {
+        if !fence.holds() {
+            return;
+        }
+        match policy.snapshots.save(&policy.name, epoch, &image).await {
+            Ok(saved) => debug!(
+                unit = fence.unit(),
+                seq = saved.seq,
+                bytes = saved.bytes,
+                ms = saved.duration.as_millis() as u64,
+                "state snapshot saved"
+            ),
+            Err(e) => warn!(unit = fence.unit(), error = %e, "state snapshot failed"),
+        }
+    }))
 }

@@ -68,7 +68,10 @@ pub async fn run_sink<S: Sink>(
         outcome("dead_lettered"),
     );
     while !rt.shutdown.is_cancelled() {
-        let messages = match rt.messages(&binding, AckPolicy::Explicit, 0).await {
+        if !binding.fence.holds() {
+            break;
+        }
+        let messages = match rt.messages(&binding, AckPolicy::Explicit, 0, false).await {
             Ok(m) => m,
             Err(e) => {
                 warn!(sink = sink.name(), error = %e, "cannot open consumer; retrying");
@@ -79,13 +82,23 @@ pub async fn run_sink<S: Sink>(
             }
         };
         let shutdown = rt.shutdown.clone();
+        let fence = binding.fence.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = fence.lost() => {}
+            }
+        };
         messages
-            .take_until(shutdown.cancelled_owned())
+            .take_until(stop)
             .for_each_concurrent(options.concurrency, |msg| {
                 let (rt, binding, sink, options, stage) = (&rt, &binding, &sink, &options, &stage);
                 let (delivered, retried, dead) = (&delivered, &retried, &dead);
                 async move {
                     let Ok(msg) = msg else { return };
+                    if !binding.fence.holds() {
+                        return; // its new owner delivers it
+                    }
                     stage.events_in.inc();
                     let mut attempt = 1;
                     let failure = loop {

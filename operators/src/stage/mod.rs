@@ -16,10 +16,12 @@ pub mod window;
 use std::sync::Arc;
 
 use crate::checkpoint::{CheckpointError, StateStore};
+use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::runtime::{Binding, Stage, StateBinding};
+use crate::runtime::{Binding, SnapshotPolicy, Stage, StateBinding};
 use crate::subjects::INGEST_STREAM;
+use crate::unit::{UnitId, UnitStage};
 
 /// One stage to run: where it reads, what it is, and where its state lives (keyed stages).
 pub struct Planned {
@@ -28,72 +30,78 @@ pub struct Planned {
     pub state: Option<StateBinding>,
 }
 
-/// Every stage a pipeline runs: validate once; per partition window (keyed pipelines only),
-/// rules and alert. Keyed stages are restored from `db`.
-pub fn build(
+/// The consumer (and state tree) base name of a unit: `<pipeline>-<stage>[-<partition>]`.
+pub fn durable_name(unit: &UnitId) -> String {
+    match &unit.stage {
+        UnitStage::Validate => format!("{}-validate", unit.pipeline),
+        UnitStage::Sink(name) => format!("{}-sink-{name}", unit.pipeline),
+        UnitStage::Unrouted => "unrouted".to_string(),
+        stage => format!("{}-{}-{}", unit.pipeline, stage.name(), unit.partition),
+    }
+}
+
+/// Builds the stage of one unit of `pipeline` (validate, window, rules or alert; sinks and
+/// the unrouted watcher are run by the worker). A keyed stage is restored from `db`, which
+/// the caller has already brought up to date with any newer snapshot.
+pub fn build_unit(
     pipeline: &Arc<Pipeline>,
+    unit: &UnitId,
+    fence: Fence,
     metrics: &Arc<Metrics>,
     db: &sled::Db,
-) -> Result<Vec<Planned>, CheckpointError> {
+    snapshots: Option<SnapshotPolicy>,
+) -> Result<Option<Planned>, CheckpointError> {
     let s = &pipeline.subjects;
-    let binding =
-        |stage: &'static str, stream: &str, durable: String, filter_subject: String| Binding {
-            pipeline: pipeline.name.clone(),
-            stage,
-            stream: stream.to_string(),
-            durable,
-            filter_subject,
-        };
-    let mut stages = vec![Planned {
-        binding: binding(
-            validate::NAME,
-            INGEST_STREAM,
-            format!("{}-validate", pipeline.name),
-            s.input.clone(),
-        ),
-        stage: Box::new(validate::Validate::new(pipeline.clone())),
-        state: None,
-    }];
-    for k in 0..pipeline.partitions {
-        let rules_input = if pipeline.is_keyed() {
-            let durable = format!("{}-window-{k}", pipeline.name);
+    let k = unit.partition;
+    let durable = durable_name(unit);
+    let binding = |stage: &'static str, stream: &str, filter_subject: String| Binding {
+        pipeline: pipeline.name.clone(),
+        stage,
+        stream: stream.to_string(),
+        durable: durable.clone(),
+        filter_subject,
+        fence: fence.clone(),
+    };
+    let (rules_stream, rules_subject) = if pipeline.is_keyed() {
+        (s.enriched_stream.as_str(), s.enriched(k))
+    } else {
+        (s.valid_stream.as_str(), s.valid(k))
+    };
+    Ok(Some(match &unit.stage {
+        UnitStage::Validate => Planned {
+            binding: binding(validate::NAME, INGEST_STREAM, s.input.clone()),
+            stage: Box::new(validate::Validate::new(pipeline.clone())),
+            state: None,
+        },
+        UnitStage::Window => {
             let store = StateStore::open(db, &durable)?;
             let late = metrics.stage(&pipeline.name, window::NAME).late_events;
             let (stage, restored_seq) =
                 window::WindowStage::restore(pipeline.clone(), k, &store, late)?;
-            stages.push(Planned {
-                binding: binding(window::NAME, &s.valid_stream, durable, s.valid(k)),
+            Planned {
+                binding: binding(window::NAME, &s.valid_stream, s.valid(k)),
                 stage: Box::new(stage),
                 state: Some(StateBinding {
                     store,
                     interval: pipeline.state.checkpoint_interval,
                     restored_seq,
+                    snapshots: snapshots.map(|p| SnapshotPolicy {
+                        name: durable.clone(),
+                        ..p
+                    }),
                 }),
-            });
-            (s.enriched_stream.as_str(), s.enriched(k))
-        } else {
-            (s.valid_stream.as_str(), s.valid(k))
-        };
-        stages.push(Planned {
-            binding: binding(
-                rules::NAME,
-                rules_input.0,
-                format!("{}-rules-{k}", pipeline.name),
-                rules_input.1,
-            ),
+            }
+        }
+        UnitStage::Rules => Planned {
+            binding: binding(rules::NAME, rules_stream, rules_subject),
             stage: Box::new(rules::Rules::new(pipeline.clone())),
             state: None,
-        });
-        stages.push(Planned {
-            binding: binding(
-                alert::NAME,
-                &s.detections_stream,
-                format!("{}-alert-{k}", pipeline.name),
-                s.detections(k),
-            ),
+        },
+        UnitStage::Alert => Planned {
+            binding: binding(alert::NAME, &s.detections_stream, s.detections(k)),
             stage: Box::new(alert::AlertStage::new(pipeline.clone(), metrics)),
             state: None,
-        });
-    }
-    Ok(stages)
+        },
+        UnitStage::Sink(_) | UnitStage::Unrouted => return Ok(None),
+    }))
 }

@@ -43,7 +43,13 @@ impl Stage for Unrouted {
 const MAX_WATCHED: usize = 100;
 
 /// Polls the ingest stream's subjects and starts a dead-lettering stage for each unknown one.
-pub async fn watch(rt: Runtime, known: Vec<String>, metrics: Arc<Metrics>, every: Duration) {
+pub async fn watch(
+    rt: Runtime,
+    known: Vec<String>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    fence: crate::fence::Fence,
+) {
     let mut watched: HashSet<String> = HashSet::new();
     let mut tasks = Vec::new();
     loop {
@@ -81,6 +87,7 @@ pub async fn watch(rt: Runtime, known: Vec<String>, metrics: Arc<Metrics>, every
                                 xxhash_rust::xxh3::xxh3_64(name.as_bytes())
                             ),
                             filter_subject: input_subject(name),
+                            fence: fence.clone(),
                         };
                         let stage = Box::new(Unrouted {
                             name: name.to_string(),

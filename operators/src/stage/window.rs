@@ -151,14 +151,21 @@ impl WindowStage {
             pipeline: pipeline.clone(),
         };
         let current: Vec<String> = p.aggregates.iter().map(|a| a.source.clone()).collect();
-        let mut same_aggregates = true;
+        // For each current aggregate, where its state sits in the stored states: a new pipeline
+        // version keeps the state of every aggregate whose definition did not change.
+        let mut from: Vec<Option<usize>> = (0..current.len()).map(Some).collect();
+        let mut stored_len = current.len();
         let mut stored = Vec::new();
         for entry in store.entries() {
             let (k, v) = entry?;
             if k == META_KEY {
                 if let Ok(meta) = rmp_serde::from_slice::<PartitionMeta>(&v) {
                     stage.max_event_ms = meta.max_event_ms;
-                    same_aggregates = meta.aggregates == current;
+                    stored_len = meta.aggregates.len();
+                    from = current
+                        .iter()
+                        .map(|c| meta.aggregates.iter().position(|a| a == c))
+                        .collect();
                 }
             } else if let Some(key) = k.strip_prefix(KEY_PREFIX) {
                 if let Ok(state) = rmp_serde::from_slice::<KeyState>(&v) {
@@ -166,13 +173,24 @@ impl WindowStage {
                 }
             }
         }
+        let unchanged =
+            stored_len == current.len() && from.iter().enumerate().all(|(i, f)| *f == Some(i));
         for (key, mut state) in stored {
-            // Changed aggregate definitions start afresh rather than misread old state.
-            if !same_aggregates || state.aggs.len() != p.aggregates.len() {
+            // Changed or new aggregates start afresh rather than misread old state.
+            if !unchanged || state.aggs.len() != stored_len {
+                let mut old: Vec<Option<AggState>> = if state.aggs.len() == stored_len {
+                    state.aggs.into_iter().map(Some).collect()
+                } else {
+                    Vec::new()
+                };
                 state.aggs = p
                     .aggregates
                     .iter()
-                    .map(|a| a.aggregate.new_state())
+                    .zip(&from)
+                    .map(|(a, f)| {
+                        f.and_then(|i| old.get_mut(i).and_then(Option::take))
+                            .unwrap_or_else(|| a.aggregate.new_state())
+                    })
                     .collect();
                 stage.dirty.insert(key.clone());
             }
@@ -641,6 +659,41 @@ mod tests {
         assert_eq!(
             Envelope::decode(&out[0].payload).unwrap().enrichment,
             vec![Value::Int(4)]
+        );
+    }
+
+    #[test]
+    fn a_new_version_keeps_the_state_of_unchanged_aggregates_and_starts_changed_ones_afresh() {
+        let p = Arc::new(Pipeline::from_yaml(DEF).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = StateStore::open(&db, "t-window-0").unwrap();
+        let (mut stage, _) =
+            WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+        let t = 1_795_132_800_000;
+        for i in 0..3 {
+            feed(&mut stage, &p, "a", t + i * 1000, i as u64 + 1);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(store.commit(stage.checkpoint().unwrap(), 3))
+            .unwrap();
+        // Version 2: a new aggregate first, the old one unchanged (moved), one changed.
+        let v2 = DEF.replace(
+            "aggregates:\n  n_1m: count() over 1m\n",
+            "aggregates:\n  n_5m: count() over 5m\n  n_1m: count() over 1m\n",
+        );
+        let p2 = Arc::new(Pipeline::from_yaml(&v2).unwrap());
+        let (mut restored, seq) =
+            WindowStage::restore(p2.clone(), 0, &store, Counter::default()).unwrap();
+        assert_eq!(seq, 3);
+        let out = feed(&mut restored, &p2, "a", t + 4000, 4);
+        assert_eq!(
+            Envelope::decode(&out[0].payload).unwrap().enrichment,
+            vec![Value::Int(1), Value::Int(4)],
+            "n_5m starts afresh, n_1m keeps its three events"
         );
     }
 }

@@ -1,0 +1,245 @@
+//! A worker under a coordinator: registers, keeps its lease by heartbeat, and runs what its
+//! assignment stream says. When the coordinator is unreachable it keeps running its current
+//! units and retries; the owner records in NATS (not the coordinator) decide whether it may
+//! go on publishing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anom_operators::pipeline::Pipeline;
+use anom_operators::unit::{UnitId, UnitStage};
+use anom_operators::worker::{Plan, UnitAssignment, Worker, WorkerConfig};
+use anom_proto::v1;
+use anom_proto::v1::cluster_client::ClusterClient;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub coordinator: String,
+    pub worker: WorkerConfig,
+    pub roles: Vec<String>,
+    pub capacity: u32,
+}
+
+/// A channel to the coordinator (connects lazily, reconnects by itself).
+pub fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| anyhow::anyhow!("coordinator URL `{url}`: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Compiled definitions by (name, version), so a new generation recompiles only what changed.
+#[derive(Default)]
+struct Definitions(HashMap<(String, u32), Arc<Pipeline>>);
+
+impl Definitions {
+    fn plan(&mut self, a: &v1::Assignment) -> Plan {
+        let mut plan = Plan {
+            known: a.known_pipelines.clone(),
+            ..Plan::default()
+        };
+        for p in &a.pipelines {
+            let key = (p.name.clone(), p.version);
+            let compiled = match self.0.get(&key) {
+                Some(c) => c.clone(),
+                None => match Pipeline::from_yaml(&p.yaml) {
+                    Ok(c) => {
+                        let c = Arc::new(c);
+                        self.0.insert(key, c.clone());
+                        c
+                    }
+                    Err(e) => {
+                        warn!(pipeline = %p.name, version = p.version, error = %e, "assigned definition does not compile here");
+                        continue;
+                    }
+                },
+            };
+            plan.pipelines.insert(p.name.clone(), compiled);
+        }
+        for u in &a.units {
+            let Some(stage) = UnitStage::parse(&u.stage, &u.sink) else {
+                warn!(stage = %u.stage, "unknown stage in assignment; skipped (is this worker older than the coordinator?)");
+                continue;
+            };
+            plan.units.push(UnitAssignment {
+                unit: UnitId {
+                    pipeline: u.pipeline.clone(),
+                    stage,
+                    partition: u.partition,
+                },
+                version: u.version,
+                epoch: u.epoch,
+            });
+        }
+        plan
+    }
+}
+
+/// Runs the worker until `shutdown`; then stops its units (committing and snapshotting
+/// their state) and leaves the cluster so they move at once.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let id = config.worker.worker_id.clone();
+    let mut worker = Worker::join(config.worker.clone(), shutdown.clone()).await?;
+    if let Some(addr) = worker.metrics_addr {
+        eprintln!("metrics: http://{addr}/metrics");
+    }
+    let channel = channel(&config.coordinator)?;
+    let mut client = ClusterClient::new(channel);
+    let running = Arc::new(AtomicU32::new(0));
+    let mut definitions = Definitions::default();
+    let register = v1::RegisterRequest {
+        worker_id: id.clone(),
+        roles: config.roles.clone(),
+        capacity: config.capacity,
+        metrics_addr: worker
+            .metrics_addr
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        hostname: hostname(),
+    };
+    let mut announced = false;
+    'session: while !shutdown.is_cancelled() {
+        let lease = match tokio::time::timeout(
+            Duration::from_secs(5),
+            client.register(register.clone()),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(e)) => {
+                warn!(error = %e.message(), "cannot register with the coordinator; retrying (current units keep running)");
+                pause(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(_) => {
+                warn!("coordinator did not answer; retrying (current units keep running)");
+                pause(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut stream = match client
+            .watch_assignments(v1::WorkerId {
+                worker_id: id.clone(),
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                warn!(error = %e.message(), "cannot watch the assignment; retrying");
+                pause(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if !announced {
+            info!(worker = %id, coordinator = %config.coordinator, "joined the cluster");
+            announced = true;
+        }
+        let session = shutdown.child_token();
+        let beat = tokio::spawn(heartbeat(
+            client.clone(),
+            id.clone(),
+            Duration::from_millis(lease.heartbeat_interval_ms.max(100)),
+            running.clone(),
+            session.clone(),
+        ));
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = session.cancelled() => break, // the heartbeat lost the coordinator
+                n = stream.next() => n,
+            };
+            match next {
+                Some(Ok(assignment)) => {
+                    let plan = definitions.plan(&assignment);
+                    if let Err(e) = worker.apply(plan).await {
+                        warn!(error = %e, "cannot apply the assignment");
+                    }
+                    running.store(worker.running().len() as u32, Ordering::Relaxed);
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e.message(), "assignment stream failed; reconnecting");
+                    break;
+                }
+                None => {
+                    warn!("coordinator closed the assignment stream; reconnecting");
+                    break;
+                }
+            }
+        }
+        session.cancel();
+        let _ = beat.await;
+        if shutdown.is_cancelled() {
+            break 'session;
+        }
+        pause(&shutdown, Duration::from_millis(500)).await;
+    }
+    worker.stop().await;
+    // Units were committed and snapshotted above: let them move now instead of after the
+    // lease.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.leave(v1::WorkerId { worker_id: id }),
+    )
+    .await;
+    Ok(())
+}
+
+async fn heartbeat(
+    mut client: ClusterClient<Channel>,
+    id: String,
+    every: Duration,
+    running: Arc<AtomicU32>,
+    session: CancellationToken,
+) {
+    let mut failures = 0;
+    loop {
+        tokio::select! {
+            _ = session.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let beat = client.heartbeat(v1::HeartbeatRequest {
+            worker_id: id.clone(),
+            running_units: running.load(Ordering::Relaxed),
+        });
+        match tokio::time::timeout(every * 2, beat).await {
+            Ok(Ok(r)) if r.get_ref().known => failures = 0,
+            Ok(Ok(_)) => {
+                warn!("the coordinator does not know this worker; registering again");
+                session.cancel();
+                return;
+            }
+            _ => {
+                failures += 1;
+                if failures >= 3 {
+                    warn!("coordinator unreachable; reconnecting (current units keep running)");
+                    session.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn pause(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+/// This machine's name: the default worker id (a StatefulSet pod's name).
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_string())
+}

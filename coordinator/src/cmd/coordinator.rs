@@ -1,0 +1,71 @@
+//! `anom coordinator`: the control plane on its own (gRPC API, pipeline versions, partition
+//! assignment), for a cluster of `anom worker --coordinator` processes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anom_operators::topology::StreamOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{Coordinator, CoordinatorConfig};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where to serve gRPC.
+    #[arg(long, env = "ANOM_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "ANOM_NATS_URL", default_value = super::DEFAULT_NATS)]
+    nats: String,
+    /// Where the coordinator keeps pipeline versions and the assignment (sled).
+    #[arg(long, env = "ANOM_STATE_DIR", default_value = "anom-coordinator")]
+    state_dir: PathBuf,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, env = "ANOM_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// A worker without a heartbeat for this long loses its units.
+    #[arg(long, env = "ANOM_LEASE_TTL", default_value = "6s", value_parser = anom_operators::duration::parse)]
+    lease_ttl: Duration,
+    /// Replicas of every stream and bucket (3 on a 3-node NATS cluster).
+    #[arg(long, env = "ANOM_REPLICAS", default_value_t = 1)]
+    replicas: usize,
+    /// Apply the pipelines of this directory (or file) at start; unchanged ones stay as they are.
+    #[arg(long)]
+    pipelines: Option<PathBuf>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let coordinator = Coordinator::start(
+        CoordinatorConfig {
+            listen: args.listen,
+            nats_url: args.nats,
+            state_dir: args.state_dir,
+            metrics_addr: args.metrics_addr,
+            lease_ttl: args.lease_ttl,
+            streams: StreamOptions {
+                replicas: args.replicas,
+                ..StreamOptions::default()
+            },
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    eprintln!("coordinator: grpc://{}", coordinator.addr);
+    if let Some(addr) = coordinator.metrics_addr {
+        eprintln!("metrics: http://{addr}/metrics");
+    }
+    if let Some(dir) = &args.pipelines {
+        let url = format!("http://{}", coordinator.addr);
+        super::pipeline::apply_path(&url, dir, "applied at coordinator start").await?;
+    }
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            super::stop_requested().await;
+            shutdown.cancel();
+        }
+    });
+    coordinator.wait().await
+}

@@ -1,0 +1,136 @@
+//! The coordinator: a gRPC server (package `anom.v1`, plus the standard health and reflection
+//! services) over the control state in [`control`].
+//!
+//! | module | what it is |
+//! |---|---|
+//! | `control` | the state every call works on, and the rebalance that moves units |
+//! | `assign` | the spreading of units over workers (pure) |
+//! | `store` | the coordinator's sled database |
+//! | `pipelines` | the `Pipelines` service |
+//! | `cluster` | the `Cluster` service |
+//! | `metrics` | `anom_coordinator_*` metrics |
+
+pub mod assign;
+pub mod cluster;
+pub mod control;
+pub mod metrics;
+pub mod pipelines;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anom_operators::topology::StreamOptions;
+use anom_proto::v1;
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use control::Control;
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    pub nats_url: String,
+    pub state_dir: PathBuf,
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long a worker stays in the cluster without a heartbeat.
+    pub lease_ttl: Duration,
+    pub streams: StreamOptions,
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    /// Where gRPC is served (useful with port 0).
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Coordinator {
+    pub async fn start(
+        config: CoordinatorConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Coordinator> {
+        let client = anom_operators::worker::connect(&config.nats_url)
+            .await
+            .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+        let js = async_nats::jetstream::new(client);
+        let store = store::Store::open(&config.state_dir).with_context(|| {
+            format!(
+                "cannot open the coordinator state in {}",
+                config.state_dir.display()
+            )
+        })?;
+        let control = Control::load(store, js, config.lease_ttl, config.streams.clone()).await?;
+        tokio::spawn(
+            control
+                .clone()
+                .watch_leases(Duration::from_millis(250), shutdown.clone()),
+        );
+        let metrics_addr = match config.metrics_addr {
+            Some(addr) => {
+                let c = control.clone();
+                let ready = Arc::new(AtomicBool::new(true));
+                Some(
+                    anom_operators::metrics::serve_with(
+                        move || c.metrics.encode(),
+                        ready,
+                        addr,
+                        shutdown.clone(),
+                    )
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+                )
+            }
+            None => None,
+        };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<v1::pipelines_server::PipelinesServer<pipelines::PipelineService>>()
+            .await;
+        health
+            .set_serving::<v1::cluster_server::ClusterServer<cluster::ClusterService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("reflection service")?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(v1::pipelines_server::PipelinesServer::new(
+                pipelines::PipelineService {
+                    control: control.clone(),
+                },
+            ))
+            .add_service(v1::cluster_server::ClusterServer::new(
+                cluster::ClusterService {
+                    control: control.clone(),
+                },
+            ))
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
+        let server = tokio::spawn(server);
+        info!(%addr, "coordinator serving gRPC");
+        Ok(Coordinator {
+            addr,
+            metrics_addr,
+            server,
+        })
+    }
+
+    /// Waits for the server to stop (after the shutdown token is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.server.await??;
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! Units of work: one stage of one pipeline on one partition. The coordinator spreads units
+//! over workers; a worker runs each unit it is given as one task on the shared runtime.
+
+use std::fmt;
+
+use crate::pipeline::{Pipeline, SinkDef};
+
+/// What a unit runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UnitStage {
+    Validate,
+    Window,
+    Rules,
+    Alert,
+    /// Delivery to one of the pipeline's sinks, by name.
+    Sink(String),
+    /// Dead-letters events sent to pipelines that do not exist (one in the whole cluster).
+    Unrouted,
+}
+
+impl UnitStage {
+    /// The worker role able to run it.
+    pub fn role(&self) -> &'static str {
+        match self {
+            UnitStage::Validate | UnitStage::Unrouted => "validate",
+            UnitStage::Window => "window",
+            UnitStage::Rules => "rules",
+            UnitStage::Alert => "alert",
+            UnitStage::Sink(_) => "sink",
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            UnitStage::Validate => "validate",
+            UnitStage::Window => "window",
+            UnitStage::Rules => "rules",
+            UnitStage::Alert => "alert",
+            UnitStage::Sink(_) => "sink",
+            UnitStage::Unrouted => "unrouted",
+        }
+    }
+
+    /// From the wire form (stage name, sink name).
+    pub fn parse(stage: &str, sink: &str) -> Option<UnitStage> {
+        Some(match stage {
+            "validate" => UnitStage::Validate,
+            "window" => UnitStage::Window,
+            "rules" => UnitStage::Rules,
+            "alert" => UnitStage::Alert,
+            "sink" if !sink.is_empty() => UnitStage::Sink(sink.to_string()),
+            "unrouted" => UnitStage::Unrouted,
+            _ => return None,
+        })
+    }
+}
+
+/// Every role a worker can have.
+pub const ROLES: [&str; 5] = ["validate", "window", "rules", "alert", "sink"];
+
+/// The pipeline name of the cluster-wide unrouted unit.
+pub const CLUSTER: &str = "_";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnitId {
+    pub pipeline: String,
+    pub stage: UnitStage,
+    pub partition: u32,
+}
+
+impl UnitId {
+    pub fn unrouted() -> UnitId {
+        UnitId {
+            pipeline: CLUSTER.to_string(),
+            stage: UnitStage::Unrouted,
+            partition: 0,
+        }
+    }
+
+    /// A name usable as a NATS KV key and object name: `<pipeline>.<stage>.<partition>`, or
+    /// `<pipeline>.sink.<name>`.
+    pub fn key(&self) -> String {
+        match &self.stage {
+            UnitStage::Sink(name) => format!("{}.sink.{}", self.pipeline, kv_safe(name)),
+            stage => format!("{}.{}.{}", self.pipeline, stage.name(), self.partition),
+        }
+    }
+}
+
+impl fmt::Display for UnitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.stage {
+            UnitStage::Sink(name) => write!(f, "{}/sink/{name}", self.pipeline),
+            stage => write!(f, "{}/{}/{}", self.pipeline, stage.name(), self.partition),
+        }
+    }
+}
+
+fn kv_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Every unit a pipeline runs: validate once; per partition window (keyed pipelines only),
+/// rules and alert; one per sink.
+pub fn units(pipeline: &Pipeline) -> Vec<UnitId> {
+    let unit = |stage, partition| UnitId {
+        pipeline: pipeline.name.clone(),
+        stage,
+        partition,
+    };
+    let mut units = vec![unit(UnitStage::Validate, 0)];
+    for k in 0..pipeline.partitions {
+        if pipeline.is_keyed() {
+            units.push(unit(UnitStage::Window, k));
+        }
+        units.push(unit(UnitStage::Rules, k));
+        units.push(unit(UnitStage::Alert, k));
+    }
+    for sink in &pipeline.sinks {
+        let SinkDef::Webhook(def) = sink;
+        units.push(unit(UnitStage::Sink(def.name.clone()), 0));
+    }
+    units
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_kv_safe_and_stages_round_trip() {
+        let u = UnitId {
+            pipeline: "routes".into(),
+            stage: UnitStage::Sink("ops hook.1".into()),
+            partition: 0,
+        };
+        assert_eq!(u.key(), "routes.sink.ops_hook_1");
+        assert_eq!(u.to_string(), "routes/sink/ops hook.1");
+        for s in ["validate", "window", "rules", "alert", "unrouted"] {
+            assert_eq!(UnitStage::parse(s, "").unwrap().name(), s);
+        }
+        assert_eq!(
+            UnitStage::parse("sink", "x"),
+            Some(UnitStage::Sink("x".into()))
+        );
+        assert_eq!(UnitStage::parse("sink", ""), None);
+        assert_eq!(UnitId::unrouted().key(), "_.unrouted.0");
+    }
+}
