@@ -24,8 +24,8 @@ impl Slot {
 
 /// Owner of every unit that some live worker can run. A unit stays with its current owner
 /// while that owner is alive, able to run it and within its fair share (total units ×
-/// its capacity ÷ total capacity, rounded up); the others go, one at a time, to the able
-/// worker with the lowest load per capacity (ties: the smaller id).
+/// its capacity ÷ total capacity, rounded down); the others go, one at a time, to the able
+/// worker with the lowest load per capacity (ties: the current owner, then the smaller id).
 pub fn spread(
     units: &[UnitId],
     workers: &[Slot],
@@ -40,7 +40,7 @@ pub fn spread(
     let quota: HashMap<&str, u64> = workers
         .iter()
         .map(|w| {
-            let share = (n * w.capacity.max(1) as u64).div_ceil(total_capacity);
+            let share = n * w.capacity.max(1) as u64 / total_capacity;
             (w.id.as_str(), share)
         })
         .collect();
@@ -64,10 +64,13 @@ pub fn spread(
         }
     }
     for unit in homeless {
+        let owner = current.get(unit);
         let best = workers.iter().filter(|w| w.accepts(unit)).min_by(|a, b| {
             let la = (load[a.id.as_str()] + 1) * b.capacity.max(1) as u64;
             let lb = (load[b.id.as_str()] + 1) * a.capacity.max(1) as u64;
-            la.cmp(&lb).then_with(|| a.id.cmp(&b.id))
+            la.cmp(&lb)
+                .then_with(|| (Some(&b.id) == owner).cmp(&(Some(&a.id) == owner)))
+                .then_with(|| a.id.cmp(&b.id))
         });
         if let Some(w) = best {
             *load.get_mut(w.id.as_str()).expect("live worker") += 1;
