@@ -161,14 +161,22 @@ pub struct Worker {
     cluster: Option<Cluster>,
 }
 
-/// Connects with settings suited to the runtime's batch sizes.
+/// Connects with settings suited to the runtime's batch sizes. `url` may list several
+/// servers of a cluster, comma-separated; the client fails over between them.
 pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e)
+        })?;
     async_nats::ConnectOptions::new()
         .name("anom-worker")
         // Above the pull batch, so a burst never overflows a subscription buffer.
         .subscription_capacity(1 << 17)
         .retry_on_initial_connect()
-        .connect(url)
+        .connect(servers)
         .await
 }
 

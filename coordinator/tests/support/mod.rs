@@ -288,3 +288,102 @@ pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// An `anom coordinator` process on `addr`, its state in `state_dir`.
+pub fn spawn_coordinator(
+    nats: &str,
+    addr: SocketAddr,
+    state_dir: &Path,
+    extra: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .args(["coordinator", "--nats", nats, "--listen", &addr.to_string()])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(extra)
+        .env("ANOM_LOG", "warn,anom=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("anom coordinator starts")
+}
+
+/// An `anom worker --coordinator` process named `id`, its state in `state_dir`.
+pub fn spawn_cluster_worker(
+    nats: &str,
+    coordinator: SocketAddr,
+    id: &str,
+    state_dir: &Path,
+    extra: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .args(["worker", "--nats", nats, "--worker-id", id])
+        .args(["--coordinator", &format!("http://{coordinator}")])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(extra)
+        .env("ANOM_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("anom worker starts")
+}
+
+/// A gRPC channel to a coordinator, once it answers its health check.
+pub async fn coordinator_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    let url = format!("http://{addr}");
+    let healthy = wait_for(Duration::from_secs(60), || async {
+        let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+        h.check(tonic_health::pb::HealthCheckRequest {
+            service: "anom.v1.Pipelines".into(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status == 1)
+    })
+    .await;
+    assert!(healthy, "coordinator at {addr} serves");
+    tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect_lazy()
+}
+
+/// Units assigned, and units every live worker reports running, as the coordinator sees
+/// them.
+pub async fn cluster_view(
+    ch: &tonic::transport::Channel,
+) -> Option<(usize, usize, usize, Vec<String>)> {
+    use anom_proto::v1;
+    let mut c = v1::cluster_client::ClusterClient::new(ch.clone());
+    let a = c
+        .list_assignments(v1::ListAssignmentsRequest::default())
+        .await
+        .ok()?
+        .into_inner();
+    let w = c
+        .list_workers(v1::ListWorkersRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    let live: Vec<String> = w
+        .workers
+        .iter()
+        .filter(|w| w.alive)
+        .map(|w| w.worker_id.clone())
+        .collect();
+    let running = w
+        .workers
+        .iter()
+        .filter(|w| w.alive)
+        .map(|w| w.running_units as usize)
+        .sum();
+    Some((a.units.len(), a.unassigned.len(), running, live))
+}
