@@ -380,7 +380,6 @@ impl Control {
         tick: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        let mut live: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -388,14 +387,21 @@ impl Control {
             }
             let mut state = self.lock().await;
             let now = Instant::now();
-            let alive: Vec<String> = state
+            let expired: Vec<String> = state
                 .workers
                 .values()
-                .filter(|m| m.alive(now))
+                .filter(|m| !m.alive(now))
                 .map(|m| m.record.id.clone())
                 .collect();
-            let expired: Vec<&String> = live.iter().filter(|w| !alive.contains(w)).collect();
             if !expired.is_empty() {
+                // Forgotten, durably: a coordinator restarted later must not count them alive
+                // for a grace period. One that comes back registers again.
+                for id in &expired {
+                    state.workers.remove(id);
+                    if let Err(e) = self.store.remove_worker(id).await {
+                        warn!(worker = %id, error = %e, "cannot forget the worker");
+                    }
+                }
                 info!(workers = ?expired, "lease expired");
                 self.rebalance(&mut state, false, "lease expired").await;
             } else if state.dirty {
@@ -403,7 +409,6 @@ impl Control {
             } else {
                 self.observe(&state);
             }
-            live = alive;
         }
     }
 }

@@ -1,0 +1,397 @@
+//! Anom distributed on one machine: a 3-node NATS JetStream cluster (streams and buckets with
+//! 3 replicas), a coordinator and three workers as separate processes. Under a steady keyed
+//! load we add a worker, SIGKILL a worker, kill a NATS node and restart the coordinator; each
+//! time units are reassigned (or kept) and processing resumes within 15 s, and at the end no
+//! event is lost, no alert duplicated, and the aggregates equal an undisturbed run's.
+//!
+//! The timings (time to reassign, throughput dip) are printed: run with `--nocapture`.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anom_operators::natsd::Cluster;
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use support::{
+    cluster_view, coordinator_channel, free_addr, read_stream, spawn_cluster_worker,
+    spawn_coordinator, wait_for, Env,
+};
+use tokio::process::Child;
+
+const PIPELINE: &str = r#"
+name: spend
+key: user
+event_time: at
+partitions: 6
+schema:
+  user:   { type: string, required: true }
+  amount: { type: int, required: true }
+  at:     { type: timestamp, required: true }
+aggregates:
+  n: count()
+  n_1h: count() over 1h
+  total: sum(amount)
+  today: sum(amount) over calendar day
+  last_amount: prev(amount)
+rules:
+  - name: every_25th
+    when: n % 25 == 0
+  - name: big_day
+    when: today > 3000 and last_amount > 700
+"#;
+
+/// validate + 6 × (window, rules, alert) + the unrouted watcher.
+const UNITS: usize = 20;
+const EVENTS: usize = 24_000;
+/// Events per second of the steady load.
+const RATE: f64 = 600.0;
+
+fn event(i: usize) -> Bytes {
+    // 500 users; times advance 20 s per event, so hourly and daily windows roll.
+    let at = 1_795_132_800_000i64 + i as i64 * 20_000;
+    Bytes::from(format!(
+        r#"{{"user":"u{}","amount":{},"at":{at}}}"#,
+        (i * 7919) % 500,
+        (i * 31) % 997
+    ))
+}
+
+/// Publishes events `range` in order, each acknowledged before the next (so the ingest
+/// stream's order, and with it every alert id, is the same in every run), retrying a failed
+/// publish with the same message id until the cluster takes it.
+async fn publish(js: jetstream::Context, range: std::ops::Range<usize>, rate: Option<f64>) {
+    let started = Instant::now();
+    for (n, i) in range.enumerate() {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        loop {
+            let msg = PublishMessage::build()
+                .payload(event(i))
+                .message_id(format!("ev-{i}"));
+            match js.send_publish("anom.spend.in", msg).await {
+                Ok(ack) => match ack.await {
+                    Ok(_) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+async fn count(js: &jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Waits until every event is enriched and the alert count stops moving; returns the alert
+/// ids and each user's last aggregate values.
+async fn outcome(js: &jetstream::Context) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
+    let done = wait_for(Duration::from_secs(240), || async {
+        count(js, "ANOM_SPEND_ENRICHED").await >= EVENTS as u64
+    })
+    .await;
+    assert!(
+        done,
+        "all events enriched ({} of {EVENTS})",
+        count(js, "ANOM_SPEND_ENRICHED").await
+    );
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = count(js, "ANOM_SPEND_ALERTS").await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let ids = read_stream(js, "ANOM_SPEND_ALERTS", None)
+        .await
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut finals = BTreeMap::new();
+    for m in read_stream(js, "ANOM_SPEND_ENRICHED", None).await {
+        let env = anom_operators::envelope::Envelope::decode(&m.payload).unwrap();
+        finals.insert(
+            env.meta.key.clone(),
+            env.enrichment.iter().map(|v| v.to_string()).collect(),
+        );
+    }
+    (ids, finals)
+}
+
+/// The same events through one standalone worker on one nats-server.
+async fn undisturbed() -> (Vec<String>, BTreeMap<String, Vec<String>>) {
+    let env = Env::start().await;
+    let dir = env.pipeline_dir("spend", PIPELINE);
+    let js = env.js().await;
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .args(["worker", "--nats", &env.url(), "--pipelines"])
+        .arg(&dir)
+        .arg("--state-dir")
+        .arg(env.dir.path().join("state"))
+        .env("ANOM_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            js.get_stream("ANOM_SPEND_ALERTS").await.is_ok()
+        })
+        .await
+    );
+    publish(js.clone(), 0..EVENTS, None).await;
+    let out = outcome(&js).await;
+    worker.start_kill().unwrap();
+    let _ = worker.wait().await;
+    out
+}
+
+/// The enriched stream's size over time, sampled every 250 ms.
+type Samples = Arc<Mutex<Vec<(Instant, u64)>>>;
+
+fn rate_between(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Option<f64> {
+    let a = samples.iter().find(|(t, _)| *t >= from)?;
+    let b = samples.iter().rev().find(|(t, _)| *t <= to)?;
+    let secs = b.0.saturating_duration_since(a.0).as_secs_f64();
+    (secs > 0.5).then(|| (b.1 - a.1) as f64 / secs)
+}
+
+/// Lowest 1-second processing rate in the 15 s after `at`.
+fn dip_after(samples: &[(Instant, u64)], at: Instant) -> f64 {
+    (0..15)
+        .filter_map(|s| {
+            let from = at + Duration::from_secs(s);
+            rate_between(samples, from, from + Duration::from_secs(1))
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+struct Disruption {
+    what: &'static str,
+    at: Instant,
+    recovered: Duration,
+}
+
+/// Waits until every unit is assigned to a live worker and running there, with `live` the
+/// live workers; returns how long that took from `since`.
+async fn settled(ch: &tonic::transport::Channel, live: &[&str], since: Instant) -> Duration {
+    let want: Vec<String> = live.iter().map(|s| s.to_string()).collect();
+    let ok = wait_for(Duration::from_secs(15), || async {
+        cluster_view(ch)
+            .await
+            .is_some_and(|(assigned, unassigned, running, alive)| {
+                assigned == UNITS && unassigned == 0 && running == UNITS && alive == want
+            })
+    })
+    .await;
+    let took = since.elapsed();
+    assert!(
+        ok,
+        "units reassigned and running within 15 s on {live:?}: {:?}",
+        cluster_view(ch).await
+    );
+    took
+}
+
+/// Waits until the enriched stream grows past what it held at `since` plus `by`.
+async fn resumed(js: &jetstream::Context, since: Instant, base: u64, by: u64) -> Duration {
+    let ok = wait_for(Duration::from_secs(15), || async {
+        count(js, "ANOM_SPEND_ENRICHED").await >= base + by
+    })
+    .await;
+    assert!(ok, "processing resumed within 15 s");
+    since.elapsed()
+}
+
+fn worker(nats: &str, coord: SocketAddr, id: &str, dir: &std::path::Path) -> Child {
+    spawn_cluster_worker(
+        nats,
+        coord,
+        id,
+        &dir.join(id),
+        &["--replicas", "3", "--snapshot-every", "2s"],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator_restart_exactly()
+{
+    let (calm_ids, calm_finals) = undisturbed().await;
+    assert!(calm_ids.len() > 1000, "the rules fire: {}", calm_ids.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Cluster::start(3, &dir.path().join("nats")).await.unwrap();
+    nats.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let urls = nats.urls().join(",");
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(
+            nats.urls()
+                .iter()
+                .map(|u| u.parse::<async_nats::ServerAddr>().unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+
+    let addr = free_addr();
+    let coord_dir = dir.path().join("coordinator");
+    let coord_args = ["--lease-ttl", "3s", "--replicas", "3"];
+    let mut coordinator = spawn_coordinator(&urls, addr, &coord_dir, &coord_args);
+    let ch = coordinator_channel(addr).await;
+    let file = dir.path().join("spend.yaml");
+    std::fs::write(&file, PIPELINE).unwrap();
+    let apply = std::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .args(["pipeline", "apply", "-f", file.to_str().unwrap()])
+        .args(["--coordinator", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    let ingest = js.get_stream("ANOM_INGEST").await.unwrap().info().await.unwrap().config.num_replicas;
+    assert_eq!(ingest, 3, "streams have 3 replicas");
+
+    let mut workers: BTreeMap<&str, Child> = BTreeMap::new();
+    for id in ["w1", "w2", "w3"] {
+        workers.insert(id, worker(&urls, addr, id, dir.path()));
+    }
+    let started = Instant::now();
+    let first = settled(&ch, &["w1", "w2", "w3"], started).await;
+    eprintln!("3 workers: all {UNITS} units running {:.1} s after start", first.as_secs_f64());
+
+    let samples: Samples = Arc::default();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (js, samples, sampling) = (js.clone(), samples.clone(), sampling.clone());
+        async move {
+            while sampling.load(Ordering::Relaxed) {
+                let n = count(&js, "ANOM_SPEND_ENRICHED").await;
+                samples.lock().unwrap().push((Instant::now(), n));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
+    let load_started = Instant::now();
+    let publisher = tokio::spawn(publish(js.clone(), 0..EVENTS, Some(RATE)));
+    let mut log: Vec<Disruption> = Vec::new();
+
+    // 1. A fourth worker joins: a share of the units moves to it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let at = Instant::now();
+    workers.insert("w4", worker(&urls, addr, "w4", dir.path()));
+    let took = settled(&ch, &["w1", "w2", "w3", "w4"], at).await;
+    log.push(Disruption {
+        what: "worker w4 joins",
+        at,
+        recovered: took,
+    });
+
+    // 2. w2 is SIGKILLed: its units move when its lease (3 s) runs out.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let at = Instant::now();
+    let mut w2 = workers.remove("w2").unwrap();
+    w2.start_kill().unwrap();
+    let _ = w2.wait().await;
+    let took = settled(&ch, &["w1", "w3", "w4"], at).await;
+    log.push(Disruption {
+        what: "worker w2 SIGKILLed",
+        at,
+        recovered: took,
+    });
+
+    // 3. A NATS node is killed (and restarted 5 s later): units stay where they are; the
+    // streams elect new leaders and processing goes on.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let at = Instant::now();
+    let base = count(&js, "ANOM_SPEND_ENRICHED").await;
+    nats.kill(2).await.unwrap();
+    let took = resumed(&js, at, base, 300).await;
+    log.push(Disruption {
+        what: "NATS node n2 SIGKILLed",
+        at,
+        recovered: took,
+    });
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(at.elapsed())).await;
+    nats.restart(2).await.unwrap();
+
+    // 4. The coordinator is SIGKILLed and started again on the same state: workers go on
+    // with their units meanwhile, and nothing moves.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = cluster_view(&ch).await;
+    let at = Instant::now();
+    coordinator.start_kill().unwrap();
+    let _ = coordinator.wait().await;
+    let base = count(&js, "ANOM_SPEND_ENRICHED").await;
+    let during = resumed(&js, at, base, 300).await;
+    coordinator = spawn_coordinator(&urls, addr, &coord_dir, &coord_args);
+    let ch = coordinator_channel(addr).await;
+    let took = settled(&ch, &["w1", "w3", "w4"], at).await;
+    log.push(Disruption {
+        what: "coordinator SIGKILLed and restarted",
+        at,
+        recovered: took,
+    });
+    eprintln!(
+        "coordinator down: processing went on ({:.1} s to grow by 300 events); view before {before:?}",
+        during.as_secs_f64()
+    );
+
+    publisher.await.unwrap();
+    let publish_secs = load_started.elapsed().as_secs_f64();
+    let (ids, finals) = outcome(&js).await;
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await.unwrap();
+
+    let samples = samples.lock().unwrap().clone();
+    let steady = rate_between(&samples, load_started, load_started + Duration::from_secs(6))
+        .unwrap_or(0.0);
+    eprintln!(
+        "load: {EVENTS} events at {RATE}/s in {publish_secs:.1} s; steady processing {steady:.0} events/s"
+    );
+    for d in &log {
+        eprintln!(
+            "{:<38} back to normal in {:>5.1} s; lowest 1-s rate in the next 15 s: {:>6.0} events/s",
+            d.what,
+            d.recovered.as_secs_f64(),
+            dip_after(&samples, d.at)
+        );
+    }
+
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no alert duplicated");
+    assert_eq!(ids.len(), calm_ids.len(), "no alert missing");
+    assert_eq!(unique, calm_ids.iter().collect::<BTreeSet<_>>());
+    assert_eq!(finals.len(), 500);
+    assert_eq!(finals, calm_finals, "final aggregates equal the undisturbed run's");
+    assert_eq!(
+        count(&js, "ANOM_SPEND_ENRICHED").await,
+        EVENTS as u64,
+        "every event enriched exactly once"
+    );
+
+    for (_, mut w) in workers {
+        let _ = w.start_kill();
+        let _ = w.wait().await;
+    }
+    let _ = coordinator.start_kill();
+}
