@@ -360,8 +360,12 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         ));
     }
     let mut aggregates = Vec::new();
+    // Hidden names of inline aggregates already reported as invalid: the rules using them
+    // are not compiled, or each would add a confusing "unknown field `_0___`".
+    let mut failed_inline: Vec<&str> = Vec::new();
     let mut aggregate_names: Vec<&str> = Vec::new();
     for (name, text, path, is_inline) in &declared {
+        let compiled_before = aggregates.len();
         let path = path.clone();
         if !is_inline {
             if !schema::valid_field_name(name) {
@@ -415,6 +419,9 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
             }),
             Err(e) => error(path, e, Some((text.as_str(), 1))),
         }
+        if *is_inline && aggregates.len() == compiled_before {
+            failed_inline.push(name.as_str());
+        }
     }
     let scope = schema
         .as_ref()
@@ -443,15 +450,19 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         let path = format!("rules[{i}]");
         check_rule_name(&path, &r.name, &mut error);
         let Some(scope) = &scope else { continue };
-        let condition = match expr::compile_predicate(when, scope) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                error(
-                    format!("{path}.when"),
-                    e.to_string(),
-                    Some((r.when.as_str(), e.column)),
-                );
-                None
+        let condition = if failed_inline.iter().any(|n| when.contains(n)) {
+            None
+        } else {
+            match expr::compile_predicate(when, scope) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    error(
+                        format!("{path}.when"),
+                        e.to_string(),
+                        Some((r.when.as_str(), e.column)),
+                    );
+                    None
+                }
             }
         };
         let message_text = r.message.clone().unwrap_or_else(|| default_message(r));

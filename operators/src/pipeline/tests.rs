@@ -210,3 +210,15 @@ fn the_example_pipelines_load() {
     let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, vec!["expenses", "iot", "payments", "routes"]);
 }
+
+#[test]
+fn an_invalid_inline_aggregate_is_reported_once() {
+    let yaml = ROUTES.replace(
+        "when: durationMs > 5000",
+        "when: sum(fileName) over 1d > 5000",
+    );
+    assert_eq!(
+        errors(&yaml),
+        vec!["line 14: rules[0].when: sum needs a numeric field, `fileName` is string".to_string()]
+    );
+}
