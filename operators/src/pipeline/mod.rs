@@ -4,6 +4,7 @@
 
 pub mod definition;
 pub mod inline;
+mod position;
 pub mod schema;
 pub mod scope;
 pub mod template;
@@ -225,11 +226,11 @@ type ReportError<'a> = dyn FnMut(String, String, Option<(&str, usize)>) + 'a;
 pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionErrors> {
     let mut errors: Vec<DefinitionError> = Vec::new();
     let mut error = |path: String, message: String, needle: Option<(&str, usize)>| {
+        // The text itself when it is there once, else the start of the node at `path`.
         let (line, column) = needle
-            .and_then(|(n, col)| {
-                locate(source, n).map(|(l, c)| (Some(l), Some(c + col.saturating_sub(1))))
-            })
-            .unwrap_or((None, None));
+            .and_then(|(n, col)| locate(source, n).map(|(l, c)| (l, c + col.saturating_sub(1))))
+            .or_else(|| position::locate_path(source, &path))
+            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
         errors.push(DefinitionError {
             file: None,
             path,

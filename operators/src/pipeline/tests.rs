@@ -28,6 +28,21 @@ fn errors(yaml: &str) -> Vec<String> {
     }
 }
 
+/// The messages as `anom check` prints them for a file `p.yaml`.
+fn errors_in_file(yaml: &str) -> Vec<String> {
+    match Pipeline::from_yaml(yaml) {
+        Ok(_) => panic!("expected the definition to be rejected"),
+        Err(e) => {
+            e.0.into_iter()
+                .map(|mut e| {
+                    e.file = Some("p.yaml".into());
+                    e.to_string()
+                })
+                .collect()
+        }
+    }
+}
+
 #[test]
 fn compiles_a_valid_definition_into_a_plan() {
     let p = Pipeline::from_yaml(ROUTES).unwrap();
@@ -220,5 +235,20 @@ fn an_invalid_inline_aggregate_is_reported_once() {
     assert_eq!(
         errors(&yaml),
         vec!["line 14: rules[0].when: sum needs a numeric field, `fileName` is string".to_string()]
+    );
+}
+
+#[test]
+fn problems_found_after_parsing_point_at_their_node() {
+    let yaml = ROUTES.replace("key: route", "key: rout").replace(
+        "{ type: int, min: 0, required: true }",
+        "{ type: int, min: 10, max: 1, required: true }",
+    );
+    assert_eq!(
+        errors_in_file(&yaml),
+        vec![
+            "p.yaml:9:15: schema.durationMs: min 10 is greater than max 1".to_string(),
+            "p.yaml:3:6: key: unknown field `rout`, did you mean `route`?".to_string(),
+        ]
     );
 }
