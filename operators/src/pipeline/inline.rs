@@ -20,6 +20,13 @@ static INLINE: LazyLock<Regex> = LazyLock::new(|| {
     .expect("the inline aggregate pattern is valid")
 });
 
+/// Whether all of `text` is one inline aggregate, as `extract` would find it.
+pub fn is_inline(text: &str) -> bool {
+    INLINE
+        .find(text)
+        .is_some_and(|m| m.range() == (0..text.len()))
+}
+
 /// An inline aggregate found in a condition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inline {
