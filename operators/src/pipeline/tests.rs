@@ -224,6 +224,12 @@ fn the_example_pipelines_load() {
     let pipelines = load_dir(&dir).unwrap();
     let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, vec!["expenses", "iot", "payments", "routes"]);
+    // Written as a structured condition, it is the expression it replaced: same alerts,
+    // same explanations.
+    assert_eq!(
+        pipelines[0].rules[1].when,
+        "amount >= 5000 or (category == 'gambling' and amount > 100)"
+    );
 }
 
 #[test]
