@@ -19,7 +19,7 @@ fn blocks(text: &str, lang: &str) -> Vec<String> {
 #[test]
 fn the_readme_keyed_example_compiles_with_the_payments_schema() {
     let yaml = blocks(&readme(), "yaml");
-    assert_eq!(yaml.len(), 2);
+    assert_eq!(yaml.len(), 3);
     let payments = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../pipelines/payments.yaml"
@@ -61,5 +61,25 @@ fn the_readme_expressions_type_check_against_its_pipeline() {
     assert!(lines.len() >= 5);
     for line in lines {
         expr::compile_predicate(line, &p.schema).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+}
+
+#[test]
+fn the_readme_structured_conditions_become_the_expressions_it_shows() {
+    let text = readme();
+    let yaml = blocks(&text, "yaml");
+    let header = yaml[0].split("rules:").next().unwrap();
+    let p = Pipeline::from_yaml(&format!("{header}{}", yaml[2])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.rules.len(), 3);
+    for rule in &p.rules {
+        let line = yaml[2]
+            .lines()
+            .find(|l| l.contains(&format!("- name: {} ", rule.name)))
+            .unwrap();
+        assert!(
+            line.ends_with(&format!("# {}", rule.when)),
+            "{line}\n{}",
+            rule.when
+        );
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+use super::condition::When;
+
 /// One pipeline: what its events look like, how they are keyed, and what to alert on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,8 +255,10 @@ impl<'de> Deserialize<'de> for FieldSpec {
 pub struct RuleDef {
     /// Identifier of the rule, unique in the pipeline.
     pub name: String,
-    /// The condition, in Anom's expression language (see docs/expressions.md).
-    pub when: String,
+    /// The condition: an expression (`durationMs > 5000 and status == 'OK'`), or a
+    /// structured condition (`{type: field_compare, field: durationMs, op: ">", value: 5000}`)
+    /// that is translated into one when the pipeline loads (see `condition`).
+    pub when: When,
     /// info, warning (default) or critical.
     #[serde(default)]
     pub severity: Severity,

@@ -20,6 +20,13 @@ static INLINE: LazyLock<Regex> = LazyLock::new(|| {
     .expect("the inline aggregate pattern is valid")
 });
 
+/// Whether all of `text` is one inline aggregate, as `extract` would find it.
+pub fn is_inline(text: &str) -> bool {
+    INLINE
+        .find(text)
+        .is_some_and(|m| m.range() == (0..text.len()))
+}
+
 /// An inline aggregate found in a condition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inline {
@@ -34,7 +41,15 @@ pub struct Inline {
 pub fn extract(when: &str, counter: &mut usize, known: &mut Vec<Inline>) -> String {
     let mut out = String::with_capacity(when.len());
     let mut last = 0;
+    let quoted = quoted_ranges(when);
     for m in INLINE.find_iter(when) {
+        // Text inside a string literal or a quoted field name is not an aggregate.
+        if quoted
+            .iter()
+            .any(|q| q.start < m.end() && m.start() < q.end)
+        {
+            continue;
+        }
         out.push_str(&when[last..m.start()]);
         let spec = m.as_str().to_string();
         let name = match known.iter().find(|i| i.spec == spec) {
@@ -58,6 +73,29 @@ pub fn extract(when: &str, counter: &mut usize, known: &mut Vec<Inline>) -> Stri
     }
     out.push_str(&when[last..]);
     out
+}
+
+/// Byte ranges of the string literals (`'…'`, `"…"`, with `\` escapes) and quoted field
+/// names (`` `…` ``) in `text`, quotes included, as the expression lexer reads them.
+fn quoted_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut chars = text.char_indices();
+    while let Some((start, c)) = chars.next() {
+        if !matches!(c, '\'' | '"' | '`') {
+            continue;
+        }
+        let mut end = text.len();
+        while let Some((i, d)) = chars.next() {
+            if d == '\\' && c != '`' {
+                chars.next();
+            } else if d == c {
+                end = i + 1;
+                break;
+            }
+        }
+        ranges.push(start..end);
+    }
+    ranges
 }
 
 #[cfg(test)]
@@ -92,5 +130,16 @@ mod tests {
         assert_eq!(known.len(), 2);
         assert_eq!(known[1].spec, "p99(ms) over 1h every 5m");
         assert!(out.ends_with("> 100"));
+    }
+
+    #[test]
+    fn leaves_quoted_text_alone() {
+        let mut n = 0;
+        let mut known = Vec::new();
+        let when = r"fileName == 'count() over 5m' and `sum(x) over 1d` > 1 and note != 'it\'s prev(x)' and count() over 5m > 2";
+        let out = extract(when, &mut n, &mut known);
+        assert_eq!(known.len(), 1);
+        assert_eq!(known[0].spec, "count() over 5m");
+        assert!(out.starts_with("fileName == 'count() over 5m' and `sum(x) over 1d` > 1 and note != 'it\\'s prev(x)' and _0_"), "{out}");
     }
 }

@@ -2,8 +2,10 @@
 //! plan the operators run (`Pipeline`). Parsing and checking happen here, once; the hot path
 //! only sees typed, compiled parts.
 
+pub mod condition;
 pub mod definition;
 pub mod inline;
+mod position;
 pub mod schema;
 pub mod scope;
 pub mod template;
@@ -12,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use condition::{CompareOp, Condition, Scalar, When};
 pub use definition::{Clock, PipelineDef, Severity, SinkDef, StateDef, WebhookDef};
 pub use schema::{Field, FieldType, Schema};
 pub use scope::RowScope;
@@ -225,11 +228,11 @@ type ReportError<'a> = dyn FnMut(String, String, Option<(&str, usize)>) + 'a;
 pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionErrors> {
     let mut errors: Vec<DefinitionError> = Vec::new();
     let mut error = |path: String, message: String, needle: Option<(&str, usize)>| {
+        // The text itself when it is there once, else the start of the node at `path`.
         let (line, column) = needle
-            .and_then(|(n, col)| {
-                locate(source, n).map(|(l, c)| (Some(l), Some(c + col.saturating_sub(1))))
-            })
-            .unwrap_or((None, None));
+            .and_then(|(n, col)| locate(source, n).map(|(l, c)| (l, c + col.saturating_sub(1))))
+            .or_else(|| position::locate_path(source, &path))
+            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
         errors.push(DefinitionError {
             file: None,
             path,
@@ -329,13 +332,50 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
             None,
         );
     }
+    // Structured conditions become expressions here, once; from now on they are text like
+    // any other, but each leaf is also kept on its own to report problems at its keys.
+    let structured: Vec<Option<(String, Vec<condition::Leaf>)>> = def
+        .rules
+        .iter()
+        .map(|r| match &r.when {
+            When::Expr(_) => None,
+            When::Structured(c) => Some(c.leaves()),
+        })
+        .collect();
+    let texts: Vec<String> = def
+        .rules
+        .iter()
+        .zip(&structured)
+        .map(|(r, s)| {
+            s.as_ref()
+                .map_or_else(|| r.when.to_expr(), |(t, _)| t.clone())
+        })
+        .collect();
+    // The aggregates of `aggregate_compare` leaves are checked against the schema first, so
+    // that their problems name the leaf's keys; a rule with such a problem goes no further.
+    let mut rule_failed = vec![false; def.rules.len()];
+    if let Some(schema) = &schema {
+        for (i, leaves) in structured.iter().enumerate() {
+            for leaf in leaves.iter().flat_map(|(_, leaves)| leaves) {
+                if let Err((key, message)) =
+                    check_aggregate_leaf(leaf, schema, &names, &def.timezone)
+                {
+                    error(format!("rules[{i}].when{}{key}", leaf.path), message, None);
+                    rule_failed[i] = true;
+                }
+            }
+        }
+    }
     // Inline aggregates (`sum(amount) over 1d > 2000`) become hidden ones; see `inline`.
     let mut inlines = Vec::new();
     let mut counter = 0;
-    let rewritten: Vec<String> = def
-        .rules
+    let rewritten: Vec<String> = texts
         .iter()
-        .map(|r| inline::extract(&r.when, &mut counter, &mut inlines))
+        .zip(&rule_failed)
+        .map(|(text, failed)| match failed {
+            true => String::new(),
+            false => inline::extract(text, &mut counter, &mut inlines),
+        })
         .collect();
     let mut declared: Vec<(String, String, String, bool)> = Vec::new();
     for (name, text) in &def.aggregates.0 {
@@ -347,21 +387,33 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         ));
     }
     for i in &inlines {
-        let rule = def
-            .rules
+        let rule = rewritten
             .iter()
-            .position(|r| r.when.contains(&i.spec))
+            .position(|r| r.contains(&i.name))
             .unwrap_or(0);
-        declared.push((
-            i.name.clone(),
-            i.spec.clone(),
-            format!("rules[{rule}].when"),
-            true,
-        ));
+        let mut path = format!("rules[{rule}].when");
+        // In a structured condition, the aggregate was written in an `expr` leaf (those of
+        // `aggregate_compare` leaves were checked above).
+        if let Some(leaf) = structured
+            .get(rule)
+            .and_then(Option::as_ref)
+            .and_then(|(_, leaves)| {
+                leaves
+                    .iter()
+                    .find(|l| l.written && l.text.contains(&i.spec))
+            })
+        {
+            path = format!("{path}{}.expr", leaf.path);
+        }
+        declared.push((i.name.clone(), i.spec.clone(), path, true));
     }
     let mut aggregates = Vec::new();
+    // Hidden names of inline aggregates already reported as invalid: the rules using them
+    // are not compiled, or each would add a confusing "unknown field `_0___`".
+    let mut failed_inline: Vec<&str> = Vec::new();
     let mut aggregate_names: Vec<&str> = Vec::new();
     for (name, text, path, is_inline) in &declared {
+        let compiled_before = aggregates.len();
         let path = path.clone();
         if !is_inline {
             if !schema::valid_field_name(name) {
@@ -415,6 +467,9 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
             }),
             Err(e) => error(path, e, Some((text.as_str(), 1))),
         }
+        if *is_inline && aggregates.len() == compiled_before {
+            failed_inline.push(name.as_str());
+        }
     }
     let scope = schema
         .as_ref()
@@ -439,22 +494,73 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         }
         rule_names.push(name.to_string());
     };
+    // Messages name an inline aggregate by its text, not by the hidden name standing for it.
+    let unhide = |message: String| {
+        inlines.iter().fold(message, |m, i| {
+            m.replace(&format!("`{}`", i.name), &format!("`{}`", i.spec))
+        })
+    };
     for (i, (r, when)) in def.rules.iter().zip(&rewritten).enumerate() {
         let path = format!("rules[{i}]");
         check_rule_name(&path, &r.name, &mut error);
         let Some(scope) = &scope else { continue };
-        let condition = match expr::compile_predicate(when, scope) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                error(
-                    format!("{path}.when"),
-                    e.to_string(),
-                    Some((r.when.as_str(), e.column)),
-                );
-                None
+        let uses_failed = |text: &str| failed_inline.iter().any(|n| text.contains(n));
+        let condition = if let Some((_, leaves)) = &structured[i] {
+            // Each leaf on its own first, so a problem is reported at the leaf's keys
+            // rather than at a column of the generated text.
+            let mut ok = !rule_failed[i] && !uses_failed(when);
+            let mut known = inlines.clone();
+            for leaf in leaves {
+                if rule_failed[i] && leaf.aggregate.is_some() {
+                    continue;
+                }
+                let before = known.len();
+                let text = inline::extract(&leaf.text, &mut counter.clone(), &mut known);
+                if known.len() > before || uses_failed(&text) {
+                    // Its aggregate is invalid (reported above) or belongs to a rule that
+                    // failed: there is nothing to compile it against.
+                    known.truncate(before);
+                    ok = false;
+                    continue;
+                }
+                let Err(e) = expr::compile_predicate(&text, scope) else {
+                    continue;
+                };
+                ok = false;
+                let at = format!("{path}.when{}{}", leaf.path, leaf.blame(e.column));
+                if leaf.written {
+                    error(at, unhide(e.to_string()), Some((&leaf.text, e.column)));
+                } else {
+                    error(at, unhide(e.message), None);
+                }
+            }
+            match ok.then(|| expr::compile_predicate(when, scope)) {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    error(format!("{path}.when"), unhide(e.to_string()), None);
+                    None
+                }
+            }
+        } else if uses_failed(when) {
+            None
+        } else {
+            match expr::compile_predicate(when, scope) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    error(
+                        format!("{path}.when"),
+                        unhide(e.to_string()),
+                        Some((&texts[i], e.column)),
+                    );
+                    None
+                }
             }
         };
-        let message_text = r.message.clone().unwrap_or_else(|| default_message(r));
+        let message_text = r
+            .message
+            .clone()
+            .unwrap_or_else(|| default_message(&texts[i]));
         let message = compile_message(
             &message_text,
             r.message.as_deref(),
@@ -465,7 +571,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         if let (Some(condition), Some(message)) = (condition, message) {
             rules.push(Rule {
                 name: r.name.clone(),
-                when: r.when.clone(),
+                when: texts[i].clone(),
                 severity: r.severity,
                 message,
                 labels: r.labels.clone(),
@@ -611,11 +717,50 @@ fn compile_message(
     }
 }
 
-fn default_message(rule: &definition::RuleDef) -> String {
+fn default_message(when: &str) -> String {
     format!(
         "{{rule}} on {{key}}: {}",
-        rule.when.replace('{', "{{").replace('}', "}}")
+        when.replace('{', "{{").replace('}', "}}")
     )
+}
+
+/// Checks the aggregate of an `aggregate_compare` leaf against the schema, as the aggregate
+/// it will become; a problem comes back with the key it is about (`.over`, `.field`).
+fn check_aggregate_leaf(
+    leaf: &condition::Leaf,
+    schema: &Schema,
+    names: &[&str],
+    timezone: &str,
+) -> Result<(), (String, String)> {
+    let Some(text) = &leaf.aggregate else {
+        return Ok(());
+    };
+    let spec = aggregate::parse_spec(text, timezone)
+        .map_err(|e| (leaf.blame(e.column).to_string(), e.message))?;
+    if !inline::is_inline(text) {
+        let over = text.split_once(" over ").map_or("", |(_, over)| over);
+        return Err((
+            ".over".into(),
+            format!("`{over}` is not a window a rule can use: expected e.g. `5m`, `1h every 5m`, `tumbling 1h`, `session 30m` or `calendar day`"),
+        ));
+    }
+    let field = match spec.field.as_deref() {
+        None => None,
+        Some(f) => match schema.index_of(f) {
+            Some(i) => Some((i, schema.fields()[i].ty.value_type())),
+            None => {
+                return Err((
+                    ".field".into(),
+                    format!(
+                        "unknown field `{f}`{}",
+                        crate::suggest::did_you_mean(f, names.iter().copied())
+                    ),
+                ))
+            }
+        },
+    };
+    Aggregate::compile(&spec, field).map_err(|e| (".field".into(), e))?;
+    Ok(())
 }
 
 /// Pipeline, rule and sink names end up in NATS subjects and consumer names.

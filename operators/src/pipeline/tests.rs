@@ -28,6 +28,21 @@ fn errors(yaml: &str) -> Vec<String> {
     }
 }
 
+/// The messages as `anom check` prints them for a file `p.yaml`.
+fn errors_in_file(yaml: &str) -> Vec<String> {
+    match Pipeline::from_yaml(yaml) {
+        Ok(_) => panic!("expected the definition to be rejected"),
+        Err(e) => {
+            e.0.into_iter()
+                .map(|mut e| {
+                    e.file = Some("p.yaml".into());
+                    e.to_string()
+                })
+                .collect()
+        }
+    }
+}
+
 #[test]
 fn compiles_a_valid_definition_into_a_plan() {
     let p = Pipeline::from_yaml(ROUTES).unwrap();
@@ -209,4 +224,330 @@ fn the_example_pipelines_load() {
     let pipelines = load_dir(&dir).unwrap();
     let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, vec!["expenses", "iot", "payments", "routes"]);
+    // Written as a structured condition, it is the expression it replaced: same alerts,
+    // same explanations.
+    assert_eq!(
+        pipelines[0].rules[1].when,
+        "amount >= 5000 or (category == 'gambling' and amount > 100)"
+    );
+}
+
+#[test]
+fn an_invalid_inline_aggregate_is_reported_once() {
+    let yaml = ROUTES.replace(
+        "when: durationMs > 5000",
+        "when: sum(fileName) over 1d > 5000",
+    );
+    assert_eq!(
+        errors(&yaml),
+        vec!["line 14: rules[0].when: sum needs a numeric field, `fileName` is string".to_string()]
+    );
+}
+
+#[test]
+fn problems_found_after_parsing_point_at_their_node() {
+    let yaml = ROUTES.replace("key: route", "key: rout").replace(
+        "{ type: int, min: 0, required: true }",
+        "{ type: int, min: 10, max: 1, required: true }",
+    );
+    assert_eq!(
+        errors_in_file(&yaml),
+        vec![
+            "p.yaml:9:15: schema.durationMs: min 10 is greater than max 1".to_string(),
+            "p.yaml:3:6: key: unknown field `rout`, did you mean `route`?".to_string(),
+        ]
+    );
+}
+
+const STRUCTURED: &str = r#"
+name: routes
+key: route
+schema:
+  route:      { type: string, required: true }
+  status:     { type: enum, values: [OK, FAILED, TIMEOUT], required: true }
+  durationMs: { type: int, min: 0, required: true }
+  fileName:   string
+  amount:     float
+  urgent:     bool
+rules:
+  # Each rule is written twice: as an expression (s*) and as a structured condition (t*).
+  - name: s0
+    when: durationMs>5000 && status=='OK'
+  - name: s1
+    when: status in ["FAILED", "TIMEOUT"] || durationMs >= 30000
+  - name: s2
+    when: not matches(fileName, '^[a-z0-9-]+\.csv$') and is_present(fileName)
+  - name: s3
+    when: is_null(amount) or amount < 1.5
+  - name: s4
+    when: urgent = true and not (route in ['TEST', 'it\'s "odd"'])
+  - name: s5
+    when: sum(amount) over 1d > 2000 or (not (status == 'OK') and not is_null(urgent))
+  - name: t0
+    when:
+      type: all
+      conditions:
+        - { type: field_compare, field: durationMs, op: ">", value: 5000 }
+        - { type: field_compare, field: status, op: "==", value: OK }
+  - name: t1
+    when:
+      type: any
+      conditions:
+        - { type: field_in, field: status, values: [FAILED, TIMEOUT] }
+        - { type: field_compare, field: durationMs, op: gte, value: 30000 }
+  - name: t2
+    when:
+      type: all
+      conditions:
+        - type: not
+          condition: { type: matches, field: fileName, pattern: '^[a-z0-9-]+\.csv$' }
+        - { type: not_null, field: fileName }
+  - name: t3
+    when:
+      type: any
+      conditions:
+        - { type: is_null, field: amount }
+        - { type: field_compare, field: amount, op: lt, value: 1.5 }
+  - name: t4
+    when:
+      type: all
+      conditions:
+        - { type: field_compare, field: urgent, op: eq, value: true }
+        - { type: field_not_in, field: route, values: [TEST, "it's \"odd\""] }
+  - name: t5
+    when:
+      type: any
+      conditions:
+        - { type: aggregate_compare, function: sum, field: amount, over: 1d, op: ">", value: 2000 }
+        - type: all
+          conditions:
+            - type: not
+              condition: { type: expr, expr: "status == 'OK'" }
+            - { type: not, condition: { type: is_null, field: urgent } }
+"#;
+
+#[test]
+fn structured_conditions_become_the_expressions_they_stand_for() {
+    let p = Pipeline::from_yaml(STRUCTURED).unwrap_or_else(|e| panic!("{e}"));
+    let when: Vec<&str> = p.rules[6..].iter().map(|r| r.when.as_str()).collect();
+    assert_eq!(
+        when,
+        vec![
+            "durationMs > 5000 and status == 'OK'",
+            "status in ['FAILED', 'TIMEOUT'] or durationMs >= 30000",
+            r"not matches(fileName, '^[a-z0-9-]+\\.csv$') and is_present(fileName)",
+            "is_null(amount) or amount < 1.5",
+            r#"urgent == true and route not in ['TEST', 'it\'s "odd"']"#,
+            "sum(amount) over 1d > 2000 or (not (status == 'OK') and not is_null(urgent))",
+        ]
+    );
+    // The generated text is what users see: in the default message and explanations.
+    let ctx = template::Context {
+        key: "R",
+        rule: "t3",
+        severity: "warning",
+        silence: None,
+    };
+    let row = vec![Value::Null; p.scope.len()];
+    assert_eq!(
+        p.rules[9].message.render(&row, &ctx),
+        "t3 on R: is_null(amount) or amount < 1.5"
+    );
+    // Both forms share the one inline aggregate.
+    assert_eq!(p.aggregates.len(), 1);
+    assert_eq!(p.aggregates[0].source, "sum(amount) over 1d");
+}
+
+#[test]
+fn structured_conditions_evaluate_like_the_same_rules_written_as_expressions() {
+    let p = Pipeline::from_yaml(STRUCTURED).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.rules.len(), 12);
+    let texts = [
+        Value::Null,
+        Value::from("ok-1.csv"),
+        Value::from("Bad Name.csv"),
+    ];
+    let floats = [Value::Null, Value::Float(1.0), Value::Float(2.0)];
+    let bools = [Value::Null, Value::Bool(true), Value::Bool(false)];
+    let sums = [Value::Null, Value::Float(1999.5), Value::Float(2000.5)];
+    let mut rows = 0;
+    let mut hits = [0; 6];
+    for route in ["TEST", "R1", "it's \"odd\""] {
+        for status in ["OK", "FAILED", "TIMEOUT"] {
+            for ms in [0, 5000, 5001, 30000] {
+                for file in &texts {
+                    for amount in &floats {
+                        for urgent in &bools {
+                            for sum in &sums {
+                                let row = vec![
+                                    Value::from(route),
+                                    Value::from(status),
+                                    Value::Int(ms),
+                                    file.clone(),
+                                    amount.clone(),
+                                    urgent.clone(),
+                                    sum.clone(),
+                                ];
+                                for (i, hit) in hits.iter_mut().enumerate() {
+                                    let written = p.rules[i].condition().unwrap().matches(&row);
+                                    let structured =
+                                        p.rules[i + 6].condition().unwrap().matches(&row);
+                                    assert_eq!(written, structured, "rule {i} on {row:?}");
+                                    *hit += usize::from(written);
+                                }
+                                rows += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(rows, 2916);
+    // Every rule both holds and fails somewhere, so the comparison means something.
+    assert!(hits.iter().all(|&h| h > 0 && h < rows), "{hits:?}");
+}
+
+/// A pipeline whose second rule has the given `when`, indented under it.
+fn with_structured_when(when: &str) -> String {
+    let mut yaml = ROUTES.split("rules:").next().unwrap().replace(
+        "  fileName:   string\n",
+        "  fileName:   string\n  amount:     float\n",
+    );
+    yaml.push_str(
+        "rules:\n  - name: slow\n    when: durationMs > 5000\n  - name: structured\n    when:\n",
+    );
+    for line in when.lines() {
+        yaml.push_str(&format!("      {line}\n"));
+    }
+    yaml
+}
+
+#[test]
+fn structured_condition_mistakes_name_the_file_line_column_and_key() {
+    let cases = [
+        // unknown `type`
+        (
+            "type: field_compar\nfield: durationMs",
+            "p.yaml:18:13: rules[1].when.type: unknown condition type `field_compar`, expected one of `field_compare`, `field_in`, `field_not_in`, `matches`, `is_null`, `not_null`, `aggregate_compare`, `all`, `any`, `not`, `expr`; did you mean `field_compare`?",
+        ),
+        // unknown op, deep in the tree
+        (
+            "type: all\nconditions:\n  - { type: field_compare, field: durationMs, op: '>>', value: 1 }",
+            "p.yaml:20:57: rules[1].when.conditions[0].op: unknown op `>>`, expected one of `==`, `!=`, `>`, `>=`, `<`, `<=` (or `eq`, `ne`, `gt`, `gte`, `lt`, `lte`)",
+        ),
+        (
+            "type: field_compare\nfield: durationMs\nop: =>\nvalue: 1",
+            "p.yaml:20:11: rules[1].when.op: unknown op `=>`, expected one of `==`, `!=`, `>`, `>=`, `<`, `<=` (or `eq`, `ne`, `gt`, `gte`, `lt`, `lte`); did you mean `>=`?",
+        ),
+        // unknown field, with a suggestion, at the `field` key rather than in generated text
+        (
+            "type: all\nconditions:\n  - { type: is_null, field: fileName }\n  - { type: field_compare, field: durationMS, op: gt, value: 1 }",
+            "p.yaml:21:41: rules[1].when.conditions[1].field: unknown field `durationMS`, did you mean `durationMs`?",
+        ),
+        // a string compared with an int field
+        (
+            "type: not\ncondition:\n  type: field_compare\n  field: durationMs\n  op: '>'\n  value: slow",
+            "p.yaml:23:16: rules[1].when.condition.value: cannot compare `durationMs` (int) with 'slow' (string)",
+        ),
+        // a key no condition has, and one this type does not take
+        (
+            "type: field_compare\nfeild: durationMs",
+            "p.yaml:19:7: rules[1].when: unknown field `feild`, expected one of `type`, `field`, `op`, `value`",
+        ),
+        (
+            "type: is_null\nfield: fileName\nvalue: 1",
+            "p.yaml:20:7: rules[1].when: unknown field `value`, expected `type` or `field`",
+        ),
+        (
+            "type: field_compare\nfield: durationMs\nvalue: 1",
+            "p.yaml:18:7: rules[1].when: missing field `op`",
+        ),
+        // values
+        (
+            "type: field_in\nfield: status\nvalues: [OK, FAILD]",
+            "p.yaml:20:20: rules[1].when.values[1]: `FAILD` is not an allowed value of `status` (one of OK, FAILED, TIMEOUT); did you mean `FAILED`?",
+        ),
+        (
+            "type: field_not_in\nfield: status\nvalues: []",
+            "p.yaml:20:15: rules[1].when.values: expected at least one value, found an empty list",
+        ),
+        (
+            "type: field_compare\nfield: fileName\nop: ne\nvalue: null",
+            "p.yaml:21:14: rules[1].when.value: expected a number, a string or a bool, found null; test for a missing value with `type: is_null`",
+        ),
+        (
+            "type: matches\nfield: fileName\npattern: '[a-'",
+            "p.yaml:20:16: rules[1].when.pattern: invalid regex '[a-' in `matches`: unclosed character class",
+        ),
+        // aggregates
+        (
+            "type: aggregate_compare\nfunction: summ\nfield: amount\nover: 1d\nop: gt\nvalue: 1",
+            "p.yaml:19:17: rules[1].when.function: unknown aggregate function `summ`, expected one of `count`, `sum`, `avg`, `min`, `max`, `stddev`, `last`, `prev`, `distinct`, `p50`, `p90`, `p99`, `rate`; did you mean `sum`?",
+        ),
+        (
+            "type: aggregate_compare\nfunction: sum\nfield: amout\nover: 1d\nop: gt\nvalue: 1",
+            "p.yaml:20:14: rules[1].when.field: unknown field `amout`, did you mean `amount`?",
+        ),
+        (
+            "type: aggregate_compare\nfunction: avg\nfield: fileName\nover: 1d\nop: gt\nvalue: 1",
+            "p.yaml:20:14: rules[1].when.field: avg needs a numeric field, `fileName` is string",
+        ),
+        (
+            "type: aggregate_compare\nfunction: sum\nfield: amount\nover: 1 day\nop: gt\nvalue: 1",
+            "p.yaml:21:13: rules[1].when.over: duration `1` needs a unit: one of ms, s, m, h, d, w",
+        ),
+        (
+            "type: aggregate_compare\nfunction: count\nover: 5m\nop: gt\nvalue: many",
+            "p.yaml:22:14: rules[1].when.value: cannot compare `count() over 5m` (int) with 'many' (string)",
+        ),
+        (
+            "type: aggregate_compare\nfunction: sum\nfield: amount\nop: gt\nvalue: 1",
+            "p.yaml:18:7: rules[1].when: missing field `over`: an aggregate in a rule needs a window, e.g. `over: 1d`; declare one over the key's whole history under `aggregates:` and compare it with `field_compare`",
+        ),
+        // an expression inside: its own columns count
+        (
+            "type: any\nconditions:\n  - { type: is_null, field: fileName }\n  - { type: expr, expr: 'status == 1 or durationMS > 5' }",
+            "p.yaml:21:39: rules[1].when.conditions[1].expr: column 8: cannot compare `status` (string) with 1 (int)",
+        ),
+        (
+            "type: any\nconditions:\n  - durationMs > 5",
+            "p.yaml:20:11: rules[1].when.conditions[0]: invalid type: string \"durationMs > 5\", expected a condition (a map with `type`; an expression inside one is written `{type: expr, expr: ...}`)",
+        ),
+    ];
+    for (when, want) in cases {
+        let yaml = with_structured_when(when);
+        assert_eq!(errors_in_file(&yaml), vec![want.to_string()], "{yaml}");
+    }
+}
+
+#[test]
+fn every_leaf_of_a_structured_condition_is_checked() {
+    let yaml = with_structured_when(
+        "type: all
+conditions:
+  - { type: field_compare, field: durationMS, op: gt, value: 1 }
+  - { type: field_compare, field: status, op: eq, value: FAILD }
+  - { type: aggregate_compare, function: sum, field: fileName, over: 1d, op: gt, value: 1 }",
+    );
+    assert_eq!(
+        errors_in_file(&yaml),
+        vec![
+            "p.yaml:22:60: rules[1].when.conditions[2].field: sum needs a numeric field, `fileName` is string",
+            "p.yaml:20:41: rules[1].when.conditions[0].field: unknown field `durationMS`, did you mean `durationMs`?",
+            "p.yaml:21:64: rules[1].when.conditions[1].value: `FAILD` is not an allowed value of `status` (one of OK, FAILED, TIMEOUT); did you mean `FAILED`?",
+        ]
+    );
+}
+
+#[test]
+fn an_inline_aggregate_is_named_by_its_text_in_messages() {
+    let yaml = format!(
+        "{}  amount:     float\nrules:\n  - name: r\n    when: sum(amount) over 1d > 'x'\n",
+        ROUTES.split("rules:").next().unwrap()
+    );
+    assert_eq!(
+        errors_in_file(&yaml),
+        vec!["p.yaml:15:31: rules[0].when: column 21: cannot compare `sum(amount) over 1d` (float) with 'x' (string)".to_string()]
+    );
 }
