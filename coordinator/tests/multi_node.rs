@@ -100,6 +100,16 @@ async fn outcome(js: &jetstream::Context) -> (Vec<String>, BTreeMap<String, Vec<
         count(js, "ANOM_SPEND_ENRICHED").await >= EVENTS as u64
     })
     .await;
+    if !done {
+        describe(js).await;
+        let mut seen = BTreeSet::new();
+        for m in read_stream(js, "ANOM_SPEND_ENRICHED", None).await {
+            let env = anom_operators::envelope::Envelope::decode(&m.payload).unwrap();
+            seen.insert(env.meta.origin_seq);
+        }
+        let missing: Vec<u64> = (1..=EVENTS as u64).filter(|s| !seen.contains(s)).collect();
+        eprintln!("ingest sequences never enriched: {missing:?}");
+    }
     assert!(
         done,
         "all events enriched ({} of {EVENTS})",
@@ -133,6 +143,36 @@ async fn outcome(js: &jetstream::Context) -> (Vec<String>, BTreeMap<String, Vec<
         );
     }
     (ids, finals)
+}
+
+/// Prints every stream's and consumer's state, to tell where processing stopped.
+async fn describe(js: &jetstream::Context) {
+    use futures::StreamExt;
+    let mut names = js.stream_names();
+    while let Some(Ok(name)) = names.next().await {
+        let Ok(mut stream) = js.get_stream(&name).await else {
+            eprintln!("{name}: cannot get");
+            continue;
+        };
+        match stream.info().await {
+            Ok(i) => eprintln!(
+                "{name}: {} messages, last seq {}, cluster {:?}",
+                i.state.messages, i.state.last_sequence, i.cluster
+            ),
+            Err(e) => eprintln!("{name}: {e}"),
+        }
+        let mut consumers = stream.consumers();
+        while let Some(Ok(c)) = consumers.next().await {
+            eprintln!(
+                "  {}: delivered {}, ack floor {}, pending {}, ack pending {}",
+                c.name,
+                c.delivered.stream_sequence,
+                c.ack_floor.stream_sequence,
+                c.num_pending,
+                c.num_ack_pending
+            );
+        }
+    }
 }
 
 /// The same events through one standalone worker on one nats-server.
@@ -169,17 +209,16 @@ fn rate_between(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Optio
     let a = samples.iter().find(|(t, _)| *t >= from)?;
     let b = samples.iter().rev().find(|(t, _)| *t <= to)?;
     let secs = b.0.saturating_duration_since(a.0).as_secs_f64();
-    (secs > 0.5).then(|| (b.1 - a.1) as f64 / secs)
+    (secs > 0.5).then(|| b.1.saturating_sub(a.1) as f64 / secs)
 }
 
-/// Lowest 1-second processing rate in the 15 s after `at`.
-fn dip_after(samples: &[(Instant, u64)], at: Instant) -> f64 {
+/// The 1-second processing rates from `at` until `until` (at most 15 s).
+fn rates_after(samples: &[(Instant, u64)], at: Instant, until: Instant) -> Vec<f64> {
     (0..15)
-        .filter_map(|s| {
-            let from = at + Duration::from_secs(s);
-            rate_between(samples, from, from + Duration::from_secs(1))
-        })
-        .fold(f64::INFINITY, f64::min)
+        .map(|s| at + Duration::from_secs(s))
+        .take_while(|from| *from + Duration::from_secs(1) <= until)
+        .filter_map(|from| rate_between(samples, from, from + Duration::from_secs(1)))
+        .collect()
 }
 
 struct Disruption {
@@ -230,8 +269,7 @@ fn worker(nats: &str, coord: SocketAddr, id: &str, dir: &std::path::Path) -> Chi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator_restart_exactly()
-{
+async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator_restart_exactly() {
     let (calm_ids, calm_finals) = undisturbed().await;
     assert!(calm_ids.len() > 1000, "the rules fire: {}", calm_ids.len());
 
@@ -268,7 +306,15 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
         "{}",
         String::from_utf8_lossy(&apply.stderr)
     );
-    let ingest = js.get_stream("ANOM_INGEST").await.unwrap().info().await.unwrap().config.num_replicas;
+    let ingest = js
+        .get_stream("ANOM_INGEST")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .num_replicas;
     assert_eq!(ingest, 3, "streams have 3 replicas");
 
     let mut workers: BTreeMap<&str, Child> = BTreeMap::new();
@@ -277,7 +323,10 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     }
     let started = Instant::now();
     let first = settled(&ch, &["w1", "w2", "w3"], started).await;
-    eprintln!("3 workers: all {UNITS} units running {:.1} s after start", first.as_secs_f64());
+    eprintln!(
+        "3 workers: all {UNITS} units running {:.1} s after start",
+        first.as_secs_f64()
+    );
 
     let samples: Samples = Arc::default();
     let sampling = Arc::new(AtomicBool::new(true));
@@ -285,8 +334,16 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
         let (js, samples, sampling) = (js.clone(), samples.clone(), sampling.clone());
         async move {
             while sampling.load(Ordering::Relaxed) {
-                let n = count(&js, "ANOM_SPEND_ENRICHED").await;
-                samples.lock().unwrap().push((Instant::now(), n));
+                // A failed read (a server failing over) is no sample.
+                if let Ok(Ok(info)) = async {
+                    let mut s = js.get_stream("ANOM_SPEND_ENRICHED").await?;
+                    Ok::<_, async_nats::Error>(s.info().await.map(|i| i.state.messages))
+                }
+                .await
+                .map(|r| r.map_err(|_| ()))
+                {
+                    samples.lock().unwrap().push((Instant::now(), info));
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
@@ -357,23 +414,38 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     );
 
     publisher.await.unwrap();
+    let load_end = Instant::now();
     let publish_secs = load_started.elapsed().as_secs_f64();
     let (ids, finals) = outcome(&js).await;
     sampling.store(false, Ordering::Relaxed);
     sampler.await.unwrap();
 
     let samples = samples.lock().unwrap().clone();
-    let steady = rate_between(&samples, load_started, load_started + Duration::from_secs(6))
-        .unwrap_or(0.0);
+    let steady = rate_between(
+        &samples,
+        load_started,
+        load_started + Duration::from_secs(6),
+    )
+    .unwrap_or(0.0);
     eprintln!(
         "load: {EVENTS} events at {RATE}/s in {publish_secs:.1} s; steady processing {steady:.0} events/s"
     );
-    for d in &log {
+    for (i, d) in log.iter().enumerate() {
+        let until = log
+            .get(i + 1)
+            .map_or(load_end, |next| next.at.min(load_end));
+        let rates = rates_after(&samples, d.at, until);
+        let lowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let stalled = rates.iter().filter(|r| **r < steady * 0.1).count();
+        let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
         eprintln!(
-            "{:<38} back to normal in {:>5.1} s; lowest 1-s rate in the next 15 s: {:>6.0} events/s",
+            "{:<38} back to normal in {:>5.1} s; next {} s: lowest 1-s rate {:>4.0}/s, mean {:>4.0}/s, {} s below 10% of steady",
             d.what,
             d.recovered.as_secs_f64(),
-            dip_after(&samples, d.at)
+            rates.len(),
+            lowest,
+            mean,
+            stalled
         );
     }
 
@@ -382,7 +454,10 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     assert_eq!(ids.len(), calm_ids.len(), "no alert missing");
     assert_eq!(unique, calm_ids.iter().collect::<BTreeSet<_>>());
     assert_eq!(finals.len(), 500);
-    assert_eq!(finals, calm_finals, "final aggregates equal the undisturbed run's");
+    assert_eq!(
+        finals, calm_finals,
+        "final aggregates equal the undisturbed run's"
+    );
     assert_eq!(
         count(&js, "ANOM_SPEND_ENRICHED").await,
         EVENTS as u64,

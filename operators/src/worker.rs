@@ -307,6 +307,7 @@ impl Worker {
             });
             if !keep {
                 let u = self.units.remove(&id).expect("listed");
+                info!(unit = %id, epoch = u.assignment.epoch, "unit stopping");
                 u.stop.cancel();
                 stopping.push(u.task);
             }
@@ -353,6 +354,7 @@ impl Worker {
             };
             match self.start_unit(pipeline, a).await {
                 Ok(Some(running)) => {
+                    info!(unit = %a.unit, version = a.version, epoch = a.epoch, "unit started");
                     self.units.insert(a.unit.clone(), running);
                 }
                 Ok(None) => {}

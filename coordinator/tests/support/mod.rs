@@ -323,7 +323,7 @@ pub fn spawn_cluster_worker(
         .arg("--state-dir")
         .arg(state_dir)
         .args(extra)
-        .env("ANOM_LOG", "warn")
+        .env("ANOM_LOG", "warn,anom_operators::worker=info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)

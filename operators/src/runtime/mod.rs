@@ -373,6 +373,21 @@ struct Pending {
     outputs: Vec<(Output, PublishAckFuture)>,
     commit: Option<(StateDelta, u64)>,
     ack: Option<Message>,
+    /// Told once everything before it is confirmed (a barrier).
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Waits until the confirmer has confirmed and acked everything sent to it so far. False if
+/// it stopped first.
+async fn drained(confirm_tx: &mpsc::Sender<Pending>) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let barrier = Pending {
+        outputs: Vec::new(),
+        commit: None,
+        ack: None,
+        done: Some(tx),
+    };
+    confirm_tx.send(barrier).await.is_ok() && rx.await.is_ok()
 }
 
 fn stream_position(msg: &Message) -> (u64, i64) {
@@ -433,13 +448,22 @@ pub async fn run_stage(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = Emitter::new(binding.stage, &binding.durable);
     let lag = metrics.pending(&binding.durable);
-    // Whether the unit was lost to another owner: then nothing more may be committed.
+    // Whether the unit was lost to another owner, or a batch's outputs were left unsent:
+    // then nothing more may be committed.
     let mut fenced = false;
+    let mut opened = false;
     'outer: while !rt.shutdown.is_cancelled() {
         if !binding.fence.holds() {
             fenced = true;
             break;
         }
+        // Reopening starts the consumer after the last processed input, which implicitly
+        // acks everything before it: first let every earlier output be confirmed.
+        if opened && !drained(&confirm_tx).await {
+            fenced = true;
+            break;
+        }
+        opened = true;
         // Resuming after what this process already processed: those inputs are in its state
         // and in the confirmer's hands.
         let mut messages = match rt
@@ -455,6 +479,9 @@ pub async fn run_stage(
                 }
             }
         };
+        // The delivery sequence the next message must have; a jump means deliveries were lost
+        // on the way (a server failed over mid-delivery).
+        let mut next_delivery: Option<u64> = None;
         loop {
             let mut batch = Vec::with_capacity(rt.options.batch);
             tokio::select! {
@@ -478,6 +505,18 @@ pub async fn run_stage(
                     Some(Some(Ok(m))) => batch.push(m),
                     _ => break,
                 }
+            }
+            // With AckAll, acking past a lost delivery would ack it unprocessed: stop before
+            // the gap and reopen the consumer after the last input processed.
+            let gap = batch.iter().position(|m| {
+                let delivered = m.info().map_or(0, |i| i.consumer_sequence);
+                let lost = next_delivery.is_some_and(|n| delivered != n);
+                next_delivery = Some(delivered + 1);
+                lost
+            });
+            if let Some(at) = gap {
+                warn!(stage = binding.stage, durable = %binding.durable, "deliveries were lost in transit; reopening the consumer after the last processed input");
+                batch.truncate(at);
             }
             let started = Instant::now();
             let mut outputs = Vec::new();
@@ -539,11 +578,19 @@ pub async fn run_stage(
                 outputs: Vec::with_capacity(outputs.len()),
                 commit: None,
                 ack: None,
+                done: None,
             };
             for output in outputs {
                 match publish_until_sent(&rt, &output, &metrics).await {
                     Some(ack) => pending.outputs.push((output, ack)),
-                    None => break 'outer, // shutting down; unacked inputs are redelivered
+                    None => {
+                        // Shutting down with outputs of this batch unsent: the state now
+                        // covers inputs whose outputs do not exist, so it must not be
+                        // committed; the inputs stay unacked and are redone from the last
+                        // checkpoint.
+                        fenced = true;
+                        break 'outer;
+                    }
                 }
             }
             match interval {
@@ -566,11 +613,14 @@ pub async fn run_stage(
                     }
                 }
             }
-            if pending.outputs.is_empty() && pending.commit.is_none() && pending.ack.is_none() {
-                continue;
-            }
-            if confirm_tx.send(pending).await.is_err() {
+            let idle =
+                pending.outputs.is_empty() && pending.commit.is_none() && pending.ack.is_none();
+            if !idle && confirm_tx.send(pending).await.is_err() {
+                fenced = true;
                 break 'outer;
+            }
+            if gap.is_some() {
+                continue 'outer;
             }
         }
     }
@@ -582,6 +632,7 @@ pub async fn run_stage(
                     outputs: Vec::new(),
                     commit: Some((delta, last_seq)),
                     ack: unacked.take(),
+                    done: None,
                 })
                 .await;
         }
@@ -620,33 +671,40 @@ async fn publish_until_sent(
                     _ = rt.shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
     }
 }
 
-/// Publishes `output` (same id, so never twice in the stream) until JetStream confirms it.
-/// Returns false if shutdown came first.
-async fn republish_until_confirmed(rt: &Runtime, output: &Output, metrics: &StageMetrics) -> bool {
+/// Publishes `outputs` again (same ids, so never twice in a stream), all at once, until
+/// JetStream confirms every one. False if shutdown came first.
+///
+/// All at once matters: after a server fails over, a whole batch's acks time out together,
+/// and retrying them one by one would stall the stage for minutes.
+async fn republish_all(rt: &Runtime, mut outputs: Vec<Output>, metrics: &StageMetrics) -> bool {
     let mut delay = Duration::from_millis(50);
-    loop {
-        metrics.publish_retries.inc();
+    while !outputs.is_empty() {
         tokio::select! {
             _ = rt.shutdown.cancelled() => return false,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
-        let Some(ack) = publish_until_sent(rt, output, metrics).await else {
-            return false;
-        };
-        match ack.await {
-            Ok(_) => return true,
-            Err(e) => {
-                warn!(subject = %output.subject, error = %e, "publish not acknowledged; retrying")
+        delay = (delay * 2).min(Duration::from_secs(1));
+        metrics.publish_retries.inc_by(outputs.len() as u64);
+        let mut sent = Vec::with_capacity(outputs.len());
+        for output in outputs.drain(..) {
+            match publish_until_sent(rt, &output, metrics).await {
+                Some(ack) => sent.push((output, ack)),
+                None => return false,
+            }
+        }
+        for (output, ack) in sent {
+            if ack.await.is_err() {
+                outputs.push(output);
             }
         }
     }
+    true
 }
 
 /// Awaits each batch's publish acks in order, republishing (same ids) what failed, commits
@@ -665,15 +723,19 @@ async fn confirm(
     let mut last_commit: Option<u64> = None;
     while let Some(pending) = rx.recv().await {
         let count = pending.outputs.len() as u64;
+        let mut failed = Vec::new();
         for (output, ack) in pending.outputs {
             if let Err(e) = ack.await {
-                warn!(stage = binding.stage, subject = %output.subject, error = %e, "publish not acknowledged; republishing");
-                if !republish_until_confirmed(&rt, &output, &metrics).await {
-                    // Shutting down: the inputs stay unacked, are redelivered and their outputs
-                    // republished (and deduplicated) by the next run.
-                    return;
+                if failed.is_empty() {
+                    warn!(stage = binding.stage, subject = %output.subject, error = %e, "publish not acknowledged; republishing");
                 }
+                failed.push(output);
             }
+        }
+        if !republish_all(&rt, failed, &metrics).await {
+            // Shutting down: the inputs stay unacked, are redelivered and their outputs
+            // republished (and deduplicated) by the next run.
+            return;
         }
         metrics.events_out.inc_by(count);
         if !binding.fence.holds() {
@@ -706,6 +768,9 @@ async fn confirm(
                 // A lost ack only means a redelivery, which the output ids make harmless.
                 debug!(stage = binding.stage, error = %e, "ack failed");
             }
+        }
+        if let Some(done) = pending.done {
+            let _ = done.send(());
         }
     }
     // Letting the unit go (a rebalance, a new version, a shutdown): leave the newest state for

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tracing::{debug, warn};
 
-use super::{publish_until_sent, republish_until_confirmed, Binding, Emitter, Input, Runtime};
+use super::{publish_until_sent, republish_all, Binding, Emitter, Input, Runtime};
 use crate::metrics::Metrics;
 use crate::rejection::{RejectKind, Rejection};
 
@@ -175,7 +175,7 @@ async fn dead_letter(
     stage.dead_letter(&binding.pipeline, RejectKind::Delivery.as_str());
     for output in out.outputs {
         let sent = match publish_until_sent(rt, &output, stage).await {
-            Some(ack) => ack.await.is_ok() || republish_until_confirmed(rt, &output, stage).await,
+            Some(ack) => ack.await.is_ok() || republish_all(rt, vec![output.clone()], stage).await,
             None => false,
         };
         if !sent {
