@@ -69,6 +69,32 @@ async fn publish(js: &async_nats::jetstream::Context, subject: &str, body: &str)
         .unwrap();
 }
 
+/// A JSON document as a protobuf `Struct`, as a gRPC client in any language would send it.
+fn to_struct(v: &serde_json::Value) -> prost_types::Struct {
+    fn value(v: &serde_json::Value) -> prost_types::Value {
+        use prost_types::value::Kind;
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                values: a.iter().map(value).collect(),
+            }),
+            serde_json::Value::Object(_) => Kind::StructValue(to_struct(v)),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    prost_types::Struct {
+        fields: v
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+    }
+}
+
 fn cli(args: &[&str], coordinator: std::net::SocketAddr) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_anom"))
         .args(args)
@@ -341,6 +367,89 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
         .await,
         "resumed: b's second event alerts"
     );
+
+    // A structured definition, with the JSON-style conditions other rule engines use.
+    let structured: serde_json::Value = serde_json::json!({
+        "name": "jobs",
+        "key": "job",
+        "schema": {"job": "string", "durationMs": "int", "status": "string"},
+        "rules": [{
+            "name": "slow_ok",
+            "when": {"type": "all", "conditions": [
+                {"type": "field_compare", "field": "durationMs", "op": ">", "value": 5000},
+                {"type": "field_compare", "field": "status", "op": "==", "value": "OK"}
+            ]}
+        }]
+    });
+    let definition = v1::Definition {
+        source: Some(v1::definition::Source::Structured(to_struct(&structured))),
+        source_name: "jobs.json".into(),
+    };
+    let typo = {
+        let mut t = structured.clone();
+        t["rules"][0]["when"]["conditions"][0]["field"] = "durationMS".into();
+        v1::Definition {
+            source: Some(v1::definition::Source::Structured(to_struct(&t))),
+            source_name: "jobs.json".into(),
+        }
+    };
+    let v = api
+        .validate(v1::ValidateRequest {
+            definition: Some(typo),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.valid);
+    assert!(
+        v.problems[0].text.contains("rules[0].when.conditions[0].field: unknown field `durationMS`, did you mean `durationMs`?"),
+        "{:?}",
+        v.problems
+    );
+    let jobs = api
+        .apply(v1::ApplyRequest {
+            definition: Some(definition),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(jobs.changed);
+    let stored = jobs.version.unwrap().yaml;
+    assert!(stored.contains("field_compare"), "stored as YAML: {stored}");
+    publish(
+        &js,
+        "anom.jobs.in",
+        r#"{"job":"j1","durationMs":9000,"status":"OK"}"#,
+    )
+    .await;
+    publish(
+        &js,
+        "anom.jobs.in",
+        r#"{"job":"j2","durationMs":9000,"status":"FAILED"}"#,
+    )
+    .await;
+    publish(
+        &js,
+        "anom.jobs.in",
+        r#"{"job":"j3","durationMs":10,"status":"OK"}"#,
+    )
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            alerts(&js, "ANOM_JOBS_ALERTS").await.len() == 1
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fired = alerts(&js, "ANOM_JOBS_ALERTS").await;
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0]["key"], "j1");
+    api.delete(v1::PipelineName {
+        name: "jobs".into(),
+    })
+    .await
+    .unwrap();
 
     // The CLI is a client of the same API.
     let (ok, out, err) = cli(&["pipeline", "list"], addr);
