@@ -105,6 +105,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         hostname: hostname(),
     };
     let mut announced = false;
+    let mut plan = Plan::default();
     'session: while !shutdown.is_cancelled() {
         let lease = match tokio::time::timeout(
             Duration::from_secs(5),
@@ -149,16 +150,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             running.clone(),
             session.clone(),
         ));
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = session.cancelled() => break, // the heartbeat lost the coordinator
+                _ = retry.tick() => {
+                    // A unit that could not start (its snapshot unreadable for a moment, say)
+                    // or stopped is tried again, without waiting for the next assignment.
+                    if !worker.runs(&plan) {
+                        if let Err(e) = worker.apply(plan.clone()).await {
+                            warn!(error = %e, "cannot apply the assignment");
+                        }
+                        running.store(worker.running().len() as u32, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 n = stream.next() => n,
             };
             match next {
                 Some(Ok(assignment)) => {
-                    let plan = definitions.plan(&assignment);
-                    if let Err(e) = worker.apply(plan).await {
+                    plan = definitions.plan(&assignment);
+                    if let Err(e) = worker.apply(plan.clone()).await {
                         warn!(error = %e, "cannot apply the assignment");
                     }
                     running.store(worker.running().len() as u32, Ordering::Relaxed);

@@ -241,7 +241,11 @@ impl Worker {
                 url: config.nats_url.clone(),
                 source,
             })?;
-        let js = async_nats::jetstream::new(client.clone());
+        // Short enough that a request caught by a failing server is retried soon, long enough
+        // for a publish ack under load.
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build(client.clone());
         let ready = Arc::new(AtomicBool::new(true));
         let metrics_addr = match config.metrics_addr {
             Some(addr) => {
@@ -283,9 +287,23 @@ impl Worker {
         })
     }
 
+    /// Whether every unit of `plan` is running (none failed to start or stopped since).
+    pub fn runs(&self, plan: &Plan) -> bool {
+        plan.units.iter().all(|a| {
+            self.units
+                .get(&a.unit)
+                .is_some_and(|u| u.assignment == *a && !u.task.is_finished())
+        })
+    }
+
     /// The units running now.
     pub fn running(&self) -> Vec<UnitAssignment> {
-        let mut v: Vec<_> = self.units.values().map(|u| u.assignment.clone()).collect();
+        let mut v: Vec<_> = self
+            .units
+            .values()
+            .filter(|u| !u.task.is_finished())
+            .map(|u| u.assignment.clone())
+            .collect();
         v.sort_by(|a, b| a.unit.cmp(&b.unit));
         v
     }

@@ -20,7 +20,7 @@ pub use sink::{run_sink, Delivery, Sink, SinkOptions};
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
@@ -333,14 +333,25 @@ impl Runtime {
         ack_policy: AckPolicy,
         resume_after: u64,
         keyed: bool,
-    ) -> Result<pull::Stream, async_nats::Error> {
+    ) -> Result<(jetstream::consumer::Consumer<pull::Config>, pull::Stream), async_nats::Error>
+    {
         let consumer = self
             .consumer(binding, ack_policy, resume_after, keyed)
             .await?;
+        let messages = self.pull(&consumer).await?;
+        Ok((consumer, messages))
+    }
+
+    /// Pulls from an existing consumer: no stream or consumer administration, so it works
+    /// while the cluster elects a new meta leader.
+    async fn pull(
+        &self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+    ) -> Result<pull::Stream, async_nats::Error> {
         Ok(consumer
             .stream()
             .max_messages_per_batch(self.options.pull_batch)
-            .heartbeat(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
             .expires(Duration::from_secs(30))
             .messages()
             .await?)
@@ -466,7 +477,7 @@ pub async fn run_stage(
         opened = true;
         // Resuming after what this process already processed: those inputs are in its state
         // and in the confirmer's hands.
-        let mut messages = match rt
+        let (consumer, mut messages) = match rt
             .messages(&binding, AckPolicy::All, last_seq, state.is_some())
             .await
         {
@@ -489,8 +500,30 @@ pub async fn run_stage(
                 _ = ticker.tick() => {}
                 m = messages.next() => match m {
                     Some(Ok(m)) => batch.push(m),
-                    // Transient (a missed heartbeat, a timed-out pull): the stream goes on.
-                    // Reopening would drop messages already delivered to us.
+                    // The consumer's server went away (a NATS node failed): pull again from
+                    // the same durable consumer, whose new leader carries on; deliveries lost
+                    // on the way show as a gap below. If that fails too, reopen.
+                    Some(Err(e)) if matches!(
+                        e.kind(),
+                        MessagesErrorKind::MissingHeartbeat | MessagesErrorKind::NoResponders
+                    ) => {
+                        warn!(stage = binding.stage, durable = %binding.durable, error = %e, "consumer unreachable; pulling again");
+                        tokio::select! {
+                            _ = rt.shutdown.cancelled() => break 'outer,
+                            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        }
+                        match rt.pull(&consumer).await {
+                            Ok(m) => {
+                                messages = m;
+                                continue;
+                            }
+                            Err(_) => continue 'outer,
+                        }
+                    }
+                    Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
+                        continue 'outer;
+                    }
+                    // Transient (a timed-out pull): the stream goes on.
                     Some(Err(e)) => {
                         debug!(stage = binding.stage, error = %e, "pull error");
                         continue;
@@ -508,14 +541,19 @@ pub async fn run_stage(
             }
             // With AckAll, acking past a lost delivery would ack it unprocessed: stop before
             // the gap and reopen the consumer after the last input processed.
+            let mut expected = 0;
             let gap = batch.iter().position(|m| {
                 let delivered = m.info().map_or(0, |i| i.consumer_sequence);
                 let lost = next_delivery.is_some_and(|n| delivered != n);
+                expected = next_delivery.unwrap_or(0);
                 next_delivery = Some(delivered + 1);
                 lost
             });
             if let Some(at) = gap {
-                warn!(stage = binding.stage, durable = %binding.durable, "deliveries were lost in transit; reopening the consumer after the last processed input");
+                let (got, seq) = batch[at]
+                    .info()
+                    .map_or((0, 0), |i| (i.consumer_sequence, i.stream_sequence));
+                warn!(stage = binding.stage, durable = %binding.durable, expected, got, seq, last_seq, "deliveries were lost in transit; reopening the consumer after the last processed input");
                 batch.truncate(at);
             }
             let started = Instant::now();

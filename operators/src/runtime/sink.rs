@@ -72,7 +72,7 @@ pub async fn run_sink<S: Sink>(
             break;
         }
         let messages = match rt.messages(&binding, AckPolicy::Explicit, 0, false).await {
-            Ok(m) => m,
+            Ok((_, m)) => m,
             Err(e) => {
                 warn!(sink = sink.name(), error = %e, "cannot open consumer; retrying");
                 tokio::select! {
