@@ -24,6 +24,8 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
             "0",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
             "--exit-after",
             "120s",
             "--data-dir",

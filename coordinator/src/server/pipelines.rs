@@ -247,11 +247,19 @@ impl Pipelines for PipelineService {
         let now = now_ms();
         let digest = digest(&text);
         let existing = state.pipelines.get(&pipeline.name).cloned();
-        if let (Some(record), Some(old)) = (&existing, state.compiled.get(&pipeline.name)) {
-            if !record.deleted && old.partitions != pipeline.partitions {
+        if let Some(record) = &existing {
+            // Deleted pipelines too: their streams, consumers and keyed state keep the old
+            // partitioning under the same name.
+            let before = match state.compiled.get(&pipeline.name) {
+                Some(c) => Some(c.partitions),
+                None => Pipeline::from_yaml(&record.current().yaml)
+                    .ok()
+                    .map(|c| c.partitions),
+            };
+            if let Some(before) = before.filter(|b| *b != pipeline.partitions) {
                 return Err(Status::failed_precondition(format!(
-                    "{source}: partitions: cannot change from {} to {} on a running pipeline (keyed state is split by partition); delete the pipeline and apply it under a new name",
-                    old.partitions, pipeline.partitions
+                    "{source}: partitions: cannot change from {before} to {} for pipeline `{}` (its keyed state and streams are split by partition); apply it under a new name",
+                    pipeline.partitions, pipeline.name
                 )));
             }
             if !record.deleted && record.current().digest == digest {
