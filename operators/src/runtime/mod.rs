@@ -474,6 +474,13 @@ pub async fn run_stage(
             fenced = true;
             break;
         }
+        if opened {
+            // An ack through the old consumer's reply subject would reach the new consumer
+            // of the same name with an old delivery sequence, and the server would ignore
+            // every later ack until deliveries caught up with it. The new consumer starts
+            // after `last_seq` anyway; the state is committed at the next checkpoint.
+            unacked = None;
+        }
         opened = true;
         // Resuming after what this process already processed: those inputs are in its state
         // and in the confirmer's hands.
