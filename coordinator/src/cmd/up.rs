@@ -90,6 +90,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("Anom is up.");
     println!("  NATS          {url}   (store: {})", natsd.dir().display());
     println!("  coordinator   {grpc}   (anom pipeline list, anom workers, anom assignments)");
+    if args.metrics_addr.port() != 0 {
+        println!("  metrics       http://{}/metrics", args.metrics_addr);
+    }
     for p in &pipelines {
         println!(
             "  pipeline      {:<10} publish to {:<22} alerts on {}  (dead letters: {})",
