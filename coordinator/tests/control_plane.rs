@@ -9,8 +9,7 @@ use std::time::Duration;
 use anom_proto::v1;
 use anom_proto::v1::pipelines_client::PipelinesClient;
 use support::{
-    coordinator_channel, free_addr, read_stream, spawn_cluster_worker, spawn_coordinator, wait_for,
-    Env,
+    alerts, coordinator_channel, free_addr, spawn_cluster_worker, spawn_coordinator, wait_for, Env,
 };
 
 const V1: &str = r#"name: counts
@@ -48,17 +47,6 @@ fn yaml(text: &str, source: &str) -> Option<v1::Definition> {
         source: Some(v1::definition::Source::Yaml(text.to_string())),
         source_name: source.to_string(),
     })
-}
-
-async fn alerts(js: &async_nats::jetstream::Context, stream: &str) -> Vec<serde_json::Value> {
-    match js.get_stream(stream).await {
-        Ok(_) => read_stream(js, stream, None)
-            .await
-            .iter()
-            .map(|m| serde_json::from_slice(&m.payload).unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
 }
 
 async fn publish(js: &async_nats::jetstream::Context, subject: &str, body: &str) {

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{read_stream, repo_root, wait_for, Env, Receiver};
+use support::{read_stream, repo_root, stream_len, wait_for, Env, Receiver};
 use tokio::process::{Child, Command};
 
 const EVENTS: usize = 10_000;
@@ -248,34 +248,20 @@ async fn publish_keyed(js: async_nats::jetstream::Context) {
 async fn outcome(
     js: &async_nats::jetstream::Context,
 ) -> (Vec<String>, std::collections::BTreeMap<String, Vec<String>>) {
-    let enriched_count = || async {
-        match js.get_stream("ANOM_SPEND_ENRICHED").await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        }
-    };
     let done = wait_for(Duration::from_secs(300), || async {
-        enriched_count().await >= KEYED_EVENTS as u64
+        stream_len(js, "ANOM_SPEND_ENRICHED").await >= KEYED_EVENTS as u64
     })
     .await;
     assert!(
         done,
         "all events enriched ({} of {KEYED_EVENTS})",
-        enriched_count().await
+        stream_len(js, "ANOM_SPEND_ENRICHED").await
     );
     // Alerts trail the enriched stream; wait until their count stops moving.
     let mut last = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = js
-            .get_stream("ANOM_SPEND_ALERTS")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages;
+        let now = stream_len(js, "ANOM_SPEND_ALERTS").await;
         if now == last {
             break;
         }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{read_stream, repo_root, start_worker, wait_for, Env};
+use support::{alerts, read_stream, repo_root, start_worker, wait_for, Env};
 
 async fn publish(js: &async_nats::jetstream::Context, subject: &str, events: &[serde_json::Value]) {
     let mut acks = Vec::new();
@@ -21,17 +21,6 @@ async fn publish(js: &async_nats::jetstream::Context, subject: &str, events: &[s
     }
     for a in acks {
         a.await.unwrap();
-    }
-}
-
-async fn alerts(js: &async_nats::jetstream::Context, stream: &str) -> Vec<serde_json::Value> {
-    match js.get_stream(stream).await {
-        Ok(_) => read_stream(js, stream, None)
-            .await
-            .iter()
-            .map(|m| serde_json::from_slice(&m.payload).unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
     }
 }
 

@@ -26,7 +26,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use support::{
     cluster_view, coordinator_channel, free_addr, read_stream, spawn_cluster_worker,
-    spawn_coordinator, wait_for, Env,
+    spawn_coordinator, stream_len, wait_for, Env,
 };
 use tokio::process::Child;
 
@@ -95,13 +95,6 @@ async fn publish(js: jetstream::Context, range: std::ops::Range<usize>, rate: Op
     }
 }
 
-async fn count(js: &jetstream::Context, stream: &str) -> u64 {
-    match js.get_stream(stream).await {
-        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-        Err(_) => 0,
-    }
-}
-
 /// What a run produced.
 #[derive(Debug)]
 struct Outcome {
@@ -117,7 +110,7 @@ struct Outcome {
 /// Waits until every event is enriched and the alert count stops moving.
 async fn outcome(js: &jetstream::Context) -> Outcome {
     let done = wait_for(Duration::from_secs(100), || async {
-        count(js, "ANOM_SPEND_ENRICHED").await >= EVENTS as u64
+        stream_len(js, "ANOM_SPEND_ENRICHED").await >= EVENTS as u64
     })
     .await;
     if !done {
@@ -155,12 +148,12 @@ async fn outcome(js: &jetstream::Context) -> Outcome {
     assert!(
         done,
         "all events enriched ({} of {EVENTS})",
-        count(js, "ANOM_SPEND_ENRICHED").await
+        stream_len(js, "ANOM_SPEND_ENRICHED").await
     );
     let mut last = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = count(js, "ANOM_SPEND_ALERTS").await;
+        let now = stream_len(js, "ANOM_SPEND_ALERTS").await;
         if now == last {
             break;
         }
@@ -305,7 +298,7 @@ async fn settled(ch: &tonic::transport::Channel, live: &[&str], since: Instant) 
 /// Waits until the enriched stream grows past what it held at `since` plus `by`.
 async fn resumed(js: &jetstream::Context, since: Instant, base: u64, by: u64) -> Duration {
     let ok = wait_for(Duration::from_secs(15), || async {
-        count(js, "ANOM_SPEND_ENRICHED").await >= base + by
+        stream_len(js, "ANOM_SPEND_ENRICHED").await >= base + by
     })
     .await;
     assert!(ok, "processing resumed within 15 s");
@@ -438,7 +431,7 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     // streams elect new leaders and processing goes on.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let at = Instant::now();
-    let base = count(&js, "ANOM_SPEND_ENRICHED").await;
+    let base = stream_len(&js, "ANOM_SPEND_ENRICHED").await;
     nats.kill(2).await.unwrap();
     let took = resumed(&js, at, base, 300).await;
     log.push(Disruption {
@@ -456,7 +449,7 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     let at = Instant::now();
     coordinator.start_kill().unwrap();
     let _ = coordinator.wait().await;
-    let base = count(&js, "ANOM_SPEND_ENRICHED").await;
+    let base = stream_len(&js, "ANOM_SPEND_ENRICHED").await;
     let during = resumed(&js, at, base, 300).await;
     coordinator = spawn_coordinator(&urls, addr, &coord_dir, &coord_args);
     let ch = coordinator_channel(addr).await;

@@ -164,6 +164,26 @@ pub async fn read_stream(
     out
 }
 
+/// Every alert record (JSON) in `stream`; none if the stream does not exist yet.
+pub async fn alerts(js: &jetstream::Context, stream: &str) -> Vec<serde_json::Value> {
+    match js.get_stream(stream).await {
+        Ok(_) => read_stream(js, stream, None)
+            .await
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// How many messages `stream` holds (0 if it cannot be read now).
+pub async fn stream_len(js: &jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
 /// Polls `check` until it returns true or `limit` passes; returns whether it did.
 pub async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> bool
 where

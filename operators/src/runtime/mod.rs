@@ -401,15 +401,26 @@ async fn drained(confirm_tx: &mpsc::Sender<Pending>) -> bool {
     confirm_tx.send(barrier).await.is_ok() && rx.await.is_ok()
 }
 
-fn stream_position(msg: &Message) -> (u64, i64) {
+/// Where a delivered message sits, read once from its reply subject.
+#[derive(Clone, Copy, Default)]
+struct Position {
+    stream_seq: u64,
+    /// The consumer's delivery sequence: consecutive unless deliveries were lost.
+    delivered: u64,
+    published_us: i64,
+    /// Messages still waiting for the consumer after this one.
+    pending: u64,
+}
+
+fn position(msg: &Message) -> Position {
     msg.info()
-        .map(|i| {
-            (
-                i.stream_sequence,
-                (i.published.unix_timestamp_nanos() / 1000) as i64,
-            )
+        .map(|i| Position {
+            stream_seq: i.stream_sequence,
+            delivered: i.consumer_sequence,
+            published_us: (i.published.unix_timestamp_nanos() / 1000) as i64,
+            pending: i.pending,
         })
-        .unwrap_or((0, 0))
+        .unwrap_or_default()
 }
 
 fn now_ms() -> i64 {
@@ -548,25 +559,24 @@ pub async fn run_stage(
             }
             // With AckAll, acking past a lost delivery would ack it unprocessed: stop before
             // the gap and reopen the consumer after the last input processed.
+            let mut positions: Vec<Position> = batch.iter().map(position).collect();
             let mut expected = 0;
-            let gap = batch.iter().position(|m| {
-                let delivered = m.info().map_or(0, |i| i.consumer_sequence);
-                let lost = next_delivery.is_some_and(|n| delivered != n);
+            let gap = positions.iter().position(|p| {
+                let lost = next_delivery.is_some_and(|n| p.delivered != n);
                 expected = next_delivery.unwrap_or(0);
-                next_delivery = Some(delivered + 1);
+                next_delivery = Some(p.delivered + 1);
                 lost
             });
             if let Some(at) = gap {
-                let (got, seq) = batch[at]
-                    .info()
-                    .map_or((0, 0), |i| (i.consumer_sequence, i.stream_sequence));
+                let (got, seq) = (positions[at].delivered, positions[at].stream_seq);
                 warn!(stage = binding.stage, durable = %binding.durable, expected, got, seq, last_seq, "deliveries were lost in transit; reopening the consumer after the last processed input");
                 batch.truncate(at);
+                positions.truncate(at);
             }
             let started = Instant::now();
             let mut outputs = Vec::new();
-            for msg in &batch {
-                let (stream_seq, published_us) = stream_position(msg);
+            for (msg, at) in batch.iter().zip(&positions) {
+                let (stream_seq, published_us) = (at.stream_seq, at.published_us);
                 if stream_seq <= last_seq && stream_seq != 0 {
                     // Already processed (restored state, or a redelivery of an input still
                     // being confirmed): its effects and outputs exist.
@@ -601,8 +611,8 @@ pub async fn run_stage(
                 stage.tick(now_ms(), &mut out);
                 outputs.append(&mut out.outputs);
             } else {
-                if let Some(info) = batch.last().and_then(|m| m.info().ok()) {
-                    lag.set(info.pending as i64);
+                if let Some(last) = positions.last() {
+                    lag.set(last.pending as i64);
                 }
                 metrics.events_in.inc_by(batch.len() as u64);
                 metrics
