@@ -39,6 +39,11 @@ enum Command {
     Tail(cmd::tail::Args),
     /// Check pipeline definitions and report every problem.
     Check(cmd::check::Args),
+    /// Fit an Isolation Forest on a range of a pipeline's input stream, write it as ONNX
+    /// with a model card, and optionally add it to the pipeline.
+    Train(cmd::train::Args),
+    /// The built-in detectors: `eval` reports their precision, recall and F1.
+    Detectors(cmd::detectors::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +79,8 @@ fn main() -> ExitCode {
             Command::Publish(args) => cmd::publish::run(args).await,
             Command::Tail(args) => cmd::tail::run(args).await,
             Command::Check(args) => cmd::check::run(args),
+            Command::Train(args) => cmd::train::run(args).await,
+            Command::Detectors(args) => cmd::detectors::run(args),
         }
     });
     match result {

@@ -9,11 +9,12 @@ use crate::pipeline::Severity;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// Stable identity: `<pipeline>:<rule>:<ingest sequence>:<index>`. The same event and rule
+    /// Stable identity: `<pipeline>:<rule or detector>:<ingest sequence>:<index>`. The same event and rule
     /// always give the same id, so receivers can deduplicate on it.
     pub id: String,
     pub pipeline: String,
     pub pipeline_version: String,
+    /// The rule or detector that raised it.
     pub rule: String,
     pub severity: Severity,
     /// `firing`, or `resolved` when the condition ended (a silent key sent data again).
@@ -34,6 +35,25 @@ pub struct Alert {
     pub event: serde_json::Map<String, serde_json::Value>,
     /// Where the event is in the ingest stream.
     pub source: Source,
+    /// For a detector's alert: its score and what drove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<Detection>,
+    /// When the event raised more than this alert: every cause, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    /// The detector's kind: robust_zscore, ewma, …, onnx.
+    pub kind: String,
+    pub score: f64,
+    /// None when a model's label decides.
+    pub threshold: Option<f64>,
+    /// Multivariate detectors: the inputs that drove the score, with their shares (0..1),
+    /// largest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contributions: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

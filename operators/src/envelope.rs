@@ -48,6 +48,34 @@ pub struct Analysis {
     /// Set on the detections the window stage's absence timers emit (they carry no event).
     #[serde(default)]
     pub absence: Option<AbsenceNote>,
+    /// The score stage's readings, one per detector that scored the event (a built-in
+    /// detector still warming up for the key, or missing an input, does not).
+    #[serde(default)]
+    pub scores: Vec<DetectorScore>,
+    /// The rules stage's decision: set on every detection it forwards.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorScore {
+    /// Index of the detector in the pipeline version named by `meta.version`.
+    pub detector: u32,
+    pub score: f64,
+    pub flagged: bool,
+    /// Why, in words (set when flagged): "amount 5,000 is 33× this card's usual (150)".
+    pub explanation: String,
+    /// Multivariate detectors: the inputs that contributed most, with their shares.
+    #[serde(default)]
+    pub contributions: Vec<(String, f64)>,
+}
+
+/// What the decision step made of an event's rule hits and detector flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub severity: crate::pipeline::Severity,
+    /// Every cause in one text: "rule `spike` hit; amount_unusual 0.99: amount 5,000 is ...".
+    pub explanation: String,
 }
 
 /// A key went silent (or spoke again).
@@ -121,7 +149,7 @@ mod tests {
                     rule: 0,
                     name: "slow".into(),
                 }],
-                absence: None,
+                ..Analysis::default()
             },
             enrichment: vec![Value::Int(3)],
         };

@@ -55,6 +55,20 @@ pub struct ConsumerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectorLabels {
+    pub pipeline: String,
+    pub detector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLoadLabels {
+    pub pipeline: String,
+    pub detector: String,
+    /// loaded, swapped (a new file replaced the running model) or failed.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -84,6 +98,10 @@ pub struct Metrics {
     pub consumer_pending: Family<ConsumerLabels, Gauge>,
     pub checkpoint_timestamp: Family<StageLabels, Gauge>,
     pub units_running: Gauge,
+    pub detector_scores: Family<DetectorLabels, Counter>,
+    pub detector_flags: Family<DetectorLabels, Counter>,
+    pub model_inference_seconds: Family<DetectorLabels, Histogram, fn() -> Histogram>,
+    pub model_loads: Family<ModelLoadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -192,6 +210,33 @@ impl Metrics {
             "Units of work (a stage of a pipeline on a partition) this worker runs",
             units_running.clone(),
         );
+        let detector_scores = Family::default();
+        registry.register(
+            "detector_scores",
+            "Events a detector scored (built-in detectors: past their warm-up)",
+            detector_scores.clone(),
+        );
+        let detector_flags = Family::default();
+        registry.register(
+            "detector_flags",
+            "Events a detector flagged as anomalous",
+            detector_flags.clone(),
+        );
+        let model_inference_seconds =
+            Family::<DetectorLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "model_inference_seconds",
+            "Time of one batched ONNX model run",
+            model_inference_seconds.clone(),
+        );
+        let model_loads = Family::default();
+        registry.register(
+            "model_loads",
+            "ONNX model loads by outcome (loaded, swapped, failed)",
+            model_loads.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Anom build", build_info.clone());
         build_info
@@ -218,6 +263,10 @@ impl Metrics {
             consumer_pending,
             checkpoint_timestamp,
             units_running,
+            detector_scores,
+            detector_flags,
+            model_inference_seconds,
+            model_loads,
         }
     }
 

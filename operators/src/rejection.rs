@@ -20,6 +20,8 @@ pub enum RejectKind {
     Envelope,
     /// A sink gave up delivering after its retries.
     Delivery,
+    /// A model could not score the event.
+    Model,
 }
 
 impl RejectKind {
@@ -32,6 +34,7 @@ impl RejectKind {
             RejectKind::UnknownPipeline => "unknown_pipeline",
             RejectKind::Envelope => "envelope",
             RejectKind::Delivery => "delivery",
+            RejectKind::Model => "model",
         }
     }
 }

@@ -21,9 +21,11 @@ pub struct Subjects {
     pub late: String,
     valid_prefix: String,
     enriched_prefix: String,
+    scored_prefix: String,
     detections_prefix: String,
     pub valid_stream: String,
     pub enriched_stream: String,
+    pub scored_stream: String,
     pub detections_stream: String,
     pub alerts_stream: String,
 }
@@ -40,6 +42,8 @@ impl Subjects {
             valid_prefix: format!("anom.{pipeline}.valid."),
             enriched_prefix: format!("anom.{pipeline}.enriched."),
             enriched_stream: format!("ANOM_{upper}_ENRICHED"),
+            scored_prefix: format!("anom.{pipeline}.scored."),
+            scored_stream: format!("ANOM_{upper}_SCORED"),
             detections_prefix: format!("anom.{pipeline}.detections."),
             valid_stream: format!("ANOM_{upper}_VALID"),
             detections_stream: format!("ANOM_{upper}_DETECTIONS"),
@@ -61,6 +65,14 @@ impl Subjects {
 
     pub fn enriched_all(&self) -> String {
         format!("{}*", self.enriched_prefix)
+    }
+
+    pub fn scored(&self, partition: u32) -> String {
+        format!("{}{partition}", self.scored_prefix)
+    }
+
+    pub fn scored_all(&self) -> String {
+        format!("{}*", self.scored_prefix)
     }
 
     pub fn detections(&self, partition: u32) -> String {

@@ -7,6 +7,7 @@
 //! | `ANOM_LATE` | `anom.*.late` | events later than their pipeline's allowed lateness |
 //! | `ANOM_<P>_VALID` | `anom.<p>.valid.<k>` | validated envelopes, by partition |
 //! | `ANOM_<P>_ENRICHED` | `anom.<p>.enriched.<k>` | envelopes with their key's aggregates (keyed pipelines) |
+//! | `ANOM_<P>_SCORED` | `anom.<p>.scored.<k>` | envelopes with detector scores (pipelines with detectors) |
 //! | `ANOM_<P>_DETECTIONS` | `anom.<p>.detections.<k>` | envelopes with rule hits |
 //! | `ANOM_<P>_ALERTS` | `anom.<p>.alerts` | alert records (JSON), the source of truth for sinks |
 
@@ -67,6 +68,9 @@ pub async fn ensure(
         streams.push((s.valid_stream.clone(), s.valid_all(), internal));
         if p.is_keyed() {
             streams.push((s.enriched_stream.clone(), s.enriched_all(), internal));
+        }
+        if p.has_detectors() {
+            streams.push((s.scored_stream.clone(), s.scored_all(), internal));
         }
         streams.push((s.detections_stream.clone(), s.detections_all(), internal));
         streams.push((s.alerts_stream.clone(), s.alerts.clone(), kept));

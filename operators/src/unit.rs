@@ -10,6 +10,8 @@ use crate::pipeline::{Pipeline, SinkDef};
 pub enum UnitStage {
     Validate,
     Window,
+    /// Detector scores (online detectors and ONNX models); only for pipelines with detectors.
+    Score,
     Rules,
     Alert,
     /// Delivery to one of the pipeline's sinks, by name.
@@ -24,6 +26,7 @@ impl UnitStage {
         match self {
             UnitStage::Validate | UnitStage::Unrouted => "validate",
             UnitStage::Window => "window",
+            UnitStage::Score => "score",
             UnitStage::Rules => "rules",
             UnitStage::Alert => "alert",
             UnitStage::Sink(_) => "sink",
@@ -34,6 +37,7 @@ impl UnitStage {
         match self {
             UnitStage::Validate => "validate",
             UnitStage::Window => "window",
+            UnitStage::Score => "score",
             UnitStage::Rules => "rules",
             UnitStage::Alert => "alert",
             UnitStage::Sink(_) => "sink",
@@ -41,11 +45,17 @@ impl UnitStage {
         }
     }
 
+    /// Whether the unit keeps per-key state (checkpointed, snapshotted when it moves).
+    pub fn is_keyed(&self) -> bool {
+        matches!(self, UnitStage::Window | UnitStage::Score)
+    }
+
     /// From the wire form (stage name, sink name).
     pub fn parse(stage: &str, sink: &str) -> Option<UnitStage> {
         Some(match stage {
             "validate" => UnitStage::Validate,
             "window" => UnitStage::Window,
+            "score" => UnitStage::Score,
             "rules" => UnitStage::Rules,
             "alert" => UnitStage::Alert,
             "sink" if !sink.is_empty() => UnitStage::Sink(sink.to_string()),
@@ -56,7 +66,7 @@ impl UnitStage {
 }
 
 /// Every role a worker can have.
-pub const ROLES: [&str; 5] = ["validate", "window", "rules", "alert", "sink"];
+pub const ROLES: [&str; 6] = ["validate", "window", "score", "rules", "alert", "sink"];
 
 /// The pipeline name of the cluster-wide unrouted unit.
 pub const CLUSTER: &str = "_";
@@ -109,7 +119,7 @@ fn kv_safe(s: &str) -> String {
 }
 
 /// Every unit a pipeline runs: validate once; per partition window (keyed pipelines only),
-/// rules and alert; one per sink.
+/// score (pipelines with detectors only), rules and alert; one per sink.
 pub fn units(pipeline: &Pipeline) -> Vec<UnitId> {
     let unit = |stage, partition| UnitId {
         pipeline: pipeline.name.clone(),
@@ -120,6 +130,9 @@ pub fn units(pipeline: &Pipeline) -> Vec<UnitId> {
     for k in 0..pipeline.partitions {
         if pipeline.is_keyed() {
             units.push(unit(UnitStage::Window, k));
+        }
+        if pipeline.has_detectors() {
+            units.push(unit(UnitStage::Score, k));
         }
         units.push(unit(UnitStage::Rules, k));
         units.push(unit(UnitStage::Alert, k));
@@ -144,7 +157,7 @@ mod tests {
         };
         assert_eq!(u.key(), "routes.sink.ops_hook_1");
         assert_eq!(u.to_string(), "routes/sink/ops hook.1");
-        for s in ["validate", "window", "rules", "alert", "unrouted"] {
+        for s in ["validate", "window", "score", "rules", "alert", "unrouted"] {
             assert_eq!(UnitStage::parse(s, "").unwrap().name(), s);
         }
         assert_eq!(

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::fence::{Fence, Owners};
 use crate::metrics::Metrics;
+use crate::model::ModelRegistry;
 use crate::pipeline::{Pipeline, SinkDef};
 use crate::runtime::{run_sink, run_stage, Binding, Runtime, RuntimeOptions, SnapshotPolicy};
 use crate::sink::webhook::Webhook;
@@ -40,6 +41,8 @@ pub struct WorkerConfig {
     pub unrouted_poll: Duration,
     /// Where keyed state is kept (a sled database).
     pub state_dir: PathBuf,
+    /// Where detectors' relative `model:` paths point.
+    pub models_dir: PathBuf,
     /// This worker's name in the cluster; stable across restarts.
     pub worker_id: String,
     /// How often keyed state is snapshotted for other workers (under a coordinator). Keep it
@@ -57,6 +60,7 @@ impl WorkerConfig {
             metrics_addr: None,
             unrouted_poll: Duration::from_secs(2),
             state_dir: PathBuf::from("anom-state"),
+            models_dir: PathBuf::from("."),
             worker_id: "worker".into(),
             snapshot_every: Duration::from_secs(5),
         }
@@ -86,6 +90,8 @@ pub enum WorkerError {
     },
     #[error("cluster state in NATS: {0}")]
     Cluster(String),
+    #[error(transparent)]
+    Build(#[from] stage::BuildError),
 }
 
 /// One unit the worker should run.
@@ -157,6 +163,8 @@ pub struct Worker {
     client: async_nats::Client,
     rt: Runtime,
     db: sled::Db,
+    /// ONNX models of the detectors, loaded once per file and swapped when it changes.
+    models: ModelRegistry,
     units: HashMap<UnitId, RunningUnit>,
     cluster: Option<Cluster>,
 }
@@ -273,6 +281,8 @@ impl Worker {
                 dir: config.state_dir.clone(),
                 source,
             })?;
+        let config_models_dir = config.models_dir.clone();
+        let metrics_for_models = metrics.clone();
         Ok(Worker {
             metrics,
             metrics_addr,
@@ -282,6 +292,7 @@ impl Worker {
             client,
             rt,
             db,
+            models: ModelRegistry::new(config_models_dir, metrics_for_models),
             units: HashMap::new(),
             cluster: None,
         })
@@ -445,7 +456,7 @@ impl Worker {
             }
             _ => {
                 let snapshots = match &self.cluster {
-                    Some(c) if a.unit.stage == UnitStage::Window => {
+                    Some(c) if a.unit.stage.is_keyed() => {
                         let name = stage::durable_name(&a.unit);
                         let store = crate::checkpoint::StateStore::open(&self.db, &name)
                             .map_err(state_error)?;
@@ -469,9 +480,15 @@ impl Worker {
                     }
                     _ => None,
                 };
-                let Some(planned) =
-                    stage::build_unit(pipeline, &a.unit, fence, &self.metrics, &self.db, snapshots)
-                        .map_err(state_error)?
+                let Some(planned) = stage::build_unit(
+                    pipeline,
+                    &a.unit,
+                    fence,
+                    &self.metrics,
+                    &self.db,
+                    &self.models,
+                    snapshots,
+                )?
                 else {
                     return Ok(None);
                 };

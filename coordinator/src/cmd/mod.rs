@@ -3,9 +3,11 @@
 pub mod check;
 pub mod cluster;
 pub mod coordinator;
+pub mod detectors;
 pub mod pipeline;
 pub mod publish;
 pub mod tail;
+pub mod train;
 pub mod up;
 pub mod worker;
 
@@ -27,6 +29,16 @@ pub fn load_pipelines(path: &Path) -> anyhow::Result<Vec<Pipeline>> {
         Pipeline::load(path).map(|p| vec![p])
     };
     loaded.map_err(|e| anyhow::anyhow!("invalid pipeline definition:\n{e}"))
+}
+
+/// The directory relative model paths point into by default: the pipelines directory (or the
+/// directory of a single pipeline file).
+pub fn pipelines_dir(path: &Path) -> std::path::PathBuf {
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().map_or_else(|| ".".into(), Path::to_path_buf)
+    }
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).

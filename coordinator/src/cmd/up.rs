@@ -76,6 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = WorkerConfig::new(url.clone(), Vec::new());
     config.metrics_addr = Some(args.metrics_addr);
     config.state_dir = args.data_dir.join("state");
+    config.models_dir = super::pipelines_dir(&args.pipelines);
     config.worker_id = "local".into();
     let worker = tokio::spawn(crate::agent::run(
         AgentConfig {

@@ -29,10 +29,14 @@ pub struct Args {
     /// Where keyed state (windows, aggregates, timers) is checkpointed.
     #[arg(long, env = "ANOM_STATE_DIR", default_value = "anom-state")]
     state_dir: PathBuf,
+    /// Where detectors' relative `model:` paths point (a new file there is swapped in while
+    /// running). Default: the --pipelines directory.
+    #[arg(long, env = "ANOM_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
     /// This worker's name in the cluster, stable across restarts (default: the hostname).
     #[arg(long, env = "ANOM_WORKER_ID")]
     worker_id: Option<String>,
-    /// Stages this worker runs (validate, window, rules, alert, sink), comma-separated;
+    /// Stages this worker runs (validate, window, score, rules, alert, sink), comma-separated;
     /// default all.
     #[arg(long, env = "ANOM_ROLES", value_delimiter = ',')]
     roles: Vec<String>,
@@ -63,6 +67,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = WorkerConfig::new(args.nats, pipelines);
     config.metrics_addr = args.metrics_addr;
     config.state_dir = args.state_dir;
+    config.models_dir = args
+        .models_dir
+        .unwrap_or_else(|| super::pipelines_dir(&args.pipelines));
     config.worker_id = args.worker_id.unwrap_or_else(agent::hostname);
     config.snapshot_every = args.snapshot_every;
     config.streams = StreamOptions {

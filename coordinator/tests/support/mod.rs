@@ -71,6 +71,7 @@ pub async fn start_worker(env: &Env, dir: &Path) -> Running {
     let mut config = WorkerConfig::new(env.url(), load_dir(dir).expect("test pipelines are valid"));
     config.unrouted_poll = Duration::from_millis(200);
     config.state_dir = env.dir.path().join("state");
+    config.models_dir = dir.to_path_buf();
     let shutdown = CancellationToken::new();
     let worker = Worker::start(config, shutdown.clone())
         .await

@@ -61,6 +61,126 @@ pub struct PipelineDef {
     /// Keyed state: checkpoints and eviction.
     #[serde(default)]
     pub state: StateDef,
+    /// Detectors scoring every event: built-in online detectors that learn each key's usual
+    /// behaviour (no training needed) and ONNX models. Rules can use their scores by name.
+    #[serde(default)]
+    pub detectors: Vec<DetectorDef>,
+    /// How rule hits and detector flags become alerts.
+    #[serde(default)]
+    pub decision: DecisionDef,
+}
+
+/// A detector: scores each event of a key against what is usual for it, or with a model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorDef {
+    /// Identifier, unique among fields, aggregates, rules and detectors; rules use the score
+    /// by this name (`when: amount_unusual > 0.99 and amount > 100`).
+    pub name: String,
+    /// `robust_zscore`, `ewma`, `cusum`, `seasonal`, `holt_winters`, `half_space_trees`
+    /// (built in, per key) or `onnx` (a model file).
+    pub kind: String,
+    /// The numeric field or aggregate a univariate detector watches.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Numeric fields and aggregates, in order: the dimensions of `half_space_trees`, the
+    /// input columns of an ONNX model.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// `onnx`: the model file, relative to the models directory (by default the directory of
+    /// the pipeline files). A new file at that path is loaded and swapped in while running.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `onnx`: what the model outputs. `score` (default): a number per row, the first float
+    /// output unless `score_output` names one; `label_score`: a label (the first int output,
+    /// or `label_output`) that says anomalous when it equals `anomaly_label`, and a score;
+    /// `reconstruction`: an autoencoder's reconstruction of its input, scored by the mean
+    /// squared error.
+    #[serde(default)]
+    pub output: ModelOutput,
+    #[serde(default)]
+    pub score_output: Option<String>,
+    #[serde(default)]
+    pub label_output: Option<String>,
+    /// `label_score`: the label of anomalies (default -1, as scikit-learn's IsolationForest).
+    #[serde(default = "default_anomaly_label")]
+    pub anomaly_label: i64,
+    /// Whether high scores (default) or low ones are anomalous: scikit-learn's
+    /// `decision_function` is low for anomalies (`anomalous: below`, `threshold: 0`).
+    #[serde(default)]
+    pub anomalous: Direction,
+    /// Score at which an event is flagged. Built-in detectors score in [0, 1] and have a
+    /// default; an `onnx` detector with `output: score` or `reconstruction` needs one.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Events a key must have seen before its built-in detector scores (each kind has a default).
+    #[serde(default)]
+    pub warmup: Option<u32>,
+    /// The detector's own settings (see docs/detectors.md); every one has a default.
+    #[serde(default)]
+    pub params: serde_json::Value,
+    /// Severity of its alerts: info, warning (default) or critical.
+    #[serde(default)]
+    pub severity: Severity,
+    /// Alert text; `{field}`, `{key}`, `{rule}` (the detector) and `{severity}` are available.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Labels copied onto every alert of this detector.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_anomaly_label() -> i64 {
+    -1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelOutput {
+    #[default]
+    Score,
+    LabelScore,
+    Reconstruction,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    #[default]
+    Above,
+    Below,
+}
+
+/// Which causes raise alerts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionDef {
+    /// `any` (default): every rule hit and every flagged detector alerts. `rules`: only rules
+    /// alert, detectors just score (shadow mode; rules may still use the scores). `detectors`:
+    /// only detectors alert. `both`: an event alerts only when a rule hit it and a detector
+    /// flagged it.
+    #[serde(default)]
+    pub alert_on: AlertOn,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertOn {
+    #[default]
+    Any,
+    Rules,
+    Detectors,
+    Both,
+}
+
+impl AlertOn {
+    pub fn rules_alert(self) -> bool {
+        self != AlertOn::Detectors
+    }
+
+    pub fn detectors_alert(self) -> bool {
+        self != AlertOn::Rules
+    }
 }
 
 fn default_timezone() -> String {

@@ -4,6 +4,7 @@
 
 pub mod condition;
 pub mod definition;
+pub mod detectors;
 pub mod inline;
 mod position;
 pub mod schema;
@@ -15,7 +16,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use condition::{CompareOp, Condition, Scalar, When};
-pub use definition::{Clock, PipelineDef, Severity, SinkDef, StateDef, WebhookDef};
+pub use definition::{
+    AlertOn, Clock, Direction, ModelOutput, PipelineDef, Severity, SinkDef, StateDef, WebhookDef,
+};
+pub use detectors::{DetectorKind, DetectorSpec, ModelRef};
 pub use schema::{Field, FieldType, Schema};
 pub use scope::RowScope;
 pub use template::Template;
@@ -47,8 +51,12 @@ pub struct Pipeline {
     /// Per-key aggregates, in declaration order: the envelope's `enrichment` holds their
     /// values in this order, after the schema's fields in the rules' rows.
     pub aggregates: Vec<NamedAggregate>,
-    /// Names rules and messages can use: fields, then aggregates.
+    /// Names rules and messages can use: fields, then aggregates, then detector scores.
     pub scope: RowScope,
+    /// Detectors in declaration order: `analysis.scores` names them by index here.
+    pub detectors: Vec<DetectorSpec>,
+    /// Which causes raise alerts.
+    pub alert_on: AlertOn,
     pub allowed_lateness: Duration,
     pub timezone: String,
     pub state: StateDef,
@@ -114,6 +122,16 @@ impl NamedAggregate {
 }
 
 impl Pipeline {
+    /// Whether the pipeline runs the score stage.
+    pub fn has_detectors(&self) -> bool {
+        !self.detectors.is_empty()
+    }
+
+    /// The length of the rows detectors read: fields, then aggregates.
+    pub fn enriched_width(&self) -> usize {
+        self.schema.len() + self.aggregates.len()
+    }
+
     /// Whether the pipeline needs the keyed window stage (aggregates or absence rules).
     pub fn is_keyed(&self) -> bool {
         !self.aggregates.is_empty()
@@ -474,6 +492,17 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
     let scope = schema
         .as_ref()
         .map(|schema| RowScope::new(schema, &aggregates));
+    // Detectors read fields and aggregates; rules and messages can also use their scores.
+    let detectors = match &scope {
+        Some(scope) => detectors::compile(&def.detectors, scope).unwrap_or_else(|problems| {
+            for (path, message) in problems {
+                error(path, message, None);
+            }
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    let scope = scope.map(|s| s.with_detectors(&detectors));
 
     let mut rules = Vec::new();
     let mut rule_names: Vec<String> = Vec::new();
@@ -630,6 +659,16 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         }
     }
 
+    for (i, d) in def.detectors.iter().enumerate() {
+        if rules.iter().any(|r| r.name == d.name) {
+            error(
+                format!("detectors[{i}].name"),
+                format!("`{}` is already the name of a rule: alerts name their rule or detector, so the names must differ", d.name),
+                None,
+            );
+        }
+    }
+
     let mut sink_names: Vec<&str> = Vec::new();
     for (i, s) in def.alerts.sinks.iter().enumerate() {
         let SinkDef::Webhook(w) = s;
@@ -694,6 +733,8 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         sinks: def.alerts.sinks.clone(),
         aggregates,
         scope,
+        detectors,
+        alert_on: def.decision.alert_on,
         allowed_lateness: def.allowed_lateness,
         timezone: def.timezone.clone(),
         state: def.state.clone(),

@@ -1,5 +1,6 @@
-//! The names a rule or message can use: the schema's fields, then the pipeline's aggregates.
-//! Rows that reach the rules stage are laid out the same way: `data` followed by `enrichment`.
+//! The names a rule or message can use: the schema's fields, then the pipeline's aggregates,
+//! then its detectors' scores. Rows that reach the rules stage are laid out the same way:
+//! `data`, `enrichment`, then one score per detector.
 
 use std::collections::HashMap;
 
@@ -34,6 +35,14 @@ impl RowScope {
             scope.push(&a.name, a.display(), a.aggregate.result_type(), None);
         }
         scope
+    }
+
+    /// Appends the detectors' scores (floats, null while a detector warms up).
+    pub fn with_detectors(mut self, detectors: &[super::DetectorSpec]) -> RowScope {
+        for d in detectors {
+            self.push(&d.name, &d.name, ValueType::Float, None);
+        }
+        self
     }
 
     fn push(&mut self, name: &str, display: &str, ty: ValueType, allowed: Option<Vec<String>>) {

@@ -124,6 +124,23 @@ impl Input<'_> {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers?.get(name).map(|v| v.as_str())
     }
+
+    /// What a batch stage keeps of an input to dead-letter it after `process` returned.
+    pub fn hold(&self) -> Held {
+        Held {
+            subject: self.subject.to_string(),
+            stream_seq: self.stream_seq,
+            payload: Bytes::copy_from_slice(self.payload),
+        }
+    }
+}
+
+/// An input kept past `process` (see [`Stage::end_batch`]).
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    pub subject: String,
+    pub stream_seq: u64,
+    pub payload: Bytes,
 }
 
 /// A message a stage wants published.
@@ -228,6 +245,20 @@ impl Emitter {
     }
 }
 
+impl Emitter {
+    /// Dead-letters an input held since `process` (see [`Stage::end_batch`]).
+    pub fn reject_held(&mut self, held: &Held, pipeline: &str, rejection: &Rejection) {
+        let input = Input {
+            subject: &held.subject,
+            payload: &held.payload,
+            headers: None,
+            stream_seq: held.stream_seq,
+            published_us: 0,
+        };
+        self.reject(&input, pipeline, &held.payload, 0, None, rejection);
+    }
+}
+
 /// Header values cannot hold line breaks; keep reasons on one line and bounded.
 fn header_safe(reason: &str) -> String {
     let one_line: String = reason
@@ -249,6 +280,11 @@ pub trait Stage: Send + 'static {
     /// Called about once a second when no input is waiting, with the wall clock (epoch ms):
     /// timers emit here.
     fn tick(&mut self, _now_ms: i64, _out: &mut Emitter) {}
+
+    /// Called after `process` has seen every input of a batch, before anything is published:
+    /// a stage that works on whole batches (model inference) emits here. Inputs it cannot
+    /// finish are dead-lettered with [`Emitter::reject_held`].
+    fn end_batch(&mut self, _out: &mut Emitter) {}
 
     /// The state changed since the previous call, to be committed with the source sequence of
     /// the last processed input. `None` for stateless stages.
@@ -611,6 +647,11 @@ pub async fn run_stage(
                 stage.tick(now_ms(), &mut out);
                 outputs.append(&mut out.outputs);
             } else {
+                stage.end_batch(&mut out);
+                for reason in out.dead_letters.drain(..) {
+                    metrics.dead_letter(&binding.pipeline, reason);
+                }
+                outputs.append(&mut out.outputs);
                 if let Some(last) = positions.last() {
                     lag.set(last.pending as i64);
                 }

@@ -1,5 +1,6 @@
-//! alert: turns each rule hit into an alert record with its message and explanation, and
-//! publishes it to `anom.<p>.alerts`, the stream every sink reads from.
+//! alert: turns each rule hit and each flagged detector (as the decision step allows) into an
+//! alert record with its message and explanation, and publishes it to `anom.<p>.alerts`, the
+//! stream every sink reads from.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,12 +10,14 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use std::time::Duration;
 
-use crate::alert::{rfc3339_ms, rfc3339_us, Alert, AlertStatus, Source};
+use std::collections::HashMap;
+
+use crate::alert::{rfc3339_ms, rfc3339_us, Alert, AlertStatus, Detection, Source};
 use crate::duration;
-use crate::envelope::Envelope;
+use crate::envelope::{DetectorScore, Envelope};
 use crate::metrics::{AlertLabels, Metrics, PipelineLabels};
 use crate::pipeline::template::Context;
-use crate::pipeline::{Pipeline, Rule, RuleKind};
+use crate::pipeline::{DetectorSpec, Pipeline, Rule, RuleKind, Severity};
 use crate::rejection::Rejection;
 use crate::runtime::{Emitter, Input, Stage};
 use crate::subjects::INGEST_STREAM;
@@ -24,21 +27,25 @@ pub const NAME: &str = "alert";
 
 pub struct AlertStage {
     pipeline: Arc<Pipeline>,
-    /// Alert counters per rule (by the rule's severity), resolved once.
-    alerts: Vec<Counter>,
+    /// Alert counters by severity, resolved once.
+    alerts: HashMap<Severity, Counter>,
     latency: Histogram,
 }
 
 impl AlertStage {
     pub fn new(pipeline: Arc<Pipeline>, metrics: &Metrics) -> AlertStage {
-        let alerts = pipeline
-            .rules
-            .iter()
-            .map(|r| {
-                metrics.alerts.get_or_create_owned(&AlertLabels {
+        let alerts = [Severity::Info, Severity::Warning, Severity::Critical]
+            .into_iter()
+            .filter(|s| {
+                pipeline.rules.iter().any(|r| r.severity == *s)
+                    || pipeline.detectors.iter().any(|d| d.severity == *s)
+            })
+            .map(|s| {
+                let c = metrics.alerts.get_or_create_owned(&AlertLabels {
                     pipeline: pipeline.name.clone(),
-                    severity: r.severity.to_string(),
-                })
+                    severity: s.to_string(),
+                });
+                (s, c)
             })
             .collect();
         let latency = metrics
@@ -53,23 +60,34 @@ impl AlertStage {
         }
     }
 
-    fn record(&self, env: &Envelope, rule: &Rule, now_us: i64) -> Alert {
+    fn record(&self, env: &Envelope, cause: Cause<'_>, now_us: i64) -> Alert {
         let p = &*self.pipeline;
-        let severity = rule.severity.to_string();
+        let (name, severity, template, labels) = match cause {
+            Cause::Rule(r) => (&r.name, r.severity, &r.message, &r.labels),
+            Cause::Detector(d, _) => (&d.name, d.severity, &d.message, &d.labels),
+        };
+        let severity_text = severity.to_string();
         // Messages and explanations may name fields and aggregates: one row with both.
         let mut row = env.data.clone();
         row.resize(p.schema.len(), Value::Null);
         row.extend(env.enrichment.iter().cloned());
+        row.resize(p.enriched_width(), Value::Null);
+        row.extend(std::iter::repeat_n(Value::Null, p.detectors.len()));
+        for s in &env.analysis.scores {
+            if let Some(v) = row.get_mut(p.enriched_width() + s.detector as usize) {
+                *v = Value::Float(s.score);
+            }
+        }
         p.scope.retype(&mut row);
         let absence = env.analysis.absence.as_ref();
         let silence =
             absence.map(|a| duration::format(Duration::from_millis(a.silent_ms.max(0) as u64)));
-        let message = rule.message.render(
+        let message = template.render(
             &row,
             &Context {
                 key: &env.meta.key,
-                rule: &rule.name,
-                severity: &severity,
+                rule: name,
+                severity: &severity_text,
                 silence: silence.as_deref(),
             },
         );
@@ -78,7 +96,7 @@ impl AlertStage {
             Some(a) => {
                 let id = format!(
                     "{}:{}:{}:{}:{}",
-                    p.name, rule.name, env.meta.key, env.meta.origin_seq, env.meta.origin_index
+                    p.name, name, env.meta.key, env.meta.origin_seq, env.meta.origin_index
                 );
                 if a.resolved {
                     (format!("{id}:resolved"), AlertStatus::Resolved)
@@ -89,25 +107,44 @@ impl AlertStage {
             None => (
                 format!(
                     "{}:{}:{}:{}",
-                    p.name, rule.name, env.meta.origin_seq, env.meta.origin_index
+                    p.name, name, env.meta.origin_seq, env.meta.origin_index
                 ),
                 AlertStatus::Firing,
             ),
         };
+        let (explanation, detection) = match cause {
+            Cause::Rule(rule) => (explain(p, rule, env, &row), None),
+            Cause::Detector(d, s) => (
+                s.explanation.clone(),
+                Some(Detection {
+                    kind: d.kind_name().to_string(),
+                    score: s.score,
+                    threshold: Some(d.threshold).filter(|t| t.is_finite()),
+                    contributions: s.contributions.clone(),
+                }),
+            ),
+        };
+        // Several causes on one event: each alert also says what else fired.
+        let verdict = env
+            .analysis
+            .verdict
+            .as_ref()
+            .filter(|v| v.explanation.contains("; "))
+            .map(|v| v.explanation.clone());
         Alert {
             id,
             pipeline: p.name.clone(),
             pipeline_version: p.version.clone(),
-            rule: rule.name.clone(),
-            severity: rule.severity,
+            rule: name.clone(),
+            severity,
             status,
             key: env.meta.key.clone(),
             message,
-            explanation: explain(p, rule, env, &row),
+            explanation,
             event_time: rfc3339_ms(env.meta.event_time),
             ingest_time: rfc3339_us(env.meta.ingest_time_us),
             raised_at: rfc3339_us(now_us),
-            labels: rule.labels.clone(),
+            labels: labels.clone(),
             // Silence has no event; a stale field's detection carries the event that showed it.
             event: if absence.is_some() && env.data.is_empty() {
                 serde_json::Map::new()
@@ -115,6 +152,7 @@ impl AlertStage {
                 p.scope
                     .display_names()
                     .zip(&row)
+                    .take(p.enriched_width())
                     .map(|(name, v)| (name.to_string(), v.to_json()))
                     .collect()
             },
@@ -123,8 +161,17 @@ impl AlertStage {
                 sequence: env.meta.origin_seq,
                 index: env.meta.origin_index,
             },
+            detection,
+            verdict,
         }
     }
+}
+
+/// What raised an alert.
+#[derive(Clone, Copy)]
+enum Cause<'a> {
+    Rule(&'a Rule),
+    Detector(&'a DetectorSpec, &'a DetectorScore),
 }
 
 /// Why it fired, in words: "`durationMs > 5000` held for key SFTP-A: durationMs = 7200",
@@ -189,12 +236,25 @@ impl Stage for AlertStage {
         let p = &*self.pipeline;
         let env = super::rules::open(p, input.payload)?;
         let now = now_us();
-        for hit in &env.analysis.hits {
-            let Some(rule) = p.rules.get(hit.rule as usize) else {
-                continue;
-            };
-            let alert = self.record(&env, rule, now);
-            if let Some(c) = self.alerts.get(hit.rule as usize) {
+        // Absence detections come from the window stage's timers and always alert; the
+        // others alert as the decision step said (see `rules::decide`).
+        let rules_alert = env.analysis.absence.is_some() || p.alert_on.rules_alert();
+        let mut causes = Vec::new();
+        for hit in env.analysis.hits.iter().filter(|_| rules_alert) {
+            if let Some(rule) = p.rules.get(hit.rule as usize) {
+                causes.push(Cause::Rule(rule));
+            }
+        }
+        if p.alert_on.detectors_alert() {
+            for s in env.analysis.scores.iter().filter(|s| s.flagged) {
+                if let Some(d) = p.detectors.get(s.detector as usize) {
+                    causes.push(Cause::Detector(d, s));
+                }
+            }
+        }
+        for cause in causes {
+            let alert = self.record(&env, cause, now);
+            if let Some(c) = self.alerts.get(&alert.severity) {
                 c.inc();
             }
             self.latency

@@ -1,14 +1,17 @@
 //! The stages of the data plane, and the one registry that builds them for a pipeline.
 //!
 //! ```text
-//! anom.<p>.in ─[validate]→ anom.<p>.valid.<k> ─[window]→ anom.<p>.enriched.<k> ─[rules]→ anom.<p>.detections.<k> ─[alert]→ anom.<p>.alerts ─[sinks]
+//! anom.<p>.in ─[validate]→ anom.<p>.valid.<k> ─[window]→ anom.<p>.enriched.<k> ─[score]→ anom.<p>.scored.<k>
+//!   ─[rules]→ anom.<p>.detections.<k> ─[alert]→ anom.<p>.alerts ─[sinks]
 //!      └──────────── refused inputs, with reasons ───────────→ anom.<p>.dlq
 //! ```
-//! The window stage runs only for pipelines with aggregates or absence rules; otherwise
-//! rules reads `anom.<p>.valid.<k>` directly.
+//! The window stage runs only for pipelines with aggregates or absence rules, the score
+//! stage only for pipelines with detectors; each stage reads the output of the last one
+//! before it that runs.
 
 pub mod alert;
 pub mod rules;
+pub mod score;
 pub mod unrouted;
 pub mod validate;
 pub mod window;
@@ -18,6 +21,7 @@ use std::sync::Arc;
 use crate::checkpoint::{CheckpointError, StateStore};
 use crate::fence::Fence;
 use crate::metrics::Metrics;
+use crate::model::ModelRegistry;
 use crate::pipeline::Pipeline;
 use crate::runtime::{Binding, SnapshotPolicy, Stage, StateBinding};
 use crate::subjects::INGEST_STREAM;
@@ -40,17 +44,26 @@ pub fn durable_name(unit: &UnitId) -> String {
     }
 }
 
-/// Builds the stage of one unit of `pipeline` (validate, window, rules or alert; sinks and
-/// the unrouted watcher are run by the worker). A keyed stage is restored from `db`, which
-/// the caller has already brought up to date with any newer snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    State(#[from] CheckpointError),
+    #[error(transparent)]
+    Score(#[from] score::ScoreError),
+}
+
+/// Builds the stage of one unit of `pipeline` (validate, window, score, rules or alert; sinks
+/// and the unrouted watcher are run by the worker). A keyed stage is restored from `db`,
+/// which the caller has already brought up to date with any newer snapshot.
 pub fn build_unit(
     pipeline: &Arc<Pipeline>,
     unit: &UnitId,
     fence: Fence,
     metrics: &Arc<Metrics>,
     db: &sled::Db,
+    models: &ModelRegistry,
     snapshots: Option<SnapshotPolicy>,
-) -> Result<Option<Planned>, CheckpointError> {
+) -> Result<Option<Planned>, BuildError> {
     let s = &pipeline.subjects;
     let k = unit.partition;
     let durable = durable_name(unit);
@@ -62,10 +75,24 @@ pub fn build_unit(
         filter_subject,
         fence: fence.clone(),
     };
-    let (rules_stream, rules_subject) = if pipeline.is_keyed() {
+    let (score_stream, score_subject) = if pipeline.is_keyed() {
         (s.enriched_stream.as_str(), s.enriched(k))
     } else {
         (s.valid_stream.as_str(), s.valid(k))
+    };
+    let (rules_stream, rules_subject) = if pipeline.has_detectors() {
+        (s.scored_stream.as_str(), s.scored(k))
+    } else {
+        (score_stream, score_subject.clone())
+    };
+    let keyed_state = |restored_seq: u64, store: StateStore| StateBinding {
+        store,
+        interval: pipeline.state.checkpoint_interval,
+        restored_seq,
+        snapshots: snapshots.clone().map(|p| SnapshotPolicy {
+            name: durable.clone(),
+            ..p
+        }),
     };
     Ok(Some(match &unit.stage {
         UnitStage::Validate => Planned {
@@ -81,15 +108,17 @@ pub fn build_unit(
             Planned {
                 binding: binding(window::NAME, &s.valid_stream, s.valid(k)),
                 stage: Box::new(stage),
-                state: Some(StateBinding {
-                    store,
-                    interval: pipeline.state.checkpoint_interval,
-                    restored_seq,
-                    snapshots: snapshots.map(|p| SnapshotPolicy {
-                        name: durable.clone(),
-                        ..p
-                    }),
-                }),
+                state: Some(keyed_state(restored_seq, store)),
+            }
+        }
+        UnitStage::Score => {
+            let store = StateStore::open(db, &durable)?;
+            let (stage, restored_seq) =
+                score::ScoreStage::restore(pipeline.clone(), k, &store, models, metrics)?;
+            Planned {
+                binding: binding(score::NAME, score_stream, score_subject.clone()),
+                stage: Box::new(stage),
+                state: Some(keyed_state(restored_seq, store)),
             }
         }
         UnitStage::Rules => Planned {

@@ -1,12 +1,14 @@
-//! rules: evaluates the pipeline's compiled rule conditions on each event and forwards the
-//! events that hit at least one, with the hits appended to their envelope.
+//! rules: evaluates the pipeline's compiled rule conditions on each event (rules may use
+//! detector scores by name), decides with the detector flags whether the event alerts
+//! (`decide`), and forwards the events that do with their hits and verdict.
 
 use std::sync::Arc;
 
-use crate::envelope::{Envelope, RuleHit};
-use crate::pipeline::Pipeline;
+use crate::envelope::{DetectorScore, Envelope, RuleHit, Verdict};
+use crate::pipeline::{AlertOn, Pipeline};
 use crate::rejection::{RejectKind, Rejection};
 use crate::runtime::{Emitter, Input, Stage};
+use crate::value::Value;
 
 pub const NAME: &str = "rules";
 
@@ -41,9 +43,19 @@ impl Stage for Rules {
     fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
         let p = &*self.pipeline;
         let mut env = open(p, input.payload)?;
-        // Rules see one row: the event's fields, then its key's aggregates (see RowScope).
+        // Rules see one row: the event's fields, its key's aggregates, then the detectors'
+        // scores (null for a detector that did not score it; see RowScope).
         let mut row = std::mem::take(&mut env.data);
         row.extend(env.enrichment.iter().cloned());
+        if p.has_detectors() {
+            row.resize(p.enriched_width(), Value::Null);
+            row.resize(p.enriched_width() + p.detectors.len(), Value::Null);
+            for s in &env.analysis.scores {
+                if let Some(v) = row.get_mut(p.enriched_width() + s.detector as usize) {
+                    *v = Value::Float(s.score);
+                }
+            }
+        }
         p.scope.retype(&mut row);
         for (i, rule) in p.rules.iter().enumerate() {
             if rule.condition().is_some_and(|c| c.matches(&row)) {
@@ -55,7 +67,8 @@ impl Stage for Rules {
         }
         row.truncate(p.schema.len());
         env.data = row;
-        if !env.analysis.hits.is_empty() {
+        env.analysis.verdict = decide(p, &env);
+        if env.analysis.verdict.is_some() {
             out.emit(
                 p.subjects.detections(env.meta.partition),
                 format!(
@@ -67,4 +80,43 @@ impl Stage for Rules {
         }
         Ok(())
     }
+}
+
+/// The decision step: whether the event's rule hits and detector flags raise alerts (as the
+/// pipeline's `decision.alert_on` says), with the highest severity among the causes that do
+/// and every cause in words.
+pub fn decide(p: &Pipeline, env: &Envelope) -> Option<Verdict> {
+    let hits = &env.analysis.hits;
+    let flagged: Vec<&DetectorScore> = env.analysis.scores.iter().filter(|s| s.flagged).collect();
+    let alerts = match p.alert_on {
+        AlertOn::Any => !hits.is_empty() || !flagged.is_empty(),
+        AlertOn::Rules => !hits.is_empty(),
+        AlertOn::Detectors => !flagged.is_empty(),
+        AlertOn::Both => !hits.is_empty() && !flagged.is_empty(),
+    };
+    if !alerts {
+        return None;
+    }
+    let mut severity = None;
+    let mut causes = Vec::new();
+    if p.alert_on.rules_alert() {
+        for hit in hits {
+            if let Some(rule) = p.rules.get(hit.rule as usize) {
+                severity = severity.max(Some(rule.severity));
+                causes.push(format!("rule {} (`{}`)", rule.name, rule.when));
+            }
+        }
+    }
+    if p.alert_on.detectors_alert() {
+        for s in &flagged {
+            if let Some(d) = p.detectors.get(s.detector as usize) {
+                severity = severity.max(Some(d.severity));
+                causes.push(format!("{} ({}): {}", d.name, d.kind_name(), s.explanation));
+            }
+        }
+    }
+    Some(Verdict {
+        severity: severity.unwrap_or_default(),
+        explanation: causes.join("; "),
+    })
 }

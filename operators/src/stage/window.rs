@@ -331,6 +331,7 @@ impl WindowStage {
                     silent_ms: now_ms - last_seen,
                     resolved,
                 }),
+                ..Analysis::default()
             },
             enrichment: p
                 .aggregates

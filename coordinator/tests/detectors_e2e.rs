@@ -1,0 +1,417 @@
+//! Detectors against a real nats-server: built-in online detectors learning each key's usual
+//! behaviour (state kept across a restart), rules using their scores, an ONNX model trained
+//! by Anom scoring in batches and swapped for a new file under load without losing or
+//! repeating an event, and `anom train` learning from the pipeline's own input stream.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anom_operators::forest::{ForestParams, IsolationForest};
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use support::{alerts, start_worker, stream_len, wait_for, Env};
+
+async fn publish(js: &async_nats::jetstream::Context, subject: &str, events: &[serde_json::Value]) {
+    let mut acks = Vec::new();
+    for e in events {
+        acks.push(
+            js.publish(subject.to_string(), Bytes::from(e.to_string()))
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+const HOSTS: &str = r#"
+name: hosts
+key: host
+event_time: at
+partitions: 2
+schema:
+  host: { type: string, required: true }
+  latencyMs: { type: float, required: true }
+  errors: { type: int, default: 0 }
+  at: { type: timestamp, required: true }
+detectors:
+  - name: latency_unusual
+    kind: robust_zscore
+    field: latencyMs
+    warmup: 20
+    severity: warning
+rules:
+  - name: slow_and_failing
+    when: errors > 0 and latency_unusual > 0.5
+    severity: critical
+    message: "{host}: {errors} errors while latency is unusual ({latencyMs} ms)"
+"#;
+
+/// `n` ordinary readings of `host` from minute `start`: latency 100 ms ± a few, no errors.
+fn ordinary(host: &str, start: usize, n: usize) -> Vec<serde_json::Value> {
+    (start..start + n)
+        .map(|i| {
+            serde_json::json!({
+                "host": host,
+                "latencyMs": 100.0 + ((i * 7) % 11) as f64 - 5.0,
+                "at": at(i),
+            })
+        })
+        .collect()
+}
+
+fn at(minute: usize) -> String {
+    format!("2026-11-20T{:02}:{:02}:00Z", 8 + minute / 60, minute % 60)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_detectors_learn_each_key_and_survive_a_restart() {
+    let env = Env::start().await;
+    let dir = env.pipeline_dir("hosts", HOSTS);
+    let js = env.js().await;
+    let worker = start_worker(&env, &dir).await;
+
+    // Two hosts, each learning its own baseline: 15 readings, then a restart mid-warm-up.
+    let mut events = ordinary("web-1", 0, 15);
+    events.extend(ordinary("web-2", 0, 15));
+    publish(&js, "anom.hosts.in", &events).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            stream_len(&js, "ANOM_HOSTS_SCORED").await >= 30
+        })
+        .await
+    );
+    worker.stop().await;
+    let worker = start_worker(&env, &dir).await;
+
+    // 15 more each: warm now only if the first 15 were kept across the restart.
+    let mut events = ordinary("web-1", 15, 15);
+    events.extend(ordinary("web-2", 15, 15));
+    // web-1 spikes; web-2 spikes *and* reports errors (the rule uses the score).
+    events.push(serde_json::json!({"host": "web-1", "latencyMs": 900.0, "at": at(30)}));
+    events
+        .push(serde_json::json!({"host": "web-2", "latencyMs": 650.0, "errors": 3, "at": at(30)}));
+    // An ordinary reading with errors does not meet the rule: the score is low.
+    events
+        .push(serde_json::json!({"host": "web-1", "latencyMs": 101.0, "errors": 2, "at": at(31)}));
+    publish(&js, "anom.hosts.in", &events).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            alerts(&js, "ANOM_HOSTS_ALERTS").await.len() >= 3
+        })
+        .await,
+        "alerts: {:?}",
+        alerts(&js, "ANOM_HOSTS_ALERTS").await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = alerts(&js, "ANOM_HOSTS_ALERTS").await;
+    let mut seen: Vec<(String, String)> = got
+        .iter()
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap().to_string(),
+                a["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("latency_unusual".into(), "web-1".into()),
+            ("latency_unusual".into(), "web-2".into()),
+            ("slow_and_failing".into(), "web-2".into()),
+        ],
+        "{got:#?}"
+    );
+    let spike = got
+        .iter()
+        .find(|a| a["rule"] == "latency_unusual" && a["key"] == "web-1")
+        .unwrap();
+    let explanation = spike["explanation"].as_str().unwrap();
+    assert!(
+        explanation.contains("latencyMs") && explanation.contains("900"),
+        "{explanation}"
+    );
+    assert_eq!(spike["detection"]["kind"], "robust_zscore");
+    let score = spike["detection"]["score"].as_f64().unwrap();
+    assert!(score > 0.9 && score <= 1.0, "{score}");
+    // The event raised two alerts on web-2: each says what else fired.
+    let both = got
+        .iter()
+        .find(|a| a["rule"] == "slow_and_failing")
+        .unwrap();
+    assert_eq!(both["severity"], "critical");
+    assert!(
+        both["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("latency_unusual"),
+        "{both:#?}"
+    );
+    worker.stop().await;
+}
+
+/// A standard normal draw (Box-Muller).
+fn gauss(rng: &mut StdRng) -> f32 {
+    let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-9), rng.random());
+    (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+}
+
+/// A forest trained in Rust on a cloud around (center, center), written to `path`.
+fn forest_file(path: &Path, center: f32, seed: u64) -> IsolationForest {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rows = Vec::new();
+    for _ in 0..2000u32 {
+        rows.extend([center + gauss(&mut rng), center + gauss(&mut rng)]);
+    }
+    let forest = IsolationForest::fit(
+        &rows,
+        2,
+        &ForestParams {
+            seed,
+            ..ForestParams::default()
+        },
+    )
+    .unwrap();
+    let bytes = forest
+        .to_onnx(&["x".to_string(), "y".to_string()], "test")
+        .unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Written beside and renamed, as `anom train` does.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+    forest
+}
+
+const POINTS: &str = r#"
+# threshold: set by the test
+name: points
+key: id
+partitions: 2
+schema:
+  id: { type: string, required: true }
+  x: { type: float, required: true }
+  y: { type: float, required: true }
+detectors:
+  - name: forest
+    kind: onnx
+    model: models/points.onnx
+    features: [x, y]
+    threshold: THRESHOLD
+    severity: critical
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnx_model_scores_and_is_swapped_under_load_without_losing_events() {
+    let env = Env::start().await;
+    let models = env.dir.path().join("pipelines/models");
+    let a = forest_file(&models.join("points.onnx"), 0.0, 1);
+    // The next version, learnt once the cloud had moved to (9, 9); written later.
+    let b = forest_file(&models.join("next.onnx"), 9.0, 2);
+    let mut rng = StdRng::seed_from_u64(3);
+    let ordinary: Vec<[f32; 2]> = (0..3200)
+        .map(|_| [0.5 * gauss(&mut rng), 0.5 * gauss(&mut rng)])
+        .collect();
+    // One threshold between what each model finds ordinary and what it finds unusual.
+    let usual = (0..200)
+        .map(|i| a.score(&ordinary[i]))
+        .chain([b.score(&[9.1, 8.9])])
+        .fold(0.0, f64::max);
+    let unusual = a.score(&[9.0, 0.2]).min(b.score(&[-4.0, -4.0]));
+    assert!(usual < unusual, "{usual} {unusual}");
+    let threshold = (usual + unusual) / 2.0;
+    let dir = env.pipeline_dir(
+        "points",
+        &POINTS.replace("THRESHOLD", &threshold.to_string()),
+    );
+    let js = env.js().await;
+    let worker = start_worker(&env, &dir).await;
+
+    let point = |id: usize, x: f64, y: f64| serde_json::json!({"id": format!("p{}", id % 50), "x": x, "y": y});
+    // Ordinary points, and one far away.
+    let mut events: Vec<serde_json::Value> = (0..200)
+        .map(|i| {
+            let [x, y] = ordinary[i];
+            point(i, x as f64, y as f64)
+        })
+        .collect();
+    events.push(point(7, 9.0, 0.2));
+    publish(&js, "anom.points.in", &events).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            stream_len(&js, "ANOM_POINTS_SCORED").await >= 201
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = alerts(&js, "ANOM_POINTS_ALERTS").await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["event"]["x"], 9.0);
+    let detection = &got[0]["detection"];
+    assert_eq!(detection["kind"], "onnx");
+    // x alone made it unusual.
+    assert_eq!(detection["contributions"][0][0], "x", "{detection}");
+    let explanation = got[0]["explanation"].as_str().unwrap();
+    assert!(explanation.contains("mostly x 9"), "{explanation}");
+
+    // Under load: a new model (the cluster moved to (9, 9)) replaces the file; every event
+    // is scored exactly once, by one model or the other.
+    let load: Vec<serde_json::Value> = (200..3200)
+        .map(|i| {
+            let [x, y] = ordinary[i];
+            point(i, x as f64, y as f64)
+        })
+        .collect();
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for chunk in load.chunks(100) {
+                publish(&js, "anom.points.in", chunk).await;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::rename(models.join("next.onnx"), models.join("points.onnx")).unwrap();
+    publisher.await.unwrap();
+    let swapped = || {
+        worker.metrics.encode().lines().any(|l| {
+            l.starts_with("anom_model_loads_total{")
+                && l.contains("outcome=\"swapped\"")
+                && l.ends_with(" 1")
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || async { swapped() }).await,
+        "{}",
+        worker.metrics.encode()
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            stream_len(&js, "ANOM_POINTS_SCORED").await >= 3201
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stream_len(&js, "ANOM_POINTS_SCORED").await, 3201);
+    assert_eq!(stream_len(&js, "ANOM_DLQ").await, 0);
+
+    // After the swap, (9, 9) is ordinary and (0, 0)-like points are the outliers.
+    let before = alerts(&js, "ANOM_POINTS_ALERTS").await.len();
+    publish(
+        &js,
+        "anom.points.in",
+        &[point(1, 9.1, 8.9), point(2, -4.0, -4.0)],
+    )
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            stream_len(&js, "ANOM_POINTS_SCORED").await >= 3203
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = alerts(&js, "ANOM_POINTS_ALERTS").await;
+    let last: Vec<&serde_json::Value> = after[before..].iter().collect();
+    assert!(
+        last.iter().all(|a| a["event"]["x"] != 9.1),
+        "the new model finds (9.1, 8.9) ordinary: {last:#?}"
+    );
+    assert!(
+        last.iter().any(|a| a["event"]["x"] == -4.0),
+        "the new model flags (-4, -4): {last:#?}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anom_train_learns_from_the_input_stream() {
+    let env = Env::start().await;
+    let yaml = r#"
+name: readings
+key: sensor
+event_time: at
+partitions: 2
+schema:
+  sensor: { type: string, required: true }
+  value: { type: float, required: true }
+  at: { type: timestamp, required: true }
+aggregates:
+  avg_10m: avg(value) over 10m
+"#;
+    let dir = env.pipeline_dir("readings", yaml);
+    let js = env.js().await;
+    let worker = start_worker(&env, &dir).await;
+    let mut rng = StdRng::seed_from_u64(5);
+    let events: Vec<serde_json::Value> = (0..600)
+        .map(|i| {
+            serde_json::json!({
+                "sensor": format!("s{}", i % 6),
+                "value": 20.0 + 0.5 * gauss(&mut rng) as f64,
+                "at": format!("2026-11-20T{:02}:{:02}:{:02}Z", 8 + i / 3600, (i / 60) % 60, i % 60),
+            })
+        })
+        .collect();
+    publish(&js, "anom.readings.in", &events).await;
+    worker.stop().await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .args([
+            "train",
+            "--pipeline",
+            "readings",
+            "--features",
+            "value,avg_10m",
+        ])
+        .arg("-f")
+        .arg(dir.join("readings.yaml"))
+        .args([
+            "--nats",
+            &env.url(),
+            "--trees",
+            "50",
+            "--contamination",
+            "0.02",
+        ])
+        .arg("--models-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("trained on 600 events"), "{stdout}");
+    let model = dir.join("models/readings-readings_forest.onnx");
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.with_extension("card.json")).unwrap()).unwrap();
+    assert_eq!(card["samples"], 600, "{card:#}");
+    assert_eq!(card["features"], serde_json::json!(["value", "avg_10m"]));
+    // The printed snippet is a valid detector for the pipeline.
+    let snippet = stdout
+        .split("To use it, add to the pipeline (or run again with --apply):\n\n")
+        .nth(1)
+        .unwrap();
+    let with = format!("{yaml}detectors:\n{snippet}");
+    let p = anom_operators::pipeline::Pipeline::from_yaml(&with).unwrap();
+    assert_eq!(p.detectors[0].name, "readings_forest");
+    // The model loads and tells an outlier from the usual.
+    let m = anom_operators::model::Model::load(&model, 2).unwrap();
+    let scores = m.run(&[20.0, 20.0, 35.0, 20.0], 2).unwrap();
+    let anom_operators::model::OutputData::Float { values: s, .. } = &scores[0] else {
+        panic!("a float score: {scores:?}")
+    };
+    let threshold = card["threshold"].as_f64().unwrap();
+    assert!(
+        (s[0] as f64) < threshold && (s[1] as f64) > threshold,
+        "{s:?} {threshold}"
+    );
+}
