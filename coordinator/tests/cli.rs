@@ -152,3 +152,91 @@ async fn publish_jsonl_and_csv_then_tail_the_alerts() {
     worker.start_kill().unwrap();
     let _ = worker.wait().await;
 }
+
+#[tokio::test]
+async fn check_loads_the_models_detectors_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"name: points
+key: id
+schema:
+  id: { type: string, required: true }
+  x: float
+  y: float
+  z: float
+detectors:
+  - name: forest
+    kind: onnx
+    model: models/points.onnx
+    features: [x, y, z]
+    threshold: 0.6
+"#;
+    let file = dir.path().join("points.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = anom().arg("check").arg(&file).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("points.yaml:11:12: detectors[0].model: cannot read model file")
+            && stderr.contains("models/points.onnx: No such file"),
+        "{stderr}"
+    );
+
+    // A model with two inputs for a detector that declares three.
+    let rows: Vec<f32> = (0..200).flat_map(|i| [i as f32, (i % 7) as f32]).collect();
+    let forest = anom_operators::forest::IsolationForest::fit(
+        &rows,
+        2,
+        &anom_operators::forest::ForestParams::default(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    std::fs::write(
+        dir.path().join("models/points.onnx"),
+        forest.to_onnx(&["x".into(), "y".into()], "test").unwrap(),
+    )
+    .unwrap();
+    let out = anom().arg("check").arg(&file).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("detectors[0].model: ")
+            && stderr.contains("model expects 2 input features, the caller declares 3"),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, yaml.replace("[x, y, z]", "[x, y]")).unwrap();
+    let out = anom().arg("check").arg(&file).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn detectors_eval_prints_quality_per_detector() {
+    let out = anom()
+        .args(["detectors", "eval", "--points", "1500"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for kind in [
+        "robust_zscore",
+        "ewma",
+        "cusum",
+        "seasonal",
+        "holt_winters",
+        "half_space_trees",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(kind)),
+            "{kind}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("precision") && stdout.contains("recall"),
+        "{stdout}"
+    );
+}

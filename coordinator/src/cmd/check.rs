@@ -12,7 +12,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut failed = false;
     for path in &args.paths {
-        match super::load_pipelines(path) {
+        match super::load_pipelines(path, &super::pipelines_dir(path)) {
             Ok(pipelines) => {
                 for p in pipelines {
                     println!(

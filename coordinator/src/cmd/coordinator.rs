@@ -33,6 +33,10 @@ pub struct Args {
     /// Apply the pipelines of this directory (or file) at start; unchanged ones stay as they are.
     #[arg(long)]
     pipelines: Option<PathBuf>,
+    /// The workers' models directory, if this coordinator can read it: Apply and Validate
+    /// then load the model files detectors name and refuse missing or mismatched ones.
+    #[arg(long, env = "ANOM_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -44,6 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             state_dir: args.state_dir,
             metrics_addr: args.metrics_addr,
             lease_ttl: args.lease_ttl,
+            models_dir: args.models_dir.clone(),
             streams: StreamOptions {
                 replicas: args.replicas,
                 ..StreamOptions::default()

@@ -68,7 +68,7 @@ fn fail(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
-fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }

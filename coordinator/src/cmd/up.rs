@@ -49,7 +49,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let pipelines = super::load_pipelines(&args.pipelines)?;
+    let pipelines = super::load_pipelines(&args.pipelines, &super::pipelines_dir(&args.pipelines))?;
     let natsd = Natsd::start(NatsdOptions {
         port: args.nats_port,
         dir: args.data_dir.join("nats"),
@@ -66,6 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             state_dir: args.data_dir.join("coordinator"),
             metrics_addr: None,
             lease_ttl: Duration::from_secs(6),
+            models_dir: Some(super::pipelines_dir(&args.pipelines)),
             streams: StreamOptions::default(),
         },
         shutdown.clone(),

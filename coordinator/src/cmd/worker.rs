@@ -60,16 +60,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
+    let models_dir = args
+        .models_dir
+        .clone()
+        .unwrap_or_else(|| super::pipelines_dir(&args.pipelines));
     let pipelines = match args.coordinator {
         Some(_) => Vec::new(),
-        None => super::load_pipelines(&args.pipelines)?,
+        None => super::load_pipelines(&args.pipelines, &models_dir)?,
     };
     let mut config = WorkerConfig::new(args.nats, pipelines);
     config.metrics_addr = args.metrics_addr;
     config.state_dir = args.state_dir;
-    config.models_dir = args
-        .models_dir
-        .unwrap_or_else(|| super::pipelines_dir(&args.pipelines));
+    config.models_dir = models_dir;
     config.worker_id = args.worker_id.unwrap_or_else(agent::hostname);
     config.snapshot_every = args.snapshot_every;
     config.streams = StreamOptions {

@@ -40,6 +40,9 @@ pub struct CoordinatorConfig {
     /// How long a worker stays in the cluster without a heartbeat.
     pub lease_ttl: Duration,
     pub streams: StreamOptions,
+    /// When the coordinator sees the workers' models directory (`anom up`, a shared volume),
+    /// Apply and Validate also load the model files detectors name and refuse bad ones.
+    pub models_dir: Option<PathBuf>,
 }
 
 /// A running coordinator.
@@ -111,6 +114,7 @@ impl Coordinator {
             .add_service(v1::pipelines_server::PipelinesServer::new(
                 pipelines::PipelineService {
                     control: control.clone(),
+                    models_dir: config.models_dir.clone(),
                 },
             ))
             .add_service(v1::cluster_server::ClusterServer::new(

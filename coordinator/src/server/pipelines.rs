@@ -16,6 +16,25 @@ use super::store::{PipelineRecord, VersionRecord};
 
 pub struct PipelineService {
     pub control: Arc<Control>,
+    pub models_dir: Option<PathBuf>,
+}
+
+impl PipelineService {
+    fn compile(&self, text: &str, source: &str) -> Result<Pipeline, DefinitionErrors> {
+        let p = compile(text, source)?;
+        let Some(dir) = &self.models_dir else {
+            return Ok(p);
+        };
+        let problems = anom_operators::model::check_models(&p, dir);
+        if problems.is_empty() {
+            return Ok(p);
+        }
+        let mut errors = anom_operators::pipeline::located(problems, text);
+        for e in &mut errors.0 {
+            e.file = Some(PathBuf::from(source));
+        }
+        Err(errors)
+    }
 }
 
 pub fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
@@ -240,8 +259,9 @@ impl Pipelines for PipelineService {
     ) -> Result<Response<v1::ApplyResponse>, Status> {
         let req = request.into_inner();
         let (text, source) = definition_text(req.definition)?;
-        let pipeline =
-            compile(&text, &source).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Loading models is blocking work (read, optimise).
+        let pipeline = tokio::task::block_in_place(|| self.compile(&text, &source))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let control = &self.control;
         let mut state = control.lock().await;
         let now = now_ms();
@@ -317,18 +337,20 @@ impl Pipelines for PipelineService {
         request: Request<v1::ValidateRequest>,
     ) -> Result<Response<v1::ValidateResponse>, Status> {
         let (text, source) = definition_text(request.into_inner().definition)?;
-        Ok(Response::new(match compile(&text, &source) {
-            Ok(p) => v1::ValidateResponse {
-                valid: true,
-                problems: vec![],
-                plan: Some(plan_summary(&p)),
+        Ok(Response::new(
+            match tokio::task::block_in_place(|| self.compile(&text, &source)) {
+                Ok(p) => v1::ValidateResponse {
+                    valid: true,
+                    problems: vec![],
+                    plan: Some(plan_summary(&p)),
+                },
+                Err(e) => v1::ValidateResponse {
+                    valid: false,
+                    problems: problems(&e),
+                    plan: None,
+                },
             },
-            Err(e) => v1::ValidateResponse {
-                valid: false,
-                problems: problems(&e),
-                plan: None,
-            },
-        }))
+        ))
     }
 
     async fn get(

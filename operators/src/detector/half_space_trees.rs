@@ -14,7 +14,8 @@
 //! trees (a geometric mean, so that one coarse tree cannot hide what the others see). The score
 //! is `squash(bits / limit)`.
 //! Each dimension's contribution is its share of the mass lost at the splits on that dimension
-//! along the value's paths (`log2` of parent over child mass).
+//! along the value's paths (`log2` of parent over child mass); it is worked out for scores from
+//! [`EXPLAIN_FROM`] (0.5) on, and left empty below, where there is nothing to explain.
 //!
 //! Feature ranges come from the `ranges` parameter (`[[lo, hi], …]`, one pair per field) or are
 //! learned as the min and max of the first `warmup` values (default 50; 0 when `ranges` is
@@ -33,6 +34,8 @@ use super::{squash, Basis, DetectorError, Params, Reading, Unit};
 /// The most dimensions a detector accepts (checked in `Detector::new`), so per-update scratch
 /// space lives on the stack.
 const MAX_DIMS: usize = 64;
+/// Contributions are worked out from this score on (an empty list below).
+pub const EXPLAIN_FROM: f64 = 0.5;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -46,8 +49,17 @@ pub struct Config {
     dims: usize,
     size_limit: u16,
     /// Per tree, per internal node (heap order: children of i are 2i+1 and 2i+2).
-    split_dim: Vec<u8>,
-    split_at: Vec<f64>,
+    splits: Vec<Split>,
+    /// `log2(r + 0.5)` and `log2(r + 1)` for every mass `r` a window can hold: a log per tree
+    /// level would otherwise dominate the update.
+    log_half: Vec<f64>,
+    log_one: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Split {
+    at: f32,
+    dim: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -101,8 +113,9 @@ impl Config {
             warmup,
             dims,
             size_limit: (window / 10).max(1) as u16,
-            split_dim: Vec::new(),
-            split_at: Vec::new(),
+            splits: Vec::new(),
+            log_half: (0..=window).map(|r| (f64::from(r) + 0.5).log2()).collect(),
+            log_one: (0..=window).map(|r| (f64::from(r) + 1.0).log2()).collect(),
         };
         c.grow();
         Ok(c)
@@ -121,8 +134,7 @@ impl Config {
     fn grow(&mut self) {
         let mut rng = SplitMix(self.seed);
         let internal = self.internal();
-        self.split_dim = vec![0; self.trees * internal];
-        self.split_at = vec![0.0; self.trees * internal];
+        self.splits = vec![Split { at: 0.0, dim: 0 }; self.trees * internal];
         for t in 0..self.trees {
             let mut space: Vec<(f64, f64)> = (0..self.dims)
                 .map(|_| {
@@ -142,8 +154,12 @@ impl Config {
         let q = rng.below(self.dims);
         let (lo, hi) = space[q];
         let mid = lo / 2.0 + hi / 2.0;
-        self.split_dim[base + node] = q as u8;
-        self.split_at[base + node] = mid;
+        // f32: a split only needs to be the same for every key, and 8-byte nodes keep the
+        // forest's hot part in cache.
+        self.splits[base + node] = Split {
+            at: mid as f32,
+            dim: q as u32,
+        };
         space[q] = (lo, mid);
         self.split(rng, base, 2 * node + 1, space);
         space[q] = (mid, hi);
@@ -194,46 +210,54 @@ impl Config {
         }
         let warm = s.typical > 0.0;
         let (nodes, internal) = (self.nodes(), self.internal());
+        let window = self.window as u16;
         let mut log_density = 0.0;
-        let mut credit = [0.0f64; MAX_DIMS];
-        for t in 0..self.trees {
-            let (base, ibase) = (t * nodes, t * internal);
-            let mut node = 0;
-            let mut scored = false;
+        // Trees advance level by level in groups of LANES so the CPU overlaps their
+        // independent memory loads instead of walking one tree's chain at a time.
+        const LANES: usize = 8;
+        for t0 in (0..self.trees).step_by(LANES) {
+            let lanes = LANES.min(self.trees - t0);
+            let mut at = [0usize; LANES];
+            let mut scored = [false; LANES];
             for d in 0..=self.depth {
-                let counter = &mut s.latest[base + node];
-                *counter = counter.saturating_add(1);
-                let r = s.reference[base + node];
-                if !scored && (d == self.depth || r < self.size_limit) {
-                    log_density += (f64::from(r) + 0.5).log2() + d as f64;
-                    scored = true;
+                for j in 0..lanes {
+                    let (base, ibase) = ((t0 + j) * nodes, (t0 + j) * internal);
+                    let node = at[j];
+                    // A window of `window` values puts at most `window` in a node.
+                    let counter = &mut s.latest[base + node];
+                    *counter = counter.saturating_add(1).min(window);
+                    // min: a state saved under a larger window must not index past the tables.
+                    let r = s.reference[base + node].min(window);
+                    if !scored[j] && (d == self.depth || r < self.size_limit) {
+                        log_density += self.log_half[usize::from(r)] + d as f64;
+                        scored[j] = true;
+                    }
+                    if d == self.depth {
+                        continue;
+                    }
+                    let split = self.splits[ibase + node];
+                    let q = split.dim as usize;
+                    let child = if u[q] < f64::from(split.at) {
+                        2 * node + 1
+                    } else {
+                        2 * node + 2
+                    };
+                    at[j] = child;
                 }
-                if d == self.depth {
-                    break;
-                }
-                let q = usize::from(self.split_dim[ibase + node]);
-                let child = if u[q] < self.split_at[ibase + node] {
-                    2 * node + 1
-                } else {
-                    2 * node + 2
-                };
-                if !scored {
-                    let rc = s.reference[base + child];
-                    credit[q] += ((f64::from(r) + 1.0) / (f64::from(rc) + 1.0)).log2();
-                }
-                node = child;
             }
         }
         let reading = if warm {
             let bits = (s.typical - log_density / self.trees as f64).max(0.0);
-            let total: f64 = credit[..self.dims].iter().sum();
-            let contributions = if total > 0.0 {
-                credit[..self.dims].iter().map(|c| c / total).collect()
+            let score = squash(bits / self.limit);
+            // Attribution walks the trees again: only worth it when there is something to
+            // explain, and skipping it keeps ordinary updates fast.
+            let contributions = if score >= EXPLAIN_FROM {
+                self.contributions(&s.reference, &u[..self.dims])
             } else {
-                vec![1.0 / self.dims as f64; self.dims]
+                Vec::new()
             };
             Reading {
-                score: squash(bits / self.limit),
+                score,
                 warm: true,
                 expected: 0.0,
                 deviation: bits,
@@ -253,6 +277,40 @@ impl Config {
             s.typical = self.typical(&s.reference);
         }
         reading
+    }
+
+    /// Each dimension's share of the mass lost at its splits along the value's paths down to
+    /// the nodes that scored it (`log2` of parent over child mass, +1 each).
+    fn contributions(&self, reference: &[u16], u: &[f64]) -> Vec<f64> {
+        let (nodes, internal) = (self.nodes(), self.internal());
+        let window = self.window as u16;
+        let mut credit = [0.0f64; MAX_DIMS];
+        for t in 0..self.trees {
+            let (base, ibase) = (t * nodes, t * internal);
+            let mut node = 0;
+            for _ in 0..self.depth {
+                let r = reference[base + node].min(window);
+                if r < self.size_limit {
+                    break;
+                }
+                let split = self.splits[ibase + node];
+                let q = split.dim as usize;
+                let child = if u[q] < f64::from(split.at) {
+                    2 * node + 1
+                } else {
+                    2 * node + 2
+                };
+                let rc = reference[base + child].min(window);
+                credit[q] += self.log_one[usize::from(r)] - self.log_one[usize::from(rc)];
+                node = child;
+            }
+        }
+        let total: f64 = credit[..self.dims].iter().sum();
+        if total > 0.0 {
+            credit[..self.dims].iter().map(|c| c / total).collect()
+        } else {
+            vec![1.0 / self.dims as f64; self.dims]
+        }
     }
 
     /// The mean log2 density of the reference window's own values (over values and trees):
@@ -323,7 +381,7 @@ mod tests {
         let b = det(json!({"seed": 7}), None, 3);
         let c = det(json!({"seed": 8}), None, 3);
         let cfg = |d: &Detector| match &d.imp {
-            super::super::Imp::HalfSpaceTrees(c) => (c.split_dim.clone(), c.split_at.clone()),
+            super::super::Imp::HalfSpaceTrees(c) => c.splits.clone(),
             _ => unreachable!(),
         };
         assert_eq!(cfg(&a), cfg(&b));

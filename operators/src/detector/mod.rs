@@ -344,7 +344,8 @@ pub struct Reading {
     /// The control limit on the deviation's side, in the value's units, where the kind has one.
     pub limit: Option<f64>,
     pub basis: Basis,
-    /// Multivariate: each dimension's share of the anomaly, summing to 1 (empty otherwise).
+    /// Multivariate: each dimension's share of the anomaly, summing to 1; empty for univariate
+    /// kinds and for unremarkable readings (half-space trees: score below 0.5).
     pub contributions: Vec<f64>,
 }
 

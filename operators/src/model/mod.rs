@@ -13,7 +13,7 @@ mod testing;
 mod tree_ensemble;
 mod watch;
 
-pub use watch::{resolve, ModelRegistry, ModelScore, ScoringError, WatchedModel};
+pub use watch::{check_models, resolve, ModelRegistry, ModelScore, ScoringError, WatchedModel};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

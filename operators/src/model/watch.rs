@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::{ElementKind, Model, ModelError, OutputData};
 use crate::metrics::{Metrics, ModelLoadLabels};
-use crate::pipeline::{ModelOutput, ModelRef};
+use crate::pipeline::{DetectorKind, ModelOutput, ModelRef, Pipeline};
 
 /// How often model files are checked for a new version.
 const POLL: Duration = Duration::from_secs(1);
@@ -136,6 +136,34 @@ impl ModelRegistry {
         }
         Ok(watched)
     }
+}
+
+/// Loads every model `pipeline` names (relative to `dir`) and checks its inputs and outputs
+/// against the detector: the problems, at `detectors[i].model`, with what was expected.
+pub fn check_models(pipeline: &Pipeline, dir: &Path) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for (i, d) in pipeline.detectors.iter().enumerate() {
+        let DetectorKind::Model(m) = &d.kind else {
+            continue;
+        };
+        let path = resolve(dir, &m.path);
+        let checked = Model::load(&path, d.inputs.len())
+            .map_err(ScoringError::from)
+            .and_then(|model| check_outputs(&model, m));
+        if let Err(e) = checked {
+            let e = e.to_string();
+            let shown = path.display().to_string();
+            problems.push((
+                format!("detectors[{i}].model"),
+                if e.contains(&shown) {
+                    e
+                } else {
+                    format!("{shown}: {e}")
+                },
+            ));
+        }
+    }
+    problems
 }
 
 /// `path` as written in a pipeline: absolute, or relative to `dir`.

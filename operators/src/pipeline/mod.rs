@@ -230,6 +230,26 @@ impl Pipeline {
     }
 }
 
+/// Problems found after compiling (e.g. by `model::check_models`), located in `source`.
+pub fn located(problems: Vec<(String, String)>, source: &str) -> DefinitionErrors {
+    DefinitionErrors(
+        problems
+            .into_iter()
+            .map(|(path, message)| {
+                let (line, column) = position::locate_path(source, &path)
+                    .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+                DefinitionError {
+                    file: None,
+                    path,
+                    line,
+                    column,
+                    message,
+                }
+            })
+            .collect(),
+    )
+}
+
 /// serde_norway appends " at line L column C" to messages; we report the location apart.
 fn strip_location(message: &str) -> String {
     match message.rfind(" at line ") {

@@ -551,3 +551,219 @@ fn an_inline_aggregate_is_named_by_its_text_in_messages() {
         vec!["p.yaml:15:31: rules[0].when: column 21: cannot compare `sum(amount) over 1d` (float) with 'x' (string)".to_string()]
     );
 }
+
+const HOSTS: &str = r#"
+name: hosts
+key: host
+schema:
+  host: { type: string, required: true }
+  latencyMs: float
+  cpu: float
+  region: string
+aggregates:
+  avg_latency_1h: avg(latencyMs) over 1h
+detectors:
+  - name: latency_unusual
+    kind: robust_zscore
+    field: latencyMs
+  - name: combo
+    kind: half_space_trees
+    features: [cpu, avg_latency_1h]
+    threshold: 0.95
+    severity: critical
+  - name: model
+    kind: onnx
+    model: models/m.onnx
+    features: [cpu, latencyMs]
+    output: label_score
+rules:
+  - name: unusual_and_slow
+    when: latency_unusual > 0.9 and latencyMs > 500
+"#;
+
+#[test]
+fn detectors_compile_and_their_scores_follow_the_aggregates_in_rows() {
+    let p = Pipeline::from_yaml(HOSTS).unwrap();
+    assert!(p.has_detectors());
+    assert_eq!(p.enriched_width(), 5);
+    assert_eq!(p.detectors.len(), 3);
+    assert_eq!(p.detectors[0].inputs, vec![1]);
+    assert_eq!(p.detectors[1].inputs, vec![2, 4]);
+    assert_eq!(p.detectors[1].kind_name(), "half_space_trees");
+    assert_eq!(p.detectors[0].kind_name(), "robust_zscore");
+    // Built-in detectors have a default threshold; a label decides for label_score models.
+    assert!((0.0..=1.0).contains(&p.detectors[0].threshold));
+    assert_eq!(p.detectors[1].threshold, 0.95);
+    assert!(p.detectors[2].threshold.is_nan());
+    assert!(
+        matches!(&p.detectors[2].kind, DetectorKind::Model(m) if m.anomaly_label == -1 && m.path == "models/m.onnx")
+    );
+    // Rules read detector scores after the aggregates.
+    assert_eq!(p.scope.index_of("latency_unusual"), Some(5));
+    assert_eq!(p.scope.index_of("model"), Some(7));
+    let mut row = vec![
+        Value::from("h"),
+        Value::Float(900.0),
+        Value::Null,
+        Value::Null,
+        Value::Null,
+    ];
+    row.extend([Value::Float(0.95), Value::Null, Value::Null]);
+    assert!(p.rules[0].condition().unwrap().matches(&row));
+    row[5] = Value::Null; // not scored (warming up): the rule does not hold
+    assert!(!p.rules[0].condition().unwrap().matches(&row));
+    // The definition of each detector is its state's identity across versions.
+    let again = Pipeline::from_yaml(&HOSTS.replace("threshold: 0.95", "threshold: 0.9")).unwrap();
+    assert_eq!(p.detectors[1].signature, again.detectors[1].signature);
+    let other =
+        Pipeline::from_yaml(&HOSTS.replace("[cpu, avg_latency_1h]", "[avg_latency_1h, cpu]"))
+            .unwrap();
+    assert_ne!(p.detectors[1].signature, other.detectors[1].signature);
+}
+
+#[test]
+fn detector_mistakes_are_located_and_say_what_was_expected() {
+    let cases: Vec<(&str, &str, &str)> = vec![
+        (
+            "kind: robust_zscore",
+            "kind: robust_zscor",
+            "detectors[0].kind: unknown detector kind `robust_zscor`: expected one of robust_zscore, ewma, cusum, seasonal, holt_winters, half_space_trees, onnx, did you mean `robust_zscore`?",
+        ),
+        (
+            "field: latencyMs\n",
+            "field: latencyMS\n",
+            "detectors[0].field: unknown field or aggregate `latencyMS`, did you mean `latencyMs`?",
+        ),
+        (
+            "field: latencyMs\n",
+            "field: region\n",
+            "detectors[0].field: `region` is a string: a detector needs a number",
+        ),
+        (
+            "field: latencyMs\n",
+            "features: [latencyMs]\n",
+            "detectors[0].features: a robust_zscore detector watches one value: expected `field: <name>`",
+        ),
+        (
+            "features: [cpu, avg_latency_1h]",
+            "field: cpu",
+            "detectors[1].features: expected the list of numeric fields and aggregates the half_space_trees detector reads (`features: [a, b]`)",
+        ),
+        (
+            "threshold: 0.95",
+            "threshold: 3",
+            "detectors[1].threshold: built-in detectors score in [0, 1]: expected a threshold in that range, found 3",
+        ),
+        (
+            "    output: label_score\n",
+            "    output: score\n",
+            "detectors[2].threshold: expected the model score at which an event is anomalous (`threshold: 0.6`)",
+        ),
+        (
+            "    model: models/m.onnx\n",
+            "",
+            "detectors[2].model: expected the ONNX model file (`model: models/fraud.onnx`)",
+        ),
+        (
+            "  - name: combo",
+            "  - name: latencyMs",
+            "detectors[1].name: `latencyMs` is already the name of a field or aggregate",
+        ),
+        (
+            "  - name: model\n",
+            "  - name: unusual_and_slow\n",
+            "detectors[2].name: `unusual_and_slow` is already the name of a rule: alerts name their rule or detector, so the names must differ",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let yaml = HOSTS.replacen(from, to, 1);
+        assert_ne!(yaml, HOSTS, "{from}");
+        let got = errors(&yaml);
+        assert!(
+            got.iter().any(|e| e.ends_with(expected)),
+            "expected `{expected}` in {got:#?}"
+        );
+    }
+    // Line numbers point at the detector.
+    let got = errors_in_file(&HOSTS.replace("kind: robust_zscore", "kind: zscore"));
+    assert!(got[0].starts_with("p.yaml:13:"), "{got:?}");
+    // The detector's own parameters are checked by the detector.
+    let got = errors(&HOSTS.replace(
+        "    field: latencyMs\n",
+        "    field: latencyMs\n    params: { windw: 50 }\n",
+    ));
+    assert!(
+        got[0].contains("detectors[0].params") && got[0].contains("windw"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn the_decision_step_follows_alert_on() {
+    use crate::envelope::{Analysis, DetectorScore, Envelope, Meta, RuleHit, ENVELOPE_VERSION};
+    use crate::stage::rules::decide;
+    let env = |hit: bool, flagged: bool| Envelope {
+        v: ENVELOPE_VERSION,
+        meta: Meta {
+            pipeline: "hosts".into(),
+            version: String::new(),
+            key: "h".into(),
+            partition: 0,
+            event_time: 0,
+            ingest_time_us: 0,
+            origin_seq: 1,
+            origin_index: 0,
+        },
+        data: vec![],
+        analysis: Analysis {
+            hits: if hit {
+                vec![RuleHit {
+                    rule: 0,
+                    name: "unusual_and_slow".into(),
+                }]
+            } else {
+                vec![]
+            },
+            scores: vec![DetectorScore {
+                detector: 1,
+                score: if flagged { 0.99 } else { 0.2 },
+                flagged,
+                explanation: if flagged {
+                    "odd combination".into()
+                } else {
+                    String::new()
+                },
+                contributions: vec![],
+            }],
+            ..Analysis::default()
+        },
+        enrichment: vec![],
+    };
+    let cases = [
+        ("any", [false, true, true, true]),
+        ("rules", [false, false, true, true]),
+        ("detectors", [false, true, false, true]),
+        ("both", [false, false, false, true]),
+    ];
+    for (mode, expected) in cases {
+        let p = Pipeline::from_yaml(&format!("{HOSTS}decision: {{ alert_on: {mode} }}\n")).unwrap();
+        let got: Vec<bool> = [(false, false), (false, true), (true, false), (true, true)]
+            .iter()
+            .map(|&(hit, flagged)| decide(&p, &env(hit, flagged)).is_some())
+            .collect();
+        assert_eq!(got, expected, "alert_on: {mode}");
+    }
+    // Severity is the highest among the causes that alert; the explanation names them all.
+    let p = Pipeline::from_yaml(HOSTS).unwrap();
+    let v = decide(&p, &env(true, true)).unwrap();
+    assert_eq!(v.severity, Severity::Critical);
+    assert_eq!(
+        v.explanation,
+        "rule unusual_and_slow (`latency_unusual > 0.9 and latencyMs > 500`); combo (half_space_trees): odd combination"
+    );
+    let p = Pipeline::from_yaml(&format!("{HOSTS}decision: {{ alert_on: rules }}\n")).unwrap();
+    assert_eq!(
+        decide(&p, &env(true, true)).unwrap().severity,
+        Severity::Warning
+    );
+}
