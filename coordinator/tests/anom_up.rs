@@ -38,7 +38,7 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
         .spawn()
         .expect("anom up starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let pipelines: BTreeSet<String> = ["routes", "expenses", "iot", "payments"]
+    let pipelines: BTreeSet<String> = ["routes", "expenses", "iot", "payments", "hosts"]
         .iter()
         .map(|s| s.to_string())
         .collect();

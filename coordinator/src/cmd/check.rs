@@ -16,11 +16,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(pipelines) => {
                 for p in pipelines {
                     println!(
-                        "ok  {:<16} version {}  {} fields, {} rules, {} partitions",
+                        "ok  {:<16} version {}  {} fields, {} rules, {} detectors, {} partitions",
                         p.name,
                         p.version,
                         p.schema.len(),
                         p.rules.len(),
+                        p.detectors.len(),
                         p.partitions
                     );
                 }

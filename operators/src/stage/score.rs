@@ -34,6 +34,23 @@ const META_KEY: &[u8] = b"m";
 struct KeyState {
     last_event_ms: i64,
     detectors: Vec<Option<detector::State>>,
+    /// Per detector: whether the key is in an anomalous episode (its last score crossed the
+    /// threshold). Only the event that opens an episode is flagged, so a level shift or a
+    /// long excursion raises one alert, not one per event.
+    #[serde(default)]
+    open: Vec<bool>,
+}
+
+impl KeyState {
+    /// Whether a score crossing the threshold (`above`) opens an episode of detector `i`.
+    fn opens(&mut self, i: usize, above: bool) -> bool {
+        if self.open.len() <= i {
+            self.open.resize(i + 1, false);
+        }
+        let opens = above && !self.open[i];
+        self.open[i] = above;
+        opens
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -208,11 +225,16 @@ impl ScoreStage {
                     (DetectorKind::Model(_), _) => None,
                 })
                 .collect();
+            let open = from
+                .iter()
+                .map(|from| from.and_then(|j| old.open.get(j).copied()).unwrap_or(false))
+                .collect();
             stage.keys.insert(
                 key,
                 KeyState {
                     last_event_ms: old.last_event_ms,
                     detectors,
+                    open,
                 },
             );
         }
@@ -231,6 +253,7 @@ impl ScoreStage {
                     DetectorKind::Model(_) => None,
                 })
                 .collect(),
+            open: vec![false; self.pipeline.detectors.len()],
         }
     }
 
@@ -313,10 +336,15 @@ impl ScoreStage {
             }
             for (&i, s) in rows.iter().zip(&scores) {
                 let Some(s) = s else { continue };
-                let flagged = match s.label_anomalous {
+                let above = match s.label_anomalous {
                     Some(label) => label,
                     None => spec.flags(s.score),
                 };
+                let key = &self.waiting[i].env.meta.key;
+                let flagged = self
+                    .keys
+                    .get_mut(key)
+                    .is_some_and(|k| k.opens(slot.detector, above));
                 self.scored[slot.detector].inc();
                 let mut contributions = Vec::new();
                 let mut explanation = String::new();
@@ -528,7 +556,7 @@ impl Stage for ScoreStage {
                         continue;
                     }
                     self.scored[i].inc();
-                    let flagged = spec.flags(reading.score);
+                    let flagged = state.opens(i, spec.flags(reading.score));
                     let (explanation, contributions) = if flagged {
                         self.flagged[i].inc();
                         let names: Vec<&str> =
