@@ -491,3 +491,170 @@ async fn the_hosts_example_finds_its_labelled_anomalies() {
     assert_eq!(spikes_on_web3, 1, "{seen:#?}");
     assert!(seen.len() <= 9, "{seen:#?}");
 }
+
+/// Runs scripts/ml/sklearn_reference.py (scikit-learn + skl2onnx in the project-local venv)
+/// into `dir`; returns its reference.json.
+fn sklearn_models(dir: &Path) -> serde_json::Value {
+    let root = support::repo_root();
+    let venv = std::process::Command::new(root.join("scripts/ml/venv"))
+        .output()
+        .unwrap();
+    assert!(
+        venv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let python = String::from_utf8(venv.stdout).unwrap();
+    let out = std::process::Command::new(python.trim())
+        .arg(root.join("scripts/ml/sklearn_reference.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap()
+}
+
+/// scikit-learn's IsolationForest and MLP autoencoder, exported by skl2onnx and used as they
+/// are: the pipeline flags exactly the rows scikit-learn labels anomalous, and exactly the
+/// rows whose reconstruction error (from scikit-learn's own predictions) is above the threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scikit_learn_models_run_unchanged_in_a_pipeline() {
+    let env = Env::start().await;
+    let models = env.dir.path().join("pipelines/models");
+    let reference = sklearn_models(&models);
+    let inputs: Vec<Vec<f64>> = reference["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let output = |model: &str, name: &str| -> Vec<Vec<f64>> {
+        let m = reference["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == model)
+            .unwrap();
+        let o = m["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["sklearn"] == name)
+            .unwrap();
+        o["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| match r.as_array() {
+                Some(r) => r.iter().map(|v| v.as_f64().unwrap()).collect(),
+                None => vec![r.as_f64().unwrap()],
+            })
+            .collect()
+    };
+    let labels = output("isolation_forest", "predict");
+    let anomalous: Vec<usize> = (0..inputs.len())
+        .filter(|&i| labels[i][0] == -1.0)
+        .collect();
+    // Reconstruction errors as scikit-learn computes them; the threshold sits in the widest
+    // gap of the top decile, so float32 rounding cannot move a row across it.
+    let predicted = output("autoencoder", "predict");
+    let errors: Vec<f64> = inputs
+        .iter()
+        .zip(&predicted)
+        .map(|(x, p)| x.iter().zip(p).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / x.len() as f64)
+        .collect();
+    let mut sorted = errors.clone();
+    sorted.sort_by(f64::total_cmp);
+    let top = sorted.len() * 9 / 10;
+    let (gap, at) = (top..sorted.len() - 1)
+        .map(|i| (sorted[i + 1] - sorted[i], i))
+        .fold((0.0, top), |best, g| if g.0 > best.0 { g } else { best });
+    assert!(gap > 1e-3, "{gap}");
+    let threshold = (sorted[at] + sorted[at + 1]) / 2.0;
+    let unusual: Vec<usize> = (0..inputs.len())
+        .filter(|&i| errors[i] > threshold)
+        .collect();
+    assert!(!anomalous.is_empty() && !unusual.is_empty());
+
+    let features = (0..8)
+        .map(|i| format!("f{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let schema: String = (0..8).map(|i| format!("  f{i}: float\n")).collect();
+    let yaml = format!(
+        r#"
+name: sk
+key: row
+partitions: 2
+schema:
+  row: {{ type: string, required: true }}
+{schema}detectors:
+  - name: forest
+    kind: onnx
+    model: models/isolation_forest.onnx
+    features: [{features}]
+    output: label_score
+    anomalous: below
+  - name: autoencoder
+    kind: onnx
+    model: models/autoencoder.onnx
+    features: [{features}]
+    output: reconstruction
+    threshold: {threshold}
+"#
+    );
+    let dir = env.pipeline_dir("sk", &yaml);
+    let js = env.js().await;
+    let worker = start_worker(&env, &dir).await;
+    // One key per row: each row is its own episode.
+    let events: Vec<serde_json::Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let mut e = serde_json::json!({ "row": format!("r{i}") });
+            for (j, v) in x.iter().enumerate() {
+                e[format!("f{j}")] = serde_json::json!(v);
+            }
+            e
+        })
+        .collect();
+    publish(&js, "anom.sk.in", &events).await;
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            stream_len(&js, "ANOM_SK_SCORED").await >= inputs.len() as u64
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = alerts(&js, "ANOM_SK_ALERTS").await;
+    worker.stop().await;
+    let rows = |by: &str| -> Vec<usize> {
+        let mut r: Vec<usize> = got
+            .iter()
+            .filter(|a| a["rule"] == by)
+            .map(|a| a["key"].as_str().unwrap()[1..].parse().unwrap())
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(rows("forest"), anomalous);
+    assert_eq!(rows("autoencoder"), unusual);
+    let one = got.iter().find(|a| a["rule"] == "forest").unwrap();
+    assert!(
+        one["explanation"]
+            .as_str()
+            .unwrap()
+            .starts_with("model forest labelled the event anomalous"),
+        "{one:#}"
+    );
+}

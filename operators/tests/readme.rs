@@ -19,7 +19,7 @@ fn blocks(text: &str, lang: &str) -> Vec<String> {
 #[test]
 fn the_readme_keyed_example_compiles_with_the_payments_schema() {
     let yaml = blocks(&readme(), "yaml");
-    assert_eq!(yaml.len(), 3);
+    assert_eq!(yaml.len(), 4);
     let payments = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../pipelines/payments.yaml"
@@ -82,4 +82,17 @@ fn the_readme_structured_conditions_become_the_expressions_it_shows() {
             rule.when
         );
     }
+}
+
+#[test]
+fn the_readme_detectors_example_compiles() {
+    let yaml = blocks(&readme(), "yaml");
+    let p = Pipeline::from_yaml(&yaml[3]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.name, "hosts");
+    let kinds: Vec<&str> = p.detectors.iter().map(|d| d.kind_name()).collect();
+    assert_eq!(
+        kinds,
+        vec!["robust_zscore", "cusum", "half_space_trees", "onnx"]
+    );
+    assert_eq!(p.rules.len(), 1);
 }

@@ -223,7 +223,10 @@ fn the_example_pipelines_load() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
     let pipelines = load_dir(&dir).unwrap();
     let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, vec!["expenses", "hosts", "iot", "payments", "routes"]);
+    assert_eq!(
+        names,
+        vec!["expenses", "hosts", "iot", "payments", "routes"]
+    );
     // Written as a structured condition, it is the expression it replaced: same alerts,
     // same explanations.
     assert_eq!(
