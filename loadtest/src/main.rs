@@ -70,6 +70,11 @@ pub struct Args {
     /// Add the window stage: the benchmark pipeline gets four per-key aggregates.
     #[arg(long)]
     pub keyed: bool,
+    /// Add the score stage: three built-in detectors per key (robust z-score, EWMA, CUSUM)
+    /// and a 100-tree Isolation Forest (ONNX, trained at start) over two fields. They only
+    /// score (`alert_on: rules`), so the expected alerts stay the rules'.
+    #[arg(long)]
+    pub detectors: bool,
     /// After the throughput run, raise the rate in 10% steps (5 s each) until latency (p99 over
     /// 50 ms), pace or alerts break; then report latency, CPU, memory and detection quality at
     /// 50% and 90% of the highest rate that held.

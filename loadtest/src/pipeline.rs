@@ -13,7 +13,18 @@ use tokio_util::sync::CancellationToken;
 use crate::Args;
 
 /// The benchmark pipeline: the routes example's shape, plus the send time for latency.
-fn definition(partitions: u32, keyed: bool) -> String {
+fn definition(partitions: u32, keyed: bool, detectors: bool) -> String {
+    let detectors = if detectors {
+        "detectors:
+  - { name: duration_z, kind: robust_zscore, field: durationMs }
+  - { name: bytes_ewma, kind: ewma, field: bytes }
+  - { name: duration_shift, kind: cusum, field: durationMs }
+  - { name: forest, kind: onnx, model: bench-forest.onnx, features: [durationMs, bytes], threshold: 0.7 }
+decision: { alert_on: rules }
+"
+    } else {
+        ""
+    };
     let aggregates = if keyed {
         "aggregates:\n  runs_5m: count() over 5m\n  bytes_today: sum(bytes) over calendar day\n  avg_ms_30d: avg(durationMs) over 30d\n  prev_status: prev(status)\n"
     } else {
@@ -33,7 +44,7 @@ schema:
   bytes:      int
   sentUs:     int
   finishedAt: {{ type: timestamp, required: true }}
-{aggregates}rules:
+{aggregates}{detectors}rules:
   - name: failed
     when: status == 'FAILED'
     severity: critical
@@ -60,6 +71,28 @@ pub fn sample_event(i: usize, sent_us: i64, alert_every: usize, keys: usize) -> 
     ))
 }
 
+/// A 100-tree Isolation Forest over (durationMs, bytes) of the generated events.
+fn write_forest(path: &std::path::Path, args: &Args) -> anyhow::Result<()> {
+    use anom_operators::forest::{ForestParams, IsolationForest};
+    let rows: Vec<f32> = (0..20_000)
+        .flat_map(|i| {
+            let e: serde_json::Value =
+                serde_json::from_slice(&sample_event(i, 0, args.alert_every, args.keys))
+                    .unwrap_or_default();
+            [
+                e["durationMs"].as_f64().unwrap_or(0.0) as f32,
+                e["bytes"].as_f64().unwrap_or(0.0) as f32,
+            ]
+        })
+        .collect();
+    let forest = IsolationForest::fit(&rows, 2, &ForestParams::default())?;
+    std::fs::write(
+        path,
+        forest.to_onnx(&["durationMs".into(), "bytes".into()], "anom-loadtest")?,
+    )?;
+    Ok(())
+}
+
 fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -70,12 +103,16 @@ async fn start(
     url: &str,
     args: &Args,
 ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
-    let pipeline = Pipeline::from_yaml(&definition(args.partitions, args.keyed))
+    let pipeline = Pipeline::from_yaml(&definition(args.partitions, args.keyed, args.detectors))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
     let state = tempfile::tempdir()?;
+    if args.detectors {
+        write_forest(&state.path().join("bench-forest.onnx"), args)?;
+    }
     let mut config = WorkerConfig::new(url, vec![pipeline]);
     config.state_dir = state.path().to_path_buf();
+    config.models_dir = state.path().to_path_buf();
     let worker = Worker::start(config, shutdown.clone()).await?;
     Ok((
         shutdown,
@@ -128,7 +165,9 @@ pub async fn throughput(url: &str, args: &Args) -> anyhow::Result<Throughput> {
     let mut alerts = js.get_stream("ANOM_BENCH_ALERTS").await?;
     loop {
         let stored = alerts.info().await?.state.messages;
-        if stored >= expected_alerts && drained(&js, args.partitions, args.keyed).await? {
+        if stored >= expected_alerts
+            && drained(&js, args.partitions, args.keyed, args.detectors).await?
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -149,15 +188,21 @@ async fn drained(
     js: &async_nats::jetstream::Context,
     partitions: u32,
     keyed: bool,
+    detectors: bool,
 ) -> anyhow::Result<bool> {
     let mut consumers = vec![("ANOM_INGEST".to_string(), "bench-validate".to_string())];
     for k in 0..partitions {
+        // Each stage reads the output of the last one before it that runs.
+        let mut upstream = "ANOM_BENCH_VALID";
         if keyed {
-            consumers.push(("ANOM_BENCH_VALID".into(), format!("bench-window-{k}")));
-            consumers.push(("ANOM_BENCH_ENRICHED".into(), format!("bench-rules-{k}")));
-        } else {
-            consumers.push(("ANOM_BENCH_VALID".into(), format!("bench-rules-{k}")));
+            consumers.push((upstream.into(), format!("bench-window-{k}")));
+            upstream = "ANOM_BENCH_ENRICHED";
         }
+        if detectors {
+            consumers.push((upstream.into(), format!("bench-score-{k}")));
+            upstream = "ANOM_BENCH_SCORED";
+        }
+        consumers.push((upstream.into(), format!("bench-rules-{k}")));
         consumers.push(("ANOM_BENCH_DETECTIONS".into(), format!("bench-alert-{k}")));
     }
     for (stream, name) in consumers {

@@ -50,8 +50,11 @@ impl Report {
             self.args.partitions,
             self.args.keys,
             self.args.alert_every,
-            if self.args.keyed { " --keyed" } else { "" }
+            if self.args.keyed { " --keyed" } else { "" },
         ));
+        if self.args.detectors {
+            out.push_str("(with --detectors)\n");
+        }
         out.push_str("| run | events | seconds | events/s | vs raw hop |\n|---|---|---|---|---|\n");
         if let Some(b) = &self.baseline {
             out.push_str(&format!(
@@ -68,8 +71,9 @@ impl Report {
                 .as_ref()
                 .map_or("n/a".to_string(), |b| format!("{:.2}", t.rate() / b.rate()));
             out.push_str(&format!(
-                "| pipeline validate → {}rules → alert ({} alerts) | {} | {:.2} | {:.0} | {ratio} |\n",
+                "| pipeline validate → {}{}rules → alert ({} alerts) | {} | {:.2} | {:.0} | {ratio} |\n",
                 if self.args.keyed { "window (4 aggregates) → " } else { "" },
+                if self.args.detectors { "score (3 detectors, 1 ONNX forest) → " } else { "" },
                 t.alerts,
                 t.events,
                 t.seconds,
