@@ -109,6 +109,8 @@ pub(super) enum EnsembleError {
     Empty,
     #[error("TreeEnsembleRegressor: n_targets is {0}, expected at least 1")]
     NoTargets(i64),
+    #[error("TreeEnsembleRegressor: a node reads feature {0}, expected at most 65535")]
+    Feature(u32),
     #[error("TreeEnsembleRegressor: {attr} contains {found}, expected a non-negative id")]
     NegativeId { attr: &'static str, found: i64 },
     #[error("TreeEnsembleRegressor: node {node} of tree {tree} is declared twice")]
@@ -135,17 +137,24 @@ pub(super) enum EnsembleError {
     BaseValues { expected: usize, found: usize },
 }
 
-/// One compiled node. A branch compares `row[feature]` with `threshold` and continues at node
-/// `if_true` or `if_false`; a leaf's (target, weight) pairs are `leaf_*[feature..if_true]`.
+/// One compiled node, 16 bytes so four share a cache line. A branch compares `row[feature]`
+/// with `threshold` and continues at node `if_true` or `if_false`; a leaf's (target, weight)
+/// pairs are `leaf_*[if_true..if_false]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Node {
     threshold: f32,
-    feature: u32,
     if_true: u32,
     if_false: u32,
+    feature: u16,
     mode: Mode,
     missing_true: bool,
 }
+
+/// Rows scored together tree by tree, so a tree's nodes stay in cache across the block.
+const BLOCK: usize = 64;
+
+/// Rows walked down one tree together (see `Ensemble::leaves_leq_lanes`).
+const LANES: usize = 8;
 
 /// A compiled ensemble, ready to score rows.
 #[derive(Debug, PartialEq)]
@@ -268,9 +277,9 @@ impl Ensemble {
                 let end = leaf_targets.len() as u32;
                 Node {
                     threshold: 0.0,
-                    feature: start,
-                    if_true: end,
-                    if_false: 0,
+                    feature: 0,
+                    if_true: start,
+                    if_false: end,
                     mode,
                     missing_true: false,
                 }
@@ -286,6 +295,8 @@ impl Ensemble {
                         })
                 };
                 let feature = non_negative("nodes_featureids", spec.feature_ids[i])?;
+                let feature =
+                    u16::try_from(feature).map_err(|_| EnsembleError::Feature(feature))?;
                 min_features = min_features.max(feature as usize + 1);
                 Node {
                     threshold: spec.values[i] as f32,
@@ -324,48 +335,105 @@ impl Ensemble {
     /// Scores row-major `input` (rows of `width` features) into `output` (rows of n_targets).
     pub(super) fn eval<T: Feature>(&self, input: &[T], width: usize, output: &mut [f32]) {
         debug_assert!(width >= self.min_features);
-        // One scratch row per call, reused for every row.
-        let mut acc = vec![0f64; self.n_targets];
-        let rows = input.chunks_exact(width.max(1));
-        for (row, out) in rows.zip(output.chunks_exact_mut(self.n_targets)) {
+        let nt = self.n_targets;
+        // One scratch block per call, reused for every block of rows.
+        let mut acc = vec![0f64; BLOCK * nt];
+        let init = match self.aggregate {
+            Aggregate::Sum | Aggregate::Average => 0.0,
+            Aggregate::Min => f32::MAX as f64,
+            Aggregate::Max => f32::MIN as f64,
+        };
+        let inputs = input.chunks(BLOCK * width.max(1));
+        for (rows, out) in inputs.zip(output.chunks_mut(BLOCK * nt)) {
+            let acc = &mut acc[..out.len()];
+            acc.fill(init);
             match self.aggregate {
                 Aggregate::Sum | Aggregate::Average => {
-                    acc.fill(0.0);
-                    self.visit_leaves(row, |t, w| acc[t] += w);
+                    self.visit_leaves(rows, width, |r, t, w| acc[r * nt + t] += w)
                 }
-                Aggregate::Min => {
-                    acc.fill(f32::MAX as f64);
-                    self.visit_leaves(row, |t, w| acc[t] = acc[t].min(w));
+                Aggregate::Min => self.visit_leaves(rows, width, |r, t, w| {
+                    acc[r * nt + t] = acc[r * nt + t].min(w)
+                }),
+                Aggregate::Max => self.visit_leaves(rows, width, |r, t, w| {
+                    acc[r * nt + t] = acc[r * nt + t].max(w)
+                }),
+            }
+            for (scores, out) in acc.chunks_exact_mut(nt).zip(out.chunks_exact_mut(nt)) {
+                if self.aggregate == Aggregate::Average {
+                    let trees = self.roots.len() as f64;
+                    scores.iter_mut().for_each(|v| *v /= trees);
                 }
-                Aggregate::Max => {
-                    acc.fill(f32::MIN as f64);
-                    self.visit_leaves(row, |t, w| acc[t] = acc[t].max(w));
+                for (v, base) in scores.iter_mut().zip(&self.base_values) {
+                    *v += base;
                 }
-            }
-            if self.aggregate == Aggregate::Average {
-                let trees = self.roots.len() as f64;
-                acc.iter_mut().for_each(|v| *v /= trees);
-            }
-            for (v, base) in acc.iter_mut().zip(&self.base_values) {
-                *v += base;
-            }
-            post_transform(self.post_transform, &mut acc);
-            for (o, v) in out.iter_mut().zip(&acc) {
-                *o = *v as f32;
+                post_transform(self.post_transform, scores);
+                for (o, v) in out.iter_mut().zip(scores.iter()) {
+                    *o = *v as f32;
+                }
             }
         }
     }
 
+    /// Calls `add(row, target, weight)` for every weight of every leaf the block's rows
+    /// reach, tree by tree.
     #[inline]
-    fn visit_leaves<T: Feature>(&self, row: &[T], mut add: impl FnMut(usize, f64)) {
+    fn visit_leaves<T: Feature>(
+        &self,
+        rows: &[T],
+        width: usize,
+        mut add: impl FnMut(usize, usize, f64),
+    ) {
+        let rows: Vec<&[T]> = rows.chunks_exact(width.max(1)).collect();
+        let mut emit = |r: usize, leaf: &Node| {
+            for k in leaf.if_true as usize..leaf.if_false as usize {
+                add(r, self.leaf_targets[k] as usize, self.leaf_weights[k]);
+            }
+        };
+        // Walking LANES rows down a tree at once overlaps their independent node loads,
+        // which a single walk would wait on one after the other.
+        let lanes = if self.only_leq && self.min_features > 0 {
+            rows.len() / LANES * LANES
+        } else {
+            0
+        };
         for &root in &self.roots {
-            let leaf = if self.only_leq {
-                self.leaf_leq(root, row)
-            } else {
-                self.leaf_any(root, row)
-            };
-            for k in leaf.feature as usize..leaf.if_true as usize {
-                add(self.leaf_targets[k] as usize, self.leaf_weights[k]);
+            for (group, chunk) in rows[..lanes].chunks_exact(LANES).enumerate() {
+                let chunk: &[&[T]; LANES] = chunk.try_into().expect("chunks_exact(LANES)");
+                for (l, i) in self.leaves_leq_lanes(root, chunk).into_iter().enumerate() {
+                    emit(group * LANES + l, &self.nodes[i as usize]);
+                }
+            }
+            for (r, row) in rows.iter().enumerate().skip(lanes) {
+                let leaf = if self.only_leq {
+                    self.leaf_leq(root, row)
+                } else {
+                    self.leaf_any(root, row)
+                };
+                emit(r, leaf);
+            }
+        }
+    }
+
+    /// [`Ensemble::leaf_leq`] for LANES rows in lockstep; a lane that reached its leaf stays.
+    /// Needs every row to have at least one feature, since leaves read feature 0 unused.
+    #[inline]
+    fn leaves_leq_lanes<T: Feature>(&self, root: u32, rows: &[&[T]; LANES]) -> [u32; LANES] {
+        let mut at = [root; LANES];
+        loop {
+            let mut moved = false;
+            for l in 0..LANES {
+                let i = at[l] as usize;
+                let node = &self.nodes[i];
+                let branch = node.mode != Mode::Leaf;
+                let x = rows[l][node.feature as usize];
+                // Non-short-circuit `|` / `&` keep the step free of data-dependent branches.
+                let go_true = (x <= T::threshold(self, node, i)) | (node.missing_true & x.is_nan());
+                let next = if go_true { node.if_true } else { node.if_false };
+                at[l] = if branch { next } else { at[l] };
+                moved |= branch;
+            }
+            if !moved {
+                return at;
             }
         }
     }
@@ -976,6 +1044,29 @@ mod tests {
         assert_eq!(out, [22.0]);
         ensemble.eval(&[0.1f64, 5.0], 2, &mut out);
         assert_eq!(out, [12.0]);
+    }
+
+    #[test]
+    fn rows_walked_in_lockstep_score_as_rows_walked_alone() {
+        // 150 rows (two full blocks of 64 plus a remainder that is not a multiple of LANES)
+        // mixing values on both sides of the thresholds, on them, and NaN.
+        let mut spec = two_trees(Mode::Leq);
+        spec.missing_tracks_true = vec![true, false, false, false, false, false];
+        let ensemble = Ensemble::compile(&spec).unwrap();
+        let values = [0.5, 1.0, 1.5, f32::NAN, -1.0, 0.0];
+        let rows: Vec<f32> = (0..150)
+            .flat_map(|i| [values[i % 6], values[(i / 6) % 6]])
+            .collect();
+        let mut together = vec![0.0; 150];
+        ensemble.eval(&rows, 2, &mut together);
+        for (i, row) in rows.chunks_exact(2).enumerate() {
+            let mut alone = [0.0];
+            ensemble.eval(row, 2, &mut alone);
+            assert_eq!(together[i], alone[0], "row {i}: {row:?}");
+        }
+        // And the values themselves: NaN x0 tracks true (10), NaN x1 goes false (2).
+        assert_eq!(&together[..4], [12.0, 12.0, 22.0, 12.0]);
+        assert_eq!(together[6 * 3 + 3], 12.0);
     }
 
     #[test]
