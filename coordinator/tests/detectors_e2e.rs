@@ -9,24 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anom_operators::forest::{ForestParams, IsolationForest};
-use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::{alerts, start_worker, stream_len, wait_for, Env};
-
-async fn publish(js: &async_nats::jetstream::Context, subject: &str, events: &[serde_json::Value]) {
-    let mut acks = Vec::new();
-    for e in events {
-        acks.push(
-            js.publish(subject.to_string(), Bytes::from(e.to_string()))
-                .await
-                .unwrap(),
-        );
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
-}
+use support::{alerts, publish_events as publish, start_worker, stream_len, wait_for, Env};
 
 const HOSTS: &str = r#"
 name: hosts

@@ -7,22 +7,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bytes::Bytes;
-use support::{alerts, read_stream, repo_root, start_worker, wait_for, Env};
-
-async fn publish(js: &async_nats::jetstream::Context, subject: &str, events: &[serde_json::Value]) {
-    let mut acks = Vec::new();
-    for e in events {
-        acks.push(
-            js.publish(subject.to_string(), Bytes::from(e.to_string()))
-                .await
-                .unwrap(),
-        );
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
-}
+use support::{
+    alerts, publish_events as publish, read_stream, repo_root, start_worker, wait_for, Env,
+};
 
 /// Waits (up to 20 s) until `stream` holds at least `n` alerts.
 async fn alerts_reach(js: &async_nats::jetstream::Context, stream: &str, n: usize) -> bool {

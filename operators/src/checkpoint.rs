@@ -46,7 +46,40 @@ impl StateDelta {
     pub fn is_empty(&self) -> bool {
         self.puts.is_empty() && self.deletes.is_empty()
     }
+
+    /// The delta of a stage that keeps one state per event key in memory (entries
+    /// `KEY_PREFIX + key`) and one record for the partition (`META_KEY`): the states of the
+    /// keys changed since the last checkpoint, the record, and the evicted keys' deletions.
+    /// Drains `dirty` and `evicted`.
+    pub fn of_keys<S: serde::Serialize, M: serde::Serialize>(
+        states: &std::collections::HashMap<String, S>,
+        dirty: &mut std::collections::HashSet<String>,
+        evicted: &mut Vec<String>,
+        meta: &M,
+    ) -> StateDelta {
+        let entry = |key: &str| [KEY_PREFIX, key.as_bytes()].concat();
+        let mut puts = Vec::with_capacity(dirty.len() + 1);
+        for key in dirty.drain() {
+            if let Some(state) = states.get(&key) {
+                puts.push((entry(&key), rmp_serde::to_vec(state).unwrap_or_default()));
+            }
+        }
+        puts.push((
+            META_KEY.to_vec(),
+            rmp_serde::to_vec(meta).unwrap_or_default(),
+        ));
+        StateDelta {
+            puts,
+            deletes: evicted.drain(..).map(|key| entry(&key)).collect(),
+            keys: states.len(),
+        }
+    }
 }
+
+/// Entries of a keyed stage (see [`StateDelta::of_keys`]): one per event key, under this
+/// prefix, and the partition's own record.
+pub const KEY_PREFIX: &[u8] = b"k:";
+pub const META_KEY: &[u8] = b"m";
 
 /// What one checkpoint wrote.
 #[derive(Debug, Clone, Copy)]

@@ -84,6 +84,21 @@ pub async fn start_worker(env: &Env, dir: &Path) -> Running {
     }
 }
 
+/// Publishes JSON events to `subject` and waits until JetStream has stored every one.
+pub async fn publish_events(js: &jetstream::Context, subject: &str, events: &[serde_json::Value]) {
+    let mut acks = Vec::new();
+    for e in events {
+        acks.push(
+            js.publish(subject.to_string(), bytes::Bytes::from(e.to_string()))
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
 /// The repository's root (for pipelines/ and its samples).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointError, StateDelta, StateStore};
+use crate::checkpoint::{CheckpointError, StateDelta, StateStore, KEY_PREFIX, META_KEY};
 use crate::detector::{self, Reading};
 use crate::envelope::{DetectorScore, Envelope};
 use crate::metrics::{DetectorLabels, Metrics};
@@ -24,9 +24,6 @@ use crate::runtime::{Emitter, Held, Input, Stage};
 use crate::value::Value;
 
 pub const NAME: &str = "score";
-
-const KEY_PREFIX: &[u8] = b"k:";
-const META_KEY: &[u8] = b"m";
 
 /// Everything kept for one key: one state per built-in detector (by detector index; `None`
 /// for models).
@@ -611,32 +608,12 @@ impl Stage for ScoreStage {
         if !std::mem::take(&mut self.touched) {
             return None;
         }
-        let mut puts = Vec::with_capacity(self.dirty.len() + 1);
-        for key in self.dirty.drain() {
-            if let Some(state) = self.keys.get(&key) {
-                let mut k = KEY_PREFIX.to_vec();
-                k.extend_from_slice(key.as_bytes());
-                puts.push((k, rmp_serde::to_vec(state).unwrap_or_default()));
-            }
-        }
-        puts.push((
-            META_KEY.to_vec(),
-            rmp_serde::to_vec(&self.meta).unwrap_or_default(),
-        ));
-        let deletes = self
-            .evicted
-            .drain(..)
-            .map(|key| {
-                let mut k = KEY_PREFIX.to_vec();
-                k.extend_from_slice(key.as_bytes());
-                k
-            })
-            .collect();
-        Some(StateDelta {
-            puts,
-            deletes,
-            keys: self.keys.len(),
-        })
+        Some(StateDelta::of_keys(
+            &self.keys,
+            &mut self.dirty,
+            &mut self.evicted,
+            &self.meta,
+        ))
     }
 
     fn checkpoint_due(&self) -> bool {

@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::AggState;
-use crate::checkpoint::{CheckpointError, StateDelta, StateStore};
+use crate::checkpoint::{CheckpointError, StateDelta, StateStore, KEY_PREFIX, META_KEY};
 use crate::envelope::{AbsenceNote, Analysis, Envelope, Meta, RuleHit, ENVELOPE_VERSION};
 use crate::pipeline::{Clock, Pipeline, RuleKind};
 use crate::rejection::Rejection;
@@ -26,10 +26,6 @@ use crate::subjects::headers;
 use crate::value::Value;
 
 pub const NAME: &str = "window";
-
-/// Entry keys in the state store: one per event key, and the partition's own metadata.
-const KEY_PREFIX: &[u8] = b"k:";
-const META_KEY: &[u8] = b"m";
 
 /// Everything kept for one key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -510,14 +506,6 @@ impl Stage for WindowStage {
         if !std::mem::take(&mut self.touched) {
             return None;
         }
-        let mut puts = Vec::with_capacity(self.dirty.len() + 1);
-        for key in self.dirty.drain() {
-            if let Some(state) = self.keys.get(&key) {
-                let mut k = KEY_PREFIX.to_vec();
-                k.extend_from_slice(key.as_bytes());
-                puts.push((k, rmp_serde::to_vec(state).unwrap_or_default()));
-            }
-        }
         let meta = PartitionMeta {
             max_event_ms: self.max_event_ms,
             aggregates: self
@@ -527,24 +515,12 @@ impl Stage for WindowStage {
                 .map(|a| a.source.clone())
                 .collect(),
         };
-        puts.push((
-            META_KEY.to_vec(),
-            rmp_serde::to_vec(&meta).unwrap_or_default(),
-        ));
-        let deletes = self
-            .evicted
-            .drain(..)
-            .map(|key| {
-                let mut k = KEY_PREFIX.to_vec();
-                k.extend_from_slice(key.as_bytes());
-                k
-            })
-            .collect();
-        Some(StateDelta {
-            puts,
-            deletes,
-            keys: self.keys.len(),
-        })
+        Some(StateDelta::of_keys(
+            &self.keys,
+            &mut self.dirty,
+            &mut self.evicted,
+            &meta,
+        ))
     }
 
     fn checkpoint_due(&self) -> bool {
