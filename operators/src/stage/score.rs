@@ -598,7 +598,7 @@ impl Stage for ScoreStage {
 
     fn end_batch(&mut self, out: &mut Emitter) {
         self.run_models(out);
-        if self.meta.max_event_ms - self.last_eviction_ms >= 60_000 {
+        if self.meta.max_event_ms.saturating_sub(self.last_eviction_ms) >= 60_000 {
             self.last_eviction_ms = self.meta.max_event_ms;
             self.evict();
         }
