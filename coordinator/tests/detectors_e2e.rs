@@ -643,3 +643,104 @@ schema:
         "{one:#}"
     );
 }
+
+/// `anom train --apply` against a coordinator that sees the models directory: the definition
+/// comes from the coordinator, the model is written there, checked by the coordinator, and the
+/// detector becomes version 2 of the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anom_train_applies_the_detector_as_a_new_version() {
+    let env = Env::start().await;
+    let models_dir = env.dir.path().join("pipelines");
+    std::fs::create_dir_all(&models_dir).unwrap();
+    let addr = support::free_addr();
+    let _coordinator = support::spawn_coordinator(
+        &env.url(),
+        addr,
+        &env.dir.path().join("coordinator"),
+        &["--models-dir", models_dir.to_str().unwrap()],
+    );
+    let _ = support::coordinator_channel(addr).await;
+    let coordinator = format!("http://{addr}");
+    let anom = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+            .args(args)
+            .env("ANOM_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = env.dir.path().join("readings.yaml");
+    std::fs::write(
+        &file,
+        "name: readings\nkey: sensor\nschema:\n  sensor: { type: string, required: true }\n  value: { type: float, required: true }\n",
+    )
+    .unwrap();
+    let (ok, _, err) = anom(&[
+        "pipeline",
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--coordinator",
+        &coordinator,
+    ]);
+    assert!(ok, "{err}");
+    // A detector naming a model file that is not there is refused by this coordinator.
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file).unwrap()
+            + "detectors:\n  - { name: f, kind: onnx, model: models/none.onnx, features: [value], threshold: 0.6 }\n",
+    )
+    .unwrap();
+    let (ok, _, err) = anom(&[
+        "pipeline",
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--coordinator",
+        &coordinator,
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("detectors[0].model") && err.contains("models/none.onnx"),
+        "{err}"
+    );
+
+    let js = env.js().await;
+    let mut rng = StdRng::seed_from_u64(9);
+    let events: Vec<serde_json::Value> = (0..400)
+        .map(|i| serde_json::json!({"sensor": format!("s{}", i % 4), "value": 5.0 + gauss(&mut rng) as f64}))
+        .collect();
+    publish(&js, "anom.readings.in", &events).await;
+    let (ok, out, err) = anom(&[
+        "train",
+        "--pipeline",
+        "readings",
+        "--features",
+        "value",
+        "--nats",
+        &env.url(),
+        "--coordinator",
+        &coordinator,
+        "--models-dir",
+        models_dir.to_str().unwrap(),
+        "--apply",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("trained on 400 events"), "{out}");
+    assert!(
+        out.contains("readings: version 2 applied with detector readings_forest"),
+        "{out}"
+    );
+    let (ok, yaml, err) = anom(&["pipeline", "get", "readings", "--coordinator", &coordinator]);
+    assert!(ok, "{err}");
+    let p = anom_operators::pipeline::Pipeline::from_yaml(&yaml).unwrap();
+    assert_eq!(p.detectors.len(), 1);
+    assert_eq!(p.detectors[0].name, "readings_forest");
+    assert!(models_dir
+        .join("models/readings-readings_forest.onnx")
+        .exists());
+}
