@@ -169,6 +169,34 @@ pub struct Worker {
     cluster: Option<Cluster>,
 }
 
+/// Runs `attempt` until it succeeds, for up to about 30 s: right after a JetStream cluster
+/// forms, or while one of its nodes is down, creating a replicated bucket can be refused ("no
+/// suitable peers for placement"), which is no reason for a worker to give up.
+async fn retrying<T, E, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Result<T, WorkerError>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() < Duration::from_secs(30) && !shutdown.is_cancelled() => {
+                warn!(error = %e, "{what} not available yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(WorkerError::Cluster(e.to_string())),
+        }
+    }
+}
+
 /// Connects with settings suited to the runtime's batch sizes. `url` may list several
 /// servers of a cluster, comma-separated; the client fails over between them.
 pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
@@ -222,13 +250,15 @@ impl Worker {
             &worker.config.worker_id,
             worker.config.streams.replicas,
         );
-        let cluster_error = |e: &dyn std::fmt::Display| WorkerError::Cluster(e.to_string());
-        let owners = Owners::watch(js, id, replicas, worker.shutdown.clone())
-            .await
-            .map_err(|e| cluster_error(&e))?;
-        let snapshots = Snapshots::open(js, replicas, id)
-            .await
-            .map_err(|e| cluster_error(&e))?;
+        let shutdown = worker.shutdown.clone();
+        let owners = retrying("owners bucket", &shutdown, || {
+            Owners::watch(js, id, replicas, shutdown.clone())
+        })
+        .await?;
+        let snapshots = retrying("state snapshot bucket", &shutdown, || {
+            Snapshots::open(js, replicas, id)
+        })
+        .await?;
         worker.cluster = Some(Cluster { owners, snapshots });
         Ok(worker)
     }
