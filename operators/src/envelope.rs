@@ -41,6 +41,17 @@ pub struct Meta {
     pub origin_index: u32,
 }
 
+impl Meta {
+    /// The `Nats-Msg-Id` of this event's output from `stage`: derived from the event's
+    /// identity, so a republished output is recognised as a duplicate.
+    pub fn output_id(&self, stage: &str) -> String {
+        format!(
+            "{}:{stage}:{}:{}",
+            self.pipeline, self.origin_seq, self.origin_index
+        )
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
     #[serde(default)]

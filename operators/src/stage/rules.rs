@@ -71,10 +71,7 @@ impl Stage for Rules {
         if env.analysis.verdict.is_some() {
             out.emit(
                 p.subjects.detections(env.meta.partition),
-                format!(
-                    "{}:{NAME}:{}:{}",
-                    p.name, env.meta.origin_seq, env.meta.origin_index
-                ),
+                env.meta.output_id(NAME),
                 env.encode(),
             );
         }

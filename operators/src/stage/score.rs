@@ -380,14 +380,7 @@ impl ScoreStage {
             }
             let mut env = w.env;
             env.analysis.scores.sort_by_key(|s| s.detector);
-            out.emit(
-                self.subject.clone(),
-                format!(
-                    "{}:{NAME}:{}:{}",
-                    p.name, env.meta.origin_seq, env.meta.origin_index
-                ),
-                env.encode(),
-            );
+            out.emit(self.subject.clone(), env.meta.output_id(NAME), env.encode());
         }
     }
 }

@@ -458,10 +458,7 @@ impl Stage for WindowStage {
         self.dirty.insert(key);
         out.emit(
             self.enriched_subject.clone(),
-            format!(
-                "{}:{NAME}:{}:{}",
-                p.name, env.meta.origin_seq, env.meta.origin_index
-            ),
+            env.meta.output_id(NAME),
             env.encode(),
         );
         Ok(())
