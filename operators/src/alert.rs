@@ -1,5 +1,6 @@
-//! The alert record: what Anom publishes on `anom.<pipeline>.alerts` and sends to sinks.
-//! JSON, so any language can read it; its fields are documented in docs/alerts.md.
+//! The alert record: one alert's current state, kept in the `ANOM_ALERTS` key-value bucket
+//! and published on `anom.<pipeline>.alerts` at every change of status. JSON, so any
+//! language can read it; its fields are documented in docs/alerts.md.
 
 use std::collections::BTreeMap;
 
@@ -9,31 +10,35 @@ use crate::pipeline::Severity;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// Stable identity: `<pipeline>:<rule or detector>:<ingest sequence>:<index>`. The same event and rule
-    /// always give the same id, so receivers can deduplicate on it.
+    /// The alert's identity (a fingerprint of pipeline, rule or detector, key and the labels
+    /// the pipeline names): it stays the same while the alert fires again, is acknowledged
+    /// and resolves, so receivers can update one record instead of creating another.
     pub id: String,
     pub pipeline: String,
     pub pipeline_version: String,
     /// The rule or detector that raised it.
     pub rule: String,
     pub severity: Severity,
-    /// `firing`, or `resolved` when the condition ended (a silent key sent data again).
+    /// `firing`, `acknowledged` (someone is on it; it still fires) or `resolved`.
     #[serde(default)]
     pub status: AlertStatus,
     pub key: String,
-    /// The rule's message template, rendered.
+    /// The rule's message template, rendered for the latest detection.
     pub message: String,
     /// Why it fired, in words: the condition and the values it saw.
     pub explanation: String,
-    /// RFC 3339.
+    /// RFC 3339 times of the latest detection.
     pub event_time: String,
     pub ingest_time: String,
     pub raised_at: String,
+    /// Every label: `pipeline`, `rule`, `key`, `severity`, the rule's own labels and the
+    /// event fields the pipeline names in `alerts.labels`. Routes, silences and inhibitions
+    /// match on these.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// The validated event.
+    /// The validated event of the latest detection (empty for a silent key).
     pub event: serde_json::Map<String, serde_json::Value>,
-    /// Where the event is in the ingest stream.
+    /// Where that event is in the ingest stream.
     pub source: Source,
     /// For a detector's alert: its score and what drove it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,6 +46,42 @@ pub struct Alert {
     /// When the event raised more than this alert: every cause, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
+    /// When this occurrence started firing (RFC 3339, wall clock).
+    #[serde(default)]
+    pub starts_at: String,
+    /// When it last changed (a detection, an acknowledgement, a resolution).
+    #[serde(default)]
+    pub updated_at: String,
+    /// When it resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+    /// Detections folded into this occurrence.
+    #[serde(default)]
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<String>,
+    /// What ended it: the end condition in words, `resolve_timeout`, or who resolved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+    /// Its transitions, oldest first (the last 50).
+    #[serde(default)]
+    pub history: Vec<Transition>,
+    /// Bumped on every change: `<id>:<version>` names one published state.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// One change of an alert's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at: String,
+    pub status: AlertStatus,
+    /// `anom` for the pipeline's own decisions, else the user who acknowledged or resolved.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +102,43 @@ pub struct Detection {
 pub enum AlertStatus {
     #[default]
     Firing,
+    Acknowledged,
     Resolved,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Acknowledged => "acknowledged",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+
+    /// Firing or acknowledged: the condition still holds.
+    pub fn is_active(self) -> bool {
+        self != AlertStatus::Resolved
+    }
+}
+
+impl std::fmt::Display for AlertStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AlertStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "firing" => Ok(AlertStatus::Firing),
+            "acknowledged" => Ok(AlertStatus::Acknowledged),
+            "resolved" => Ok(AlertStatus::Resolved),
+            _ => Err(format!(
+                "expected firing, acknowledged or resolved, found `{s}`"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod alert;
+pub mod alerting;
 pub mod checkpoint;
 pub mod detector;
 pub mod duration;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+use super::alerts::AlertsDef;
 use super::condition::When;
 
 /// One pipeline: what its events look like, how they are keyed, and what to alert on.
@@ -391,6 +392,12 @@ pub struct RuleDef {
     /// Labels copied onto every alert of this rule.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Fire only once the condition has held for a key this long (event time), e.g. `5m`.
+    #[serde(default, rename = "for")]
+    pub for_: Option<super::alerts::Dur>,
+    /// Keep firing this long after the condition stopped holding (damps flapping).
+    #[serde(default)]
+    pub keep_firing_for: Option<super::alerts::Dur>,
 }
 
 #[derive(
@@ -412,58 +419,6 @@ impl fmt::Display for Severity {
             Severity::Critical => "critical",
         })
     }
-}
-
-/// Alert destinations. Every alert is also published to `anom.<pipeline>.alerts`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertsDef {
-    #[serde(default)]
-    pub sinks: Vec<SinkDef>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkDef {
-    Webhook(WebhookDef),
-}
-
-/// POSTs each alert as JSON to a URL, retrying with backoff, then dead-letters it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookDef {
-    /// Identifier of the sink, unique in the pipeline.
-    pub name: String,
-    /// http:// or https:// URL.
-    pub url: String,
-    /// Per-request timeout (default 5s).
-    #[serde(default = "default_timeout", with = "crate::duration")]
-    pub timeout: Duration,
-    /// Attempts before the alert goes to the dead-letter subject (default 10).
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// First retry delay, doubled on each attempt (default 200ms).
-    #[serde(default = "default_backoff", with = "crate::duration")]
-    pub backoff: Duration,
-    /// Longest retry delay (default 30s).
-    #[serde(default = "default_max_backoff", with = "crate::duration")]
-    pub max_backoff: Duration,
-    /// Extra request headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_max_attempts() -> u32 {
-    10
-}
-fn default_backoff() -> Duration {
-    Duration::from_millis(200)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(30)
 }
 
 /// A YAML mapping that keeps its keys in file order (the schema's field order matters).

@@ -2,6 +2,7 @@
 //! plan the operators run (`Pipeline`). Parsing and checking happen here, once; the hot path
 //! only sees typed, compiled parts.
 
+pub mod alerts;
 pub mod condition;
 pub mod definition;
 pub mod detectors;
@@ -9,19 +10,20 @@ pub mod inline;
 mod position;
 pub mod schema;
 pub mod scope;
+pub mod sinks;
 pub mod template;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use alerts::{AlertPolicy, Grouping, Inhibit, Route};
 pub use condition::{CompareOp, Condition, Scalar, When};
-pub use definition::{
-    AlertOn, Clock, Direction, ModelOutput, PipelineDef, Severity, SinkDef, StateDef, WebhookDef,
-};
+pub use definition::{AlertOn, Clock, Direction, ModelOutput, PipelineDef, Severity, StateDef};
 pub use detectors::{DetectorKind, DetectorSpec, ModelRef};
 pub use schema::{Field, FieldType, Schema};
 pub use scope::RowScope;
+pub use sinks::{RateLimit, Retry, SinkDef, WebhookDef};
 pub use template::Template;
 
 use std::time::Duration;
@@ -47,6 +49,8 @@ pub struct Pipeline {
     /// Condition rules first, then absence rules; a hit names a rule by its index here.
     pub rules: Vec<Rule>,
     pub sinks: Vec<SinkDef>,
+    /// The compiled `alerts:` section: alert labels, routes, inhibitions.
+    pub alerting: AlertPolicy,
     pub subjects: Subjects,
     /// Per-key aggregates, in declaration order: the envelope's `enrichment` holds their
     /// values in this order, after the schema's fields in the rules' rows.
@@ -71,6 +75,10 @@ pub struct Rule {
     pub message: Template,
     pub labels: BTreeMap<String, String>,
     pub kind: RuleKind,
+    /// How long the condition must hold for a key (in event time) before the alert fires.
+    pub for_: Duration,
+    /// How long the alert keeps firing after the condition stopped holding.
+    pub keep_firing_for: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -625,6 +633,8 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
                 message,
                 labels: r.labels.clone(),
                 kind: RuleKind::Condition(condition),
+                for_: r.for_.map_or(Duration::ZERO, |d| d.0),
+                keep_firing_for: r.keep_firing_for.map_or(Duration::ZERO, |d| d.0),
             });
         }
     }
@@ -669,6 +679,8 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
                 severity: a.severity,
                 message,
                 labels: a.labels.clone(),
+                for_: Duration::ZERO,
+                keep_firing_for: Duration::ZERO,
                 kind: RuleKind::Absence(Absence {
                     after: a.after,
                     keys: a.keys.clone(),
@@ -689,45 +701,11 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         }
     }
 
-    let mut sink_names: Vec<&str> = Vec::new();
-    for (i, s) in def.alerts.sinks.iter().enumerate() {
-        let SinkDef::Webhook(w) = s;
-        let path = format!("alerts.sinks[{i}]");
-        if sink_names.contains(&w.name.as_str()) {
-            error(
-                format!("{path}.name"),
-                format!("sink `{}` is declared twice", w.name),
-                None,
-            );
-        }
-        if !valid_pipeline_name(&w.name) {
-            error(
-                format!("{path}.name"),
-                format!("`{}` is not a valid sink name: expected lowercase letters, digits, `_` and `-`", w.name),
-                None,
-            );
-        }
-        sink_names.push(&w.name);
-        match reqwest::Url::parse(&w.url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => error(
-                format!("{path}.url"),
-                format!(
-                    "expected an http:// or https:// URL, found scheme `{}`",
-                    u.scheme()
-                ),
-                None,
-            ),
-            Err(e) => error(format!("{path}.url"), format!("expected a URL: {e}"), None),
-        }
-        if w.max_attempts == 0 {
-            error(
-                format!("{path}.max_attempts"),
-                "expected at least 1 attempt".into(),
-                None,
-            );
-        }
-    }
+    let alerting = alerts::compile(
+        &def.alerts,
+        &|name| schema.as_ref().and_then(|s| s.index_of(name)),
+        &mut |path, message| error(path, message, None),
+    );
 
     if !errors.is_empty() {
         return Err(DefinitionErrors(errors));
@@ -751,6 +729,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         max_event_bytes: def.max_event_bytes,
         rules,
         sinks: def.alerts.sinks.clone(),
+        alerting,
         aggregates,
         scope,
         detectors,

@@ -163,6 +163,15 @@ impl AlertStage {
             },
             detection,
             verdict,
+            starts_at: String::new(),
+            updated_at: String::new(),
+            ends_at: None,
+            count: 1,
+            acknowledged_by: None,
+            acknowledged_at: None,
+            resolved_by: None,
+            history: Vec::new(),
+            version: 0,
         }
     }
 }

@@ -1,0 +1,242 @@
+//! Where alert state lives: three JetStream key-value buckets shared by every worker and the
+//! coordinator, so it survives restarts and is the same wherever it is read.
+//!
+//! | bucket | key | value |
+//! |---|---|---|
+//! | `ANOM_ALERTS` | `<pipeline>.<alert id>` | the [`Alert`] record, its current state |
+//! | `ANOM_SILENCES` | `<pipeline>.<silence id>` | a [`Silence`](super::silence::Silence) |
+//! | `ANOM_NFLOG` | `<pipeline>.<sink>.<group hash>` | what a group last sent a sink ([`super::nflog`]) |
+//!
+//! Only a pipeline's alert stage writes `ANOM_ALERTS` (through its outputs, so a write is
+//! published before its input is acked). Users change alerts by sending a [`Command`] to
+//! that stage's input subject, never by writing the bucket.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Alert;
+use crate::pipeline::Pipeline;
+
+pub const ALERTS_BUCKET: &str = "ANOM_ALERTS";
+pub const SILENCES_BUCKET: &str = "ANOM_SILENCES";
+pub const NFLOG_BUCKET: &str = "ANOM_NFLOG";
+
+/// Header marking a message on `anom.<p>.detections.<k>` as a [`Command`], not an envelope.
+pub const COMMAND_HEADER: &str = "Anom-Command";
+
+/// How long resolved alerts and notification records are kept.
+pub const RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("alert store `{bucket}`: {source}")]
+    Nats {
+        bucket: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("alert store `{bucket}`: record `{key}` is not valid JSON: {source}")]
+    Decode {
+        bucket: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn nats(bucket: &'static str) -> impl Fn(async_nats::Error) -> StoreError {
+    move |source| StoreError::Nats { bucket, source }
+}
+
+/// The three buckets, opened (and created when missing).
+#[derive(Clone)]
+pub struct Buckets {
+    pub alerts: kv::Store,
+    pub silences: kv::Store,
+    pub nflog: kv::Store,
+}
+
+impl Buckets {
+    pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Buckets, StoreError> {
+        Ok(Buckets {
+            alerts: bucket(
+                js,
+                ALERTS_BUCKET,
+                "current state of every alert",
+                RETENTION,
+                replicas,
+            )
+            .await?,
+            silences: bucket(js, SILENCES_BUCKET, "silences", Duration::ZERO, replicas).await?,
+            nflog: bucket(
+                js,
+                NFLOG_BUCKET,
+                "what each alert group last sent each sink",
+                RETENTION,
+                replicas,
+            )
+            .await?,
+        })
+    }
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &'static str,
+    description: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, StoreError> {
+    // Right after a server (or cluster) starts, JetStream may refuse for a moment: retry.
+    let mut last = None;
+    for attempt in 0..60u64 {
+        if let Ok(store) = js.get_key_value(name).await {
+            return Ok(store);
+        }
+        match js
+            .create_key_value(kv::Config {
+                bucket: name.to_string(),
+                description: description.to_string(),
+                history: 1,
+                max_age,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(store) => return Ok(store),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100 * (attempt.min(10) + 1))).await;
+    }
+    Err(StoreError::Nats {
+        bucket: name,
+        source: last
+            .map(Into::into)
+            .unwrap_or_else(|| "unknown error".into()),
+    })
+}
+
+/// The bucket key of an alert.
+pub fn alert_key(pipeline: &str, id: &str) -> String {
+    format!("{pipeline}.{id}")
+}
+
+/// The subject a write to `bucket`'s `key` is published on (what `kv::Store::put` does).
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
+/// Every record of `pipeline` in a bucket, decoded.
+pub async fn load_all<T: serde::de::DeserializeOwned>(
+    store: &kv::Store,
+    bucket: &'static str,
+    pipeline: &str,
+) -> Result<Vec<T>, StoreError> {
+    let err = nats(bucket);
+    // The bucket's stream lists the subjects (keys) under a filter; the store reads each.
+    let prefix = kv_subject(bucket, "");
+    let mut subjects = store
+        .stream
+        .info_with_subjects(format!("{prefix}{pipeline}.>"))
+        .await
+        .map_err(|e| err(e.into()))?;
+    let mut keys = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.map_err(|e| err(e.into()))?;
+        if let Some(key) = subject.strip_prefix(&prefix) {
+            keys.push(key.to_string());
+        }
+    }
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys {
+        if let Some(bytes) = store.get(&key).await.map_err(|e| err(e.into()))? {
+            out.push(decode(bucket, &key, &bytes)?);
+        }
+    }
+    Ok(out)
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(
+    bucket: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        bucket,
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// One alert, by pipeline and id.
+pub async fn get_alert(
+    store: &kv::Store,
+    pipeline: &str,
+    id: &str,
+) -> Result<Option<Alert>, StoreError> {
+    let key = alert_key(pipeline, id);
+    match store
+        .get(&key)
+        .await
+        .map_err(|e| nats(ALERTS_BUCKET)(e.into()))?
+    {
+        Some(bytes) => Ok(Some(decode(ALERTS_BUCKET, &key, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// A user's change to one alert, carried to the alert stage that owns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// The alert's id.
+    pub alert: String,
+    pub action: Action,
+    /// Who asked.
+    pub by: String,
+    #[serde(default)]
+    pub comment: String,
+    /// Unique per request: the message id, so a retried request is applied once.
+    pub request: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Acknowledge,
+    Resolve,
+}
+
+/// Sends `command` for `alert` (of `pipeline`) to the alert stage of its key's partition.
+/// It takes effect when that stage reads it (at once when the pipeline runs).
+pub async fn send_command(
+    js: &jetstream::Context,
+    pipeline: &Pipeline,
+    key: &str,
+    command: &Command,
+) -> Result<(), StoreError> {
+    let partition = crate::stage::validate::partition_of(key, pipeline.partitions);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(COMMAND_HEADER, "1");
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        command.request.as_str(),
+    );
+    let payload = serde_json::to_vec(command).expect("commands serialize");
+    let err = nats(ALERTS_BUCKET);
+    js.publish_with_headers(
+        pipeline.subjects.detections(partition),
+        headers,
+        payload.into(),
+    )
+    .await
+    .map_err(|e| err(e.into()))?
+    .await
+    .map_err(|e| err(e.into()))?;
+    Ok(())
+}
