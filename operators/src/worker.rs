@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::fence::{Fence, Owners};
 use crate::metrics::Metrics;
 use crate::model::ModelRegistry;
-use crate::pipeline::{Pipeline, SinkDef};
+use crate::pipeline::Pipeline;
 use crate::runtime::{run_sink, run_stage, Binding, Runtime, RuntimeOptions, SnapshotPolicy};
 use crate::sink::webhook::Webhook;
 use crate::snapshot::Snapshots;
@@ -460,10 +460,7 @@ impl Worker {
         };
         let task = match &a.unit.stage {
             UnitStage::Sink(name) => {
-                let Some(def) = pipeline.sinks.iter().find_map(|s| {
-                    let SinkDef::Webhook(def) = s;
-                    (def.name == *name).then_some(def)
-                }) else {
+                let Some(def) = pipeline.sinks.iter().find(|s| s.name() == name) else {
                     warn!(unit = %a.unit, "the pipeline has no such sink; not started");
                     return Ok(None);
                 };
