@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{http_client, http_outcome, Delivery};
+use super::{http_client, http_delivery, Delivery};
 use crate::alerting::Notification;
 use crate::pipeline::WebhookDef;
 
@@ -70,7 +70,7 @@ impl Webhook {
                 .map_or(0, |d| d.as_secs());
             request = request.header(SIGNATURE_HEADER, signature(secret, t, &body));
         }
-        http_outcome(request.body(body).send().await)
+        http_delivery(request.body(body).send().await).await
     }
 }
 
