@@ -196,8 +196,16 @@ impl Lifecycle {
     }
 
     /// The condition no longer holds for alert `id` at event time `event_ms`; `why` says so
-    /// in words ("durationMs = 120: `durationMs > 5000` no longer holds").
-    pub fn cleared(&mut self, id: &str, why: &str, event_ms: i64, now_ms: i64) {
+    /// in words ("`durationMs > 5000` no longer holds for key A: durationMs = 120"). `ended_by`:
+    /// the record of the event that showed it, whose event context the resolved alert keeps.
+    pub fn cleared(
+        &mut self,
+        id: &str,
+        why: &str,
+        ended_by: Option<Alert>,
+        event_ms: i64,
+        now_ms: i64,
+    ) {
         let Some(t) = self.alerts.get_mut(id) else {
             return;
         };
@@ -207,6 +215,11 @@ impl Lifecycle {
         }
         let (since, _) = *t.clearing_since.get_or_insert((event_ms, now_ms));
         if event_ms - since >= t.keep_firing_for.as_millis() as i64 {
+            if let Some(e) = ended_by {
+                let a = &mut t.alert;
+                (a.event, a.source, a.event_time, a.ingest_time) =
+                    (e.event, e.source, e.event_time, e.ingest_time);
+            }
             self.resolve(id, "anom", why.to_string(), now_ms);
         }
     }

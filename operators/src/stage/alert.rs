@@ -321,7 +321,9 @@ impl Stage for AlertStage {
                 if note.resolved {
                     let (id, _) = identity(p, &rule.name, rule.severity, &rule.labels, key, None);
                     let why = explain(p, rule, &env, &row);
-                    self.lifecycle.cleared(&id, &why, event_ms, now_ms);
+                    let ended_by = self.record(&env, &row, Cause::Rule(rule), now);
+                    self.lifecycle
+                        .cleared(&id, &why, Some(ended_by), event_ms, now_ms);
                 } else {
                     let a = self.record(&env, &row, Cause::Rule(rule), now);
                     self.lifecycle
@@ -351,7 +353,9 @@ impl Stage for AlertStage {
                 if self.lifecycle.is_tracking(&id) {
                     let values = condition_values(p, condition, &row);
                     let why = format!("`{}` no longer holds for key {key}{values}", rule.when);
-                    self.lifecycle.cleared(&id, &why, event_ms, now_ms);
+                    let ended_by = self.record(&env, &row, Cause::Rule(rule), now);
+                    self.lifecycle
+                        .cleared(&id, &why, Some(ended_by), event_ms, now_ms);
                 }
             }
         }
@@ -373,7 +377,9 @@ impl Stage for AlertStage {
                         "{} score {:.3} is back on the usual side of its threshold {} for key {key}",
                         d.name, score.score, d.threshold
                     );
-                    self.lifecycle.cleared(&id, &why, event_ms, now_ms);
+                    let ended_by = self.record(&env, &row, Cause::Detector(d, score), now);
+                    self.lifecycle
+                        .cleared(&id, &why, Some(ended_by), event_ms, now_ms);
                 }
             }
         }

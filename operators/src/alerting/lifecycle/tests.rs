@@ -65,7 +65,7 @@ fn repeated_detections_update_one_alert_and_a_clear_resolves_it() {
     assert_eq!(c.updates.len(), 1);
     assert_eq!((c.updates[0].count, c.updates[0].version), (5, 5));
     assert_eq!(c.updates[0].explanation, "d4");
-    l.cleared("a", "back in range", T0 + 20, T0 + 20);
+    l.cleared("a", "back in range", None, T0 + 20, T0 + 20);
     let c = l.take_changes(T0 + 21, false);
     assert_eq!(statuses(&c), vec![("a".into(), AlertStatus::Resolved, 6)]);
     assert_eq!(
@@ -105,19 +105,19 @@ fn for_waits_in_event_time_and_keep_firing_for_damps_a_clear() {
     l.detected(detection("a", "x"), timing, true, T0 + 60_000, T0 + 3);
     assert_eq!(l.take_changes(T0 + 4, false).transitions.len(), 1);
     // A clear starts keep_firing_for; a detection inside it cancels the clear.
-    l.cleared("a", "ok", T0 + 70_000, T0 + 5);
+    l.cleared("a", "ok", None, T0 + 70_000, T0 + 5);
     l.detected(detection("a", "x"), timing, true, T0 + 80_000, T0 + 6);
-    l.cleared("a", "ok", T0 + 90_000, T0 + 7);
-    l.cleared("a", "ok", T0 + 119_999, T0 + 8);
+    l.cleared("a", "ok", None, T0 + 90_000, T0 + 7);
+    l.cleared("a", "ok", None, T0 + 119_999, T0 + 8);
     assert!(l.take_changes(T0 + 9, true).transitions.is_empty());
-    l.cleared("a", "ok", T0 + 120_000, T0 + 10);
+    l.cleared("a", "ok", None, T0 + 120_000, T0 + 10);
     assert_eq!(
         statuses(&l.take_changes(T0 + 11, true))[0].1,
         AlertStatus::Resolved
     );
     // A pending alert whose condition stops holding starts over.
     l.detected(detection("b", "x"), timing, true, T0, T0);
-    l.cleared("b", "ok", T0 + 30_000, T0);
+    l.cleared("b", "ok", None, T0 + 30_000, T0);
     l.detected(detection("b", "x"), timing, true, T0 + 61_000, T0);
     assert!(l.take_changes(T0, true).transitions.is_empty());
 }
@@ -130,7 +130,7 @@ fn keep_firing_for_ends_on_the_wall_clock_when_the_key_goes_quiet() {
     };
     let mut l = Lifecycle::new(Vec::new(), None, T0);
     l.detected(detection("a", "x"), timing, true, T0, T0);
-    l.cleared("a", "ok", T0 + 1_000, T0 + 1_000);
+    l.cleared("a", "ok", None, T0 + 1_000, T0 + 1_000);
     l.tick(T0 + 30_999);
     assert_eq!(
         l.take_changes(T0, true).transitions.len(),
