@@ -5,12 +5,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{read_stream, repo_root, stream_len, wait_for, Env, Receiver};
-use tokio::process::{Child, Command};
+use support::{read_stream, repo_root, spawn_worker, stream_len, wait_for, Env, Receiver};
 
 const EVENTS: usize = 10_000;
 
@@ -55,20 +53,6 @@ fn expected() -> (
         }
     }
     (out, firing)
-}
-
-fn spawn_worker(url: &str, dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_anom"))
-        .args(["worker", "--nats", url, "--pipelines"])
-        .arg(dir)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .env("ANOM_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("anom worker starts")
 }
 
 async fn alert_count(js: &async_nats::jetstream::Context) -> u64 {

@@ -3,9 +3,9 @@
 //! (aiosmtpd, scripts/smtp/server.py in the project's own virtualenv) receives the mails.
 //! Each test sends one notification and checks what arrived and the delivery outcome.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,6 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const HOOK_SECRET: &str = "s3cr3t-for-the-hook";
 const PD_KEY: &str = "R0UTING0KEY0FOR0TESTS000000000000";
@@ -95,6 +94,7 @@ fn alert(i: usize, status: AlertStatus) -> Alert {
         resolved_by: None,
         history: vec![],
         version: 1,
+        tracking: Default::default(),
     }
 }
 
@@ -531,68 +531,6 @@ async fn pagerduty_retries_throttling_and_fails_invalid_events() {
 // ---------------------------------------------------------------------------------------
 // Email, through a real SMTP server.
 
-/// scripts/smtp/server.py, listening on a free loopback port; killed when dropped.
-struct SmtpServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    _child: tokio::process::Child,
-}
-
-impl SmtpServer {
-    async fn start(args: &[&str]) -> SmtpServer {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        // The script makes the virtualenv on first use. A broken one fails the test: the
-        // email sink would otherwise go untested without anyone noticing.
-        let out = std::process::Command::new(root.join("scripts/smtp/venv"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/smtp/venv runs");
-        assert!(out.status.success(), "scripts/smtp/venv failed");
-        let python = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(python)
-            .arg(root.join("scripts/smtp/server.py"))
-            .args(["--port", "0", "--dir"])
-            .arg(dir.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the SMTP server starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the SMTP server is ready within 30 s")
-            .unwrap()
-            .expect("the SMTP server prints `ready <port>`");
-        let port = line
-            .strip_prefix("ready ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("expected `ready <port>`, found `{line}`"));
-        SmtpServer {
-            port,
-            dir,
-            _child: child,
-        }
-    }
-
-    /// The messages received so far, oldest first: (envelope, raw message).
-    fn received(&self) -> Vec<(Value, Vec<u8>)> {
-        let mut out = Vec::new();
-        for i in 1.. {
-            let base = self.dir.path().join(i.to_string());
-            let (Ok(meta), Ok(eml)) = (
-                std::fs::read(base.with_extension("json")),
-                std::fs::read(base.with_extension("eml")),
-            ) else {
-                break;
-            };
-            out.push((serde_json::from_slice(&meta).unwrap(), eml));
-        }
-        out
-    }
-}
-
 fn email_sink(port: u16, extra: &str) -> AnySink {
     build(&format!(
         "- type: email\n  name: mail\n  to: [ops@example.com, 'Ana Lyst <ana@example.org>']\n  \
@@ -604,7 +542,7 @@ fn email_sink(port: u16, extra: &str) -> AnySink {
 #[tokio::test]
 async fn email_sends_text_and_html_with_every_alert_and_why() {
     init();
-    let smtp = SmtpServer::start(&["--auth", "anom:hunter2"]).await;
+    let smtp = support::smtp::SmtpServer::start(&["--auth", "anom:hunter2"]).await;
     let sink = email_sink(
         smtp.port,
         ", username: anom, password_env: ANOM_TEST_SMTP_PASSWORD",
@@ -699,7 +637,7 @@ async fn email_sends_text_and_html_with_every_alert_and_why() {
 #[tokio::test]
 async fn email_retries_a_transient_refusal_then_delivers() {
     init();
-    let smtp = SmtpServer::start(&["--fail-code", "451", "--fail-count", "1"]).await;
+    let smtp = support::smtp::SmtpServer::start(&["--fail-code", "451", "--fail-count", "1"]).await;
     let sink = email_sink(smtp.port, "");
     assert_retry(&sink.send(&firing(1)).await, "451");
     assert!(smtp.received().is_empty());
@@ -710,7 +648,7 @@ async fn email_retries_a_transient_refusal_then_delivers() {
 #[tokio::test]
 async fn email_fails_a_permanent_refusal() {
     init();
-    let smtp = SmtpServer::start(&["--fail-code", "550", "--fail-count", "1"]).await;
+    let smtp = support::smtp::SmtpServer::start(&["--fail-code", "550", "--fail-count", "1"]).await;
     assert_fail(&email_sink(smtp.port, "").send(&firing(1)).await, "550");
 }
 
@@ -727,7 +665,7 @@ async fn email_retries_when_no_server_listens_or_starttls_is_missing() {
 
     // `tls: starttls` (the default) refuses a server that does not offer STARTTLS, rather
     // than sending in clear: a configuration error, not worth retrying.
-    let smtp = SmtpServer::start(&[]).await;
+    let smtp = support::smtp::SmtpServer::start(&[]).await;
     let sink = build(&format!(
         "- type: email\n  name: mail\n  to: [ops@example.com]\n  from: anom@example.com\n  \
          smtp: {{ host: 127.0.0.1, port: {} }}",

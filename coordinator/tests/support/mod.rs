@@ -2,6 +2,10 @@
 //! HTTP webhook receiver, and helpers to read streams back.
 #![allow(dead_code)]
 
+#[allow(dead_code)]
+#[path = "../../../operators/tests/support/smtp.rs"]
+pub mod smtp;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,6 +86,23 @@ pub async fn start_worker(env: &Env, dir: &Path) -> Running {
         shutdown,
         task: tokio::spawn(worker.run_until_shutdown()),
     }
+}
+
+/// An `anom worker` process on the pipelines in `dir` (state in `dir/state`), for tests that
+/// kill it; killed when dropped.
+#[allow(dead_code)]
+pub fn spawn_worker(url: &str, dir: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .args(["worker", "--nats", url, "--pipelines"])
+        .arg(dir)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("ANOM_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("anom worker starts")
 }
 
 /// Publishes JSON events to `subject` and waits until JetStream has stored every one.
@@ -228,19 +249,29 @@ pub struct Receiver {
     pub bodies: Recorded,
     /// The HTTP status it answers with (200 unless changed).
     pub status: Arc<std::sync::atomic::AtomicU16>,
+    /// How long it takes to answer, in ms (0 unless changed); a request is recorded when it
+    /// arrives.
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 }
 
 impl Receiver {
     /// Listens on `addr` (port 0 for a free one).
     pub async fn start(addr: SocketAddr) -> Receiver {
-        Self::start_recording(addr, Arc::new(Mutex::new(Vec::new())), Arc::new(200.into())).await
+        Self::start_recording(
+            addr,
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(200.into()),
+            Arc::new(0.into()),
+        )
+        .await
     }
 
     async fn start_recording(
         addr: SocketAddr,
         bodies: Recorded,
         status: Arc<std::sync::atomic::AtomicU16>,
+        delay_ms: Arc<std::sync::atomic::AtomicU64>,
     ) -> Receiver {
         use axum::{routing::post, Router};
         let listener = tokio::net::TcpListener::bind(addr)
@@ -250,12 +281,14 @@ impl Receiver {
         let stop = CancellationToken::new();
         let recorded = bodies.clone();
         let answer = status.clone();
+        let delay = delay_ms.clone();
         let app = Router::new().route(
             "/hook",
             post(
                 move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                     let recorded = recorded.clone();
                     let answer = answer.clone();
+                    let delay = delay.clone();
                     async move {
                         let h = headers
                             .iter()
@@ -265,6 +298,8 @@ impl Receiver {
                             .collect();
                         let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                         recorded.lock().unwrap().push((h, json));
+                        let wait = delay.load(std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
                         let code = answer.load(std::sync::atomic::Ordering::SeqCst);
                         axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::OK)
                     }
@@ -281,6 +316,7 @@ impl Receiver {
             addr,
             bodies,
             status,
+            delay_ms,
             stop,
         }
     }
@@ -297,7 +333,13 @@ impl Receiver {
 
     /// Listens again on the same port, keeping what was recorded.
     pub async fn restart(&self) -> Receiver {
-        Self::start_recording(self.addr, self.bodies.clone(), self.status.clone()).await
+        Self::start_recording(
+            self.addr,
+            self.bodies.clone(),
+            self.status.clone(),
+            self.delay_ms.clone(),
+        )
+        .await
     }
 
     /// Waits until at least `n` requests arrived (or `limit` passes); returns whether they did.

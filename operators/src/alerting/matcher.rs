@@ -125,6 +125,13 @@ impl fmt::Display for Matcher {
     }
 }
 
+impl std::str::FromStr for Matcher {
+    type Err = MatcherError;
+    fn from_str(s: &str) -> Result<Matcher, MatcherError> {
+        Matcher::parse(s)
+    }
+}
+
 impl PartialEq for Matcher {
     fn eq(&self, other: &Self) -> bool {
         self.label == other.label && self.op == other.op && self.value == other.value

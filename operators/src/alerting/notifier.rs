@@ -183,8 +183,18 @@ impl Notifier {
             }
             self.log.insert(e.group_key.clone(), e);
         }
-        let mut alerts = self.buckets.alerts.watch(format!("{p}.>")).await?;
-        let mut silences = self.buckets.silences.watch(format!("{p}.>")).await?;
+        // With history: the current record of every key first (after a restart, the alerts
+        // and silences as they stand), then each change.
+        let mut alerts = self
+            .buckets
+            .alerts
+            .watch_with_history(format!("{p}.>"))
+            .await?;
+        let mut silences = self
+            .buckets
+            .silences
+            .watch_with_history(format!("{p}.>"))
+            .await?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
