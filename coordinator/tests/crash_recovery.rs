@@ -31,10 +31,13 @@ fn event(i: usize) -> serde_json::Value {
 /// Every change of status the routes rules must publish, by plain code: (rule, fileName of
 /// the event behind it, status). A (rule, route) alert fires on a hit and resolves on the
 /// route's next event that does not hit. Also returns the alerts still firing at the end.
-fn expected() -> (
+/// (rule, fileName, status) per change of status, and the (rule, route) alerts still firing.
+type Expected = (
     BTreeSet<(String, String, String)>,
     BTreeSet<(String, String)>,
-) {
+);
+
+fn expected() -> Expected {
     let mut out = BTreeSet::new();
     let mut firing: BTreeSet<(String, String)> = BTreeSet::new();
     for i in 0..EVENTS {
