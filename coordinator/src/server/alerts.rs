@@ -19,6 +19,8 @@ use anom_operators::alerting::store::{
 };
 use anom_operators::alerting::{matcher, silence, Action, Command, Matcher, Silence};
 use anom_operators::pipeline::{Pipeline, Severity};
+use anom_operators::stage::validate::partition_of;
+use anom_operators::unit::{UnitId, UnitStage};
 use anom_proto::v1;
 use anom_proto::v1::alerts_server::Alerts;
 use futures::StreamExt;
@@ -330,6 +332,13 @@ fn unavailable(e: StoreError) -> Status {
     Status::unavailable(e.to_string())
 }
 
+/// The command is in the stage's input but not applied.
+fn accepted_note(why: &str) -> String {
+    format!(
+        "accepted; the pipeline's alert stage has not applied it yet: {why}. It takes effect when the stage reads it."
+    )
+}
+
 /// A fresh random id, hex (`bytes` random bytes).
 fn random_id(bytes: usize) -> String {
     use rand::Rng;
@@ -381,6 +390,30 @@ impl AlertService {
             Status::failed_precondition(format!(
                 "pipeline `{name}`: its current version does not compile, so its alert stage does not run"
             ))
+        })
+    }
+
+    /// Why the alert stage that owns `key` cannot apply a command now, if it cannot (the
+    /// pipeline is paused, or no worker runs that stage): then there is nothing to wait for.
+    async fn stage_down(&self, pipeline: &Pipeline, key: &str) -> Option<String> {
+        let state = self.control.lock().await;
+        if state
+            .pipelines
+            .get(&pipeline.name)
+            .is_some_and(|p| p.paused)
+        {
+            return Some(format!("pipeline `{}` is paused", pipeline.name));
+        }
+        let unit = UnitId {
+            pipeline: pipeline.name.clone(),
+            stage: UnitStage::Alert,
+            partition: partition_of(key, pipeline.partitions),
+        };
+        (!state.owners.contains_key(&unit)).then(|| {
+            format!(
+                "no worker runs its alert stage for partition {}",
+                unit.partition
+            )
         })
     }
 
@@ -493,6 +526,14 @@ impl AlertService {
         store::send_command(&self.control.js, &pipeline, &a.key, &command)
             .await
             .map_err(unavailable)?;
+        let accepted = |why: String| v1::AlertActionResponse {
+            alert: Some(before.message()),
+            applied: false,
+            note: accepted_note(&why),
+        };
+        if let Some(why) = self.stage_down(&pipeline, &a.key).await {
+            return Ok(Response::new(accepted(why)));
+        }
         let version = a.version;
         let applied = tokio::time::timeout(wait, async {
             while let Some(change) = changes.next().await {
@@ -525,20 +566,15 @@ impl AlertService {
             Some(now) => v1::AlertActionResponse {
                 note: format!(
                     "the alert resolved ({}) before the {verb} request was applied",
-                    now.alert.resolved_by.as_deref().unwrap_or("by the pipeline")
+                    now.alert
+                        .resolved_by
+                        .as_deref()
+                        .unwrap_or("by the pipeline")
                 ),
                 alert: Some(now.message()),
                 applied: false,
             },
-            None => v1::AlertActionResponse {
-                alert: Some(before.message()),
-                applied: false,
-                note: format!(
-                    "accepted; the pipeline's alert stage has not applied it yet (waited {:.1} s; is pipeline `{}` running?). It takes effect when the stage reads it.",
-                    wait.as_secs_f64(),
-                    req.pipeline
-                ),
-            },
+            None => accepted(format!("it did not within {:.1} s", wait.as_secs_f64())),
         }))
     }
 }
