@@ -26,9 +26,10 @@ use anom_proto::v1::alerts_server::Alerts;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value as Json;
 use tonic::{Request, Response, Status};
+use tracing::warn;
 
 use super::control::{now_ms, Control};
 use super::pipelines::not_found;
@@ -151,7 +152,7 @@ fn parse_matchers(texts: &[String]) -> Result<Vec<Matcher>, Status> {
 
 /// Where a page ends: the sort key of its last alert. Pages are cut by key, not by offset,
 /// so alerts that appear while a client pages through do not shift the pages after them.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Cursor {
     /// updated_at, newest first.
     updated: Reverse<i128>,
@@ -228,7 +229,7 @@ fn timestamp_ms(t: &prost_types::Timestamp) -> i64 {
 }
 
 /// An alert record as the API gives it: the main fields typed, and the record as JSON.
-pub fn alert_message(a: &Alert, json: String) -> v1::Alert {
+fn alert_message(a: &Alert, json: String) -> v1::Alert {
     v1::Alert {
         id: a.id.clone(),
         pipeline: a.pipeline.clone(),
@@ -284,7 +285,7 @@ impl Stored {
     }
 }
 
-pub fn silence_message(s: &Silence, now_ms: i64) -> v1::Silence {
+fn silence_message(s: &Silence, now_ms: i64) -> v1::Silence {
     v1::Silence {
         id: s.id.clone(),
         pipeline: s.pipeline.clone(),
@@ -438,8 +439,8 @@ fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> 
 }
 
 impl AlertService {
-    /// The names of pipelines the coordinator knows (deleted ones too: their alerts are
-    /// kept), or NOT_FOUND.
+    /// NOT_FOUND unless the coordinator knows the pipeline (deleted ones count: their alerts
+    /// are kept).
     async fn known(&self, name: &str) -> Result<(), Status> {
         let state = self.control.lock().await;
         if state.pipelines.contains_key(name) {
@@ -447,6 +448,19 @@ impl AlertService {
         } else {
             Err(not_found(name))
         }
+    }
+
+    /// The pipelines a query without one covers: those not deleted. A deleted pipeline's
+    /// alerts and silences stay in the buckets, but no stage ends them any more: they are
+    /// only listed when asked for by name.
+    async fn listed_pipelines(&self) -> Vec<String> {
+        let state = self.control.lock().await;
+        state
+            .pipelines
+            .values()
+            .filter(|p| !p.deleted)
+            .map(|p| p.name.clone())
+            .collect()
     }
 
     /// A pipeline whose alert stage can take commands.
@@ -489,15 +503,19 @@ impl AlertService {
         })
     }
 
+    /// Every alert of `pipeline`. A record that does not decode is left out (and logged)
+    /// rather than failing the whole list; Get still reports it.
     async fn load(&self, pipeline: &str) -> Result<Vec<Stored>, Status> {
-        read_bucket(&self.buckets.alerts, ALERTS_BUCKET, pipeline)
+        Ok(read_bucket(&self.buckets.alerts, ALERTS_BUCKET, pipeline)
             .await
             .map_err(unavailable)?
             .into_iter()
-            .map(|(key, json)| {
-                Stored::decode(&key, json).map_err(|e| Status::internal(e.to_string()))
+            .filter_map(|(key, json)| {
+                Stored::decode(&key, json)
+                    .inspect_err(|e| warn!(error = %e, "alert record left out of the list"))
+                    .ok()
             })
-            .collect()
+            .collect())
     }
 
     /// The stored alert and the bucket revision it is at, or NOT_FOUND.
@@ -509,7 +527,7 @@ impl AlertService {
             .entry(key.clone())
             .await
             .map_err(|e| Status::unavailable(format!("alert store `{ALERTS_BUCKET}`: {e}")))?
-            .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+            .filter(|e| e.operation == kv::Operation::Put)
             .ok_or_else(|| {
                 Status::not_found(format!("pipeline `{pipeline}` has no alert `{id}`"))
             })?;
@@ -669,15 +687,7 @@ impl Alerts for AlertService {
             Some(Cursor::parse(&req.page_token)?)
         };
         let pipelines: Vec<String> = if req.pipeline.is_empty() {
-            // Deleted pipelines' alerts stay in the bucket but no stage ends them: only
-            // listed when asked for by name.
-            let state = self.control.lock().await;
-            state
-                .pipelines
-                .values()
-                .filter(|p| !p.deleted)
-                .map(|p| p.name.clone())
-                .collect()
+            self.listed_pipelines().await
         } else {
             check_name("pipeline", &req.pipeline)?;
             self.known(&req.pipeline).await?;
@@ -819,8 +829,7 @@ impl Alerts for AlertService {
     ) -> Result<Response<v1::ListSilencesResponse>, Status> {
         let req = request.into_inner();
         let pipelines: Vec<String> = if req.pipeline.is_empty() {
-            let state = self.control.lock().await;
-            state.pipelines.keys().cloned().collect()
+            self.listed_pipelines().await
         } else {
             check_name("pipeline", &req.pipeline)?;
             self.known(&req.pipeline).await?;
@@ -888,7 +897,7 @@ impl Alerts for AlertService {
                 .entry(key.clone())
                 .await
                 .map_err(|e| store_error(&e))?
-                .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+                .filter(|e| e.operation == kv::Operation::Put)
                 .ok_or_else(missing)?;
             let mut silence: Silence = store::decode(SILENCES_BUCKET, &key, &entry.value)
                 .map_err(|e| Status::internal(e.to_string()))?;
@@ -912,12 +921,7 @@ impl Alerts for AlertService {
                 .await
             {
                 Ok(_) => return Ok(Response::new(silence_message(&silence, now))),
-                Err(e)
-                    if e.kind()
-                        == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision =>
-                {
-                    continue
-                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(store_error(&e)),
             }
         }
