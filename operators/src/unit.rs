@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::pipeline::{Pipeline, SinkDef};
+use crate::pipeline::Pipeline;
 
 /// What a unit runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,8 +138,7 @@ pub fn units(pipeline: &Pipeline) -> Vec<UnitId> {
         units.push(unit(UnitStage::Alert, k));
     }
     for sink in &pipeline.sinks {
-        let SinkDef::Webhook(def) = sink;
-        units.push(unit(UnitStage::Sink(def.name.clone()), 0));
+        units.push(unit(UnitStage::Sink(sink.name().to_string()), 0));
     }
     units
 }

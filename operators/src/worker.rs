@@ -17,12 +17,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::alerting::store::{self as alert_store, Buckets, StoreError, ALERTS_BUCKET};
 use crate::fence::{Fence, Owners};
 use crate::metrics::Metrics;
 use crate::model::ModelRegistry;
-use crate::pipeline::{Pipeline, SinkDef};
-use crate::runtime::{run_sink, run_stage, Binding, Runtime, RuntimeOptions, SnapshotPolicy};
-use crate::sink::webhook::Webhook;
+use crate::pipeline::Pipeline;
+use crate::runtime::{run_stage, Runtime, RuntimeOptions, SnapshotPolicy};
+use crate::sink::AnySink;
 use crate::snapshot::Snapshots;
 use crate::stage;
 use crate::topology::{self, StreamOptions};
@@ -81,8 +82,10 @@ pub enum WorkerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("sink: {0}")]
-    Sink(String),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Alerts(#[from] StoreError),
     #[error("keyed state in {dir}: {source}")]
     State {
         dir: PathBuf,
@@ -167,6 +170,8 @@ pub struct Worker {
     models: ModelRegistry,
     units: HashMap<UnitId, RunningUnit>,
     cluster: Option<Cluster>,
+    /// Alert state, silences and the notification log (shared by every worker).
+    alert_buckets: Buckets,
 }
 
 /// Runs `attempt` until it succeeds, for up to about 30 s: right after a JetStream cluster
@@ -301,6 +306,7 @@ impl Worker {
             }
             None => None,
         };
+        let alert_buckets = Buckets::open(&js, config.streams.replicas).await?;
         let rt = Runtime {
             js,
             options: config.runtime.clone(),
@@ -325,6 +331,7 @@ impl Worker {
             models: ModelRegistry::new(config_models_dir, metrics_for_models),
             units: HashMap::new(),
             cluster: None,
+            alert_buckets,
         })
     }
 
@@ -460,15 +467,21 @@ impl Worker {
         };
         let task = match &a.unit.stage {
             UnitStage::Sink(name) => {
-                let Some(def) = pipeline.sinks.iter().find_map(|s| {
-                    let SinkDef::Webhook(def) = s;
-                    (def.name == *name).then_some(def)
-                }) else {
+                let Some(def) = pipeline.sinks.iter().find(|s| s.name() == name) else {
                     warn!(unit = %a.unit, "the pipeline has no such sink; not started");
                     return Ok(None);
                 };
-                let _ = (def, fence, rt);
-                todo!("notifier")
+                let sink = AnySink::build(def)?;
+                tokio::spawn(crate::alerting::notifier::run(
+                    rt.js.clone(),
+                    self.alert_buckets.clone(),
+                    pipeline.clone(),
+                    def.clone(),
+                    sink,
+                    fence,
+                    stop.clone(),
+                    self.metrics.clone(),
+                ))
             }
             _ => {
                 let snapshots = match &self.cluster {
@@ -496,6 +509,24 @@ impl Worker {
                     }
                     _ => None,
                 };
+                // The alert stage owns its keys' alerts: it starts from what the bucket holds.
+                let stored_alerts = if a.unit.stage == UnitStage::Alert {
+                    match alert_store::load_all(
+                        &self.alert_buckets.alerts,
+                        ALERTS_BUCKET,
+                        &pipeline.name,
+                    )
+                    .await
+                    {
+                        Ok(all) => stage::alert::owned(pipeline, a.unit.partition, all),
+                        Err(e) => {
+                            warn!(unit = %a.unit, error = %e, "cannot read the pipeline's alerts; not started");
+                            return Ok(None);
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
                 let Some(planned) = stage::build_unit(
                     pipeline,
                     &a.unit,
@@ -504,6 +535,7 @@ impl Worker {
                     &self.db,
                     &self.models,
                     snapshots,
+                    stored_alerts,
                 )?
                 else {
                     return Ok(None);

@@ -10,8 +10,11 @@
 //! acknowledgements reach it as commands on its input), so alert state needs no locks; the
 //! notifiers only read it. See docs/alerts.md.
 
+pub mod lifecycle;
 pub mod matcher;
+pub mod nflog;
 pub mod notification;
+pub mod notifier;
 pub mod silence;
 pub mod store;
 

@@ -25,6 +25,13 @@ impl SinkDef {
         }
     }
 
+    /// Whether the sink is told when alerts are acknowledged (PagerDuty is).
+    pub fn send_acknowledged(&self) -> bool {
+        match self {
+            SinkDef::Webhook(_) => false,
+        }
+    }
+
     pub fn retry(&self) -> Retry {
         match self {
             SinkDef::Webhook(d) => Retry {

@@ -14,10 +14,6 @@
 //! Processing and confirming overlap: while batch N's publish acks are awaited by the
 //! confirmer task, batch N+1 is already being processed (acks still happen in order).
 
-mod sink;
-
-pub use sink::{run_sink, Delivery, Sink, SinkOptions};
-
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};

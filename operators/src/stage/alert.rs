@@ -1,6 +1,9 @@
-//! alert: turns each rule hit and each flagged detector (as the decision step allows) into an
-//! alert record with its message and explanation, and publishes it to `anom.<p>.alerts`, the
-//! stream every sink reads from.
+//! alert: the owner of its partition's alerts. Each rule hit and flagged detector (as the
+//! decision step allows) becomes a detection of one alert identity; the lifecycle
+//! (`alerting::lifecycle`) folds detections into that alert, resolves it when its condition
+//! stops holding, and applies users' acknowledgements (commands on this stage's input). Every
+//! change is written to the `ANOM_ALERTS` bucket and every change of status published on
+//! `anom.<p>.alerts`, both as outputs: published before the inputs that caused them are acked.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,14 +15,22 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
+use std::collections::BTreeMap;
+
 use crate::alert::{rfc3339_ms, rfc3339_us, Alert, AlertStatus, Detection, Source};
+use crate::alerting::lifecycle::{Lifecycle, Timing};
+use crate::alerting::store::{alert_key, kv_subject, Command, ALERTS_BUCKET, COMMAND_HEADER};
 use crate::duration;
 use crate::envelope::{DetectorScore, Envelope};
+use crate::expr::CompiledExpr;
 use crate::metrics::{AlertLabels, Metrics, PipelineLabels};
 use crate::pipeline::template::Context;
+use crate::pipeline::AlertOn;
 use crate::pipeline::{DetectorSpec, Pipeline, Rule, RuleKind, Severity};
+use crate::rejection::RejectKind;
 use crate::rejection::Rejection;
 use crate::runtime::{Emitter, Input, Stage};
+use crate::stage::validate::partition_of;
 use crate::subjects::INGEST_STREAM;
 use crate::value::Value;
 
@@ -27,13 +38,17 @@ pub const NAME: &str = "alert";
 
 pub struct AlertStage {
     pipeline: Arc<Pipeline>,
+    lifecycle: Lifecycle,
+    /// `$KV.ANOM_ALERTS.<pipeline>.`: where alert records are written.
+    kv_prefix: String,
     /// Alert counters by severity, resolved once.
     alerts: HashMap<Severity, Counter>,
     latency: Histogram,
 }
 
 impl AlertStage {
-    pub fn new(pipeline: Arc<Pipeline>, metrics: &Metrics) -> AlertStage {
+    /// `stored`: the alerts of the bucket this partition owns (see [`owned`]).
+    pub fn new(pipeline: Arc<Pipeline>, metrics: &Metrics, stored: Vec<Alert>) -> AlertStage {
         let alerts = [Severity::Info, Severity::Warning, Severity::Critical]
             .into_iter()
             .filter(|s| {
@@ -53,37 +68,65 @@ impl AlertStage {
             .get_or_create_owned(&PipelineLabels {
                 pipeline: pipeline.name.clone(),
             });
+        let lifecycle = Lifecycle::new(stored, pipeline.alerting.resolve_timeout, now_us() / 1000);
+        let kv_prefix = kv_subject(ALERTS_BUCKET, &alert_key(&pipeline.name, ""));
         AlertStage {
             pipeline,
+            lifecycle,
+            kv_prefix,
             alerts,
             latency,
         }
     }
 
-    fn record(&self, env: &Envelope, cause: Cause<'_>, now_us: i64) -> Alert {
+    /// Writes and publishes what changed.
+    fn publish(&mut self, out: &mut Emitter, now_ms: i64, flush: bool) {
+        let p = &*self.pipeline;
+        let changes = self.lifecycle.take_changes(now_ms, flush);
+        for a in &changes.transitions {
+            if a.status == AlertStatus::Firing
+                && a.history
+                    .last()
+                    .is_some_and(|t| t.status == AlertStatus::Firing)
+            {
+                if let Some(c) = self.alerts.get(&a.severity) {
+                    c.inc();
+                }
+                if let Some(ingest_us) = crate::alerting::silence::millis(&a.ingest_time) {
+                    self.latency
+                        .observe((now_ms - ingest_us).max(0) as f64 / 1e3);
+                }
+            }
+            let json = serde_json::to_vec(a).unwrap_or_default();
+            out.emit(
+                p.subjects.alerts.clone(),
+                format!("{}:{}", a.id, a.version),
+                json,
+            );
+        }
+        for a in changes.transitions.iter().chain(&changes.updates) {
+            let json = serde_json::to_vec(a).unwrap_or_default();
+            out.emit(
+                format!("{}{}", self.kv_prefix, a.id),
+                format!("kv:{}:{}:{}", p.name, a.id, a.version),
+                json,
+            );
+        }
+    }
+
+    /// The alert record of one detection (its lifecycle fields are the lifecycle's to set).
+    fn record(&self, env: &Envelope, row: &[Value], cause: Cause<'_>, now_us: i64) -> Alert {
         let p = &*self.pipeline;
         let (name, severity, template, labels) = match cause {
             Cause::Rule(r) => (&r.name, r.severity, &r.message, &r.labels),
             Cause::Detector(d, _) => (&d.name, d.severity, &d.message, &d.labels),
         };
         let severity_text = severity.to_string();
-        // Messages and explanations may name fields and aggregates: one row with both.
-        let mut row = env.data.clone();
-        row.resize(p.schema.len(), Value::Null);
-        row.extend(env.enrichment.iter().cloned());
-        row.resize(p.enriched_width(), Value::Null);
-        row.extend(std::iter::repeat_n(Value::Null, p.detectors.len()));
-        for s in &env.analysis.scores {
-            if let Some(v) = row.get_mut(p.enriched_width() + s.detector as usize) {
-                *v = Value::Float(s.score);
-            }
-        }
-        p.scope.retype(&mut row);
         let absence = env.analysis.absence.as_ref();
         let silence =
             absence.map(|a| duration::format(Duration::from_millis(a.silent_ms.max(0) as u64)));
         let message = template.render(
-            &row,
+            row,
             &Context {
                 key: &env.meta.key,
                 rule: name,
@@ -91,29 +134,12 @@ impl AlertStage {
                 silence: silence.as_deref(),
             },
         );
-        let (id, status) = match absence {
-            // One absence alert per silent gap: the gap is named by the key's last event.
-            Some(a) => {
-                let id = format!(
-                    "{}:{}:{}:{}:{}",
-                    p.name, name, env.meta.key, env.meta.origin_seq, env.meta.origin_index
-                );
-                if a.resolved {
-                    (format!("{id}:resolved"), AlertStatus::Resolved)
-                } else {
-                    (id, AlertStatus::Firing)
-                }
-            }
-            None => (
-                format!(
-                    "{}:{}:{}:{}",
-                    p.name, name, env.meta.origin_seq, env.meta.origin_index
-                ),
-                AlertStatus::Firing,
-            ),
-        };
+        // Absence alerts have no event: their identity has no event labels.
+        let event_row =
+            (!matches!(cause, Cause::Rule(r) if r.condition().is_none())).then_some(row);
+        let (id, labels) = identity(p, name, severity, labels, &env.meta.key, event_row);
         let (explanation, detection) = match cause {
-            Cause::Rule(rule) => (explain(p, rule, env, &row), None),
+            Cause::Rule(rule) => (explain(p, rule, env, row), None),
             Cause::Detector(d, s) => (
                 s.explanation.clone(),
                 Some(Detection {
@@ -137,21 +163,21 @@ impl AlertStage {
             pipeline_version: p.version.clone(),
             rule: name.clone(),
             severity,
-            status,
+            status: AlertStatus::Firing,
             key: env.meta.key.clone(),
             message,
             explanation,
             event_time: rfc3339_ms(env.meta.event_time),
             ingest_time: rfc3339_us(env.meta.ingest_time_us),
             raised_at: rfc3339_us(now_us),
-            labels: labels.clone(),
+            labels,
             // Silence has no event; a stale field's detection carries the event that showed it.
             event: if absence.is_some() && env.data.is_empty() {
                 serde_json::Map::new()
             } else {
                 p.scope
                     .display_names()
-                    .zip(&row)
+                    .zip(row)
                     .take(p.enriched_width())
                     .map(|(name, v)| (name.to_string(), v.to_json()))
                     .collect()
@@ -212,26 +238,52 @@ fn explain(p: &Pipeline, rule: &Rule, env: &Envelope, row: &[Value]) -> String {
             }
         }
         RuleKind::Condition(condition) => {
-            let values: Vec<String> = condition
-                .fields()
-                .into_iter()
-                .filter_map(|i| {
-                    let name = p.scope.name(i)?;
-                    let value = row.get(i)?;
-                    Some(if value.is_null() {
-                        format!("{name} is missing")
-                    } else {
-                        format!("{name} = {value}")
-                    })
-                })
-                .collect();
-            if values.is_empty() {
-                format!("`{}` held for key {key}", rule.when)
-            } else {
-                format!("`{}` held for key {key}: {}", rule.when, values.join(", "))
-            }
+            format!(
+                "`{}` held for key {key}{}",
+                rule.when,
+                condition_values(p, condition, row)
+            )
         }
     }
+}
+
+/// ": durationMs = 7200, status = OK": the values of the fields a condition reads.
+fn condition_values(p: &Pipeline, condition: &CompiledExpr, row: &[Value]) -> String {
+    let values: Vec<String> = condition
+        .fields()
+        .into_iter()
+        .filter_map(|i| {
+            let name = p.scope.name(i)?;
+            let value = row.get(i)?;
+            Some(if value.is_null() {
+                format!("{name} is missing")
+            } else {
+                format!("{name} = {value}")
+            })
+        })
+        .collect();
+    if values.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", values.join(", "))
+    }
+}
+
+/// One row with the event's fields, its key's aggregates and the detectors' scores: messages,
+/// explanations and alert labels may name any of them.
+fn alert_row(p: &Pipeline, env: &Envelope) -> Vec<Value> {
+    let mut row = env.data.clone();
+    row.resize(p.schema.len(), Value::Null);
+    row.extend(env.enrichment.iter().cloned());
+    row.resize(p.enriched_width(), Value::Null);
+    row.extend(std::iter::repeat_n(Value::Null, p.detectors.len()));
+    for s in &env.analysis.scores {
+        if let Some(v) = row.get_mut(p.enriched_width() + s.detector as usize) {
+            *v = Value::Float(s.score);
+        }
+    }
+    p.scope.retype(&mut row);
+    row
 }
 
 fn now_us() -> i64 {
@@ -241,36 +293,143 @@ fn now_us() -> i64 {
 }
 
 impl Stage for AlertStage {
-    fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
-        let p = &*self.pipeline;
-        let env = super::rules::open(p, input.payload)?;
+    fn process(&mut self, input: &Input<'_>, _out: &mut Emitter) -> Result<(), Rejection> {
         let now = now_us();
-        // Absence detections come from the window stage's timers and always alert; the
-        // others alert as the decision step said (see `rules::decide`).
-        let rules_alert = env.analysis.absence.is_some() || p.alert_on.rules_alert();
-        let mut causes = Vec::new();
-        for hit in env.analysis.hits.iter().filter(|_| rules_alert) {
-            if let Some(rule) = p.rules.get(hit.rule as usize) {
-                causes.push(Cause::Rule(rule));
-            }
+        let now_ms = now / 1000;
+        if input.header(COMMAND_HEADER).is_some() {
+            let c: Command = serde_json::from_slice(input.payload).map_err(|e| {
+                Rejection::new(
+                    RejectKind::Envelope,
+                    format!("alert command: expected {{alert, action, by, request}}: {e}"),
+                )
+            })?;
+            self.lifecycle.command(&c, now_ms);
+            return Ok(());
         }
-        if p.alert_on.detectors_alert() {
-            for s in env.analysis.scores.iter().filter(|s| s.flagged) {
-                if let Some(d) = p.detectors.get(s.detector as usize) {
-                    causes.push(Cause::Detector(d, s));
+        let pipeline = self.pipeline.clone();
+        let p = &*pipeline;
+        let env = super::rules::open(p, input.payload)?;
+        let row = alert_row(p, &env);
+        let key = env.meta.key.as_str();
+        let event_ms = env.meta.event_time;
+        // Absence detections come from the window stage's timers and always alert.
+        if let Some(note) = &env.analysis.absence {
+            for hit in &env.analysis.hits {
+                let Some(rule) = p.rules.get(hit.rule as usize) else {
+                    continue;
+                };
+                if note.resolved {
+                    let (id, _) = identity(p, &rule.name, rule.severity, &rule.labels, key, None);
+                    let why = explain(p, rule, &env, &row);
+                    self.lifecycle.cleared(&id, &why, event_ms, now_ms);
+                } else {
+                    let a = self.record(&env, &row, Cause::Rule(rule), now);
+                    self.lifecycle
+                        .detected(a, Timing::default(), true, event_ms, now_ms);
+                }
+            }
+            return Ok(());
+        }
+        // With `alert_on: both`, causes count only on events the decision step let alert.
+        let gate = env.analysis.verdict.is_some() || p.alert_on != AlertOn::Both;
+        if p.alert_on.rules_alert() {
+            for (i, rule) in p.rules.iter().enumerate() {
+                let Some(condition) = rule.condition() else {
+                    continue;
+                };
+                let hit = gate && env.analysis.hits.iter().any(|h| h.rule as usize == i);
+                let timing = Timing {
+                    for_: rule.for_,
+                    keep_firing_for: rule.keep_firing_for,
+                };
+                if hit {
+                    let a = self.record(&env, &row, Cause::Rule(rule), now);
+                    self.lifecycle.detected(a, timing, true, event_ms, now_ms);
+                    continue;
+                }
+                let (id, _) = identity(p, &rule.name, rule.severity, &rule.labels, key, Some(&row));
+                if self.lifecycle.is_tracking(&id) {
+                    let values = condition_values(p, condition, &row);
+                    let why = format!("`{}` no longer holds for key {key}{values}", rule.when);
+                    self.lifecycle.cleared(&id, &why, event_ms, now_ms);
                 }
             }
         }
-        for cause in causes {
-            let alert = self.record(&env, cause, now);
-            if let Some(c) = self.alerts.get(&alert.severity) {
-                c.inc();
+        if p.alert_on.detectors_alert() {
+            for score in &env.analysis.scores {
+                let Some(d) = p.detectors.get(score.detector as usize) else {
+                    continue;
+                };
+                // Flagged: the event that took the key across; above: still across.
+                if gate && (score.flagged || d.flags(score.score)) {
+                    let a = self.record(&env, &row, Cause::Detector(d, score), now);
+                    self.lifecycle
+                        .detected(a, Timing::default(), score.flagged, event_ms, now_ms);
+                    continue;
+                }
+                let (id, _) = identity(p, &d.name, d.severity, &d.labels, key, Some(&row));
+                if self.lifecycle.is_tracking(&id) {
+                    let why = format!(
+                        "{} score {:.3} is back on the usual side of its threshold {} for key {key}",
+                        d.name, score.score, d.threshold
+                    );
+                    self.lifecycle.cleared(&id, &why, event_ms, now_ms);
+                }
             }
-            self.latency
-                .observe((now - env.meta.ingest_time_us).max(0) as f64 / 1e6);
-            let json = serde_json::to_vec(&alert).unwrap_or_default();
-            out.emit(p.subjects.alerts.clone(), alert.id, json);
         }
         Ok(())
     }
+
+    fn end_batch(&mut self, out: &mut Emitter) {
+        self.publish(out, now_us() / 1000, false);
+    }
+
+    fn tick(&mut self, now_ms: i64, out: &mut Emitter) {
+        self.lifecycle.tick(now_ms);
+        self.publish(out, now_ms, true);
+    }
+}
+
+/// The alerts of the bucket that `partition` of `pipeline` owns: those of its keys.
+pub fn owned(pipeline: &Pipeline, partition: u32, stored: Vec<Alert>) -> Vec<Alert> {
+    stored
+        .into_iter()
+        .filter(|a| partition_of(&a.key, pipeline.partitions) == partition)
+        .collect()
+}
+
+/// An alert's identity and labels. The id is a fingerprint of the pipeline, the rule or
+/// detector, the key and the labels the pipeline names (`alerts.labels`, read from `row`;
+/// absence alerts have no event, so none); the labels add the rule's own and `severity`.
+pub fn identity(
+    p: &Pipeline,
+    name: &str,
+    severity: Severity,
+    own: &BTreeMap<String, String>,
+    key: &str,
+    row: Option<&[Value]>,
+) -> (String, BTreeMap<String, String>) {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for part in [p.name.as_str(), name, key] {
+        hasher.update(part.as_bytes());
+        hasher.update(&[0x1f]);
+    }
+    let mut labels = own.clone();
+    for (label, index) in &p.alerting.labels {
+        let value = row
+            .and_then(|r| r.get(*index))
+            .filter(|v| !v.is_null())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        hasher.update(label.as_bytes());
+        hasher.update(&[0x1e]);
+        hasher.update(value.as_bytes());
+        hasher.update(&[0x1f]);
+        labels.insert(label.clone(), value);
+    }
+    labels.insert("pipeline".into(), p.name.clone());
+    labels.insert("rule".into(), name.to_string());
+    labels.insert("key".into(), key.to_string());
+    labels.insert("severity".into(), severity.to_string());
+    (format!("{:016x}", hasher.digest()), labels)
 }

@@ -54,7 +54,8 @@ pub enum BuildError {
 
 /// Builds the stage of one unit of `pipeline` (validate, window, score, rules or alert; sinks
 /// and the unrouted watcher are run by the worker). A keyed stage is restored from `db`,
-/// which the caller has already brought up to date with any newer snapshot.
+/// which the caller has already brought up to date with any newer snapshot; an alert stage
+/// starts from `stored_alerts`, the alerts of its partition.
 pub fn build_unit(
     pipeline: &Arc<Pipeline>,
     unit: &UnitId,
@@ -63,6 +64,7 @@ pub fn build_unit(
     db: &sled::Db,
     models: &ModelRegistry,
     snapshots: Option<SnapshotPolicy>,
+    stored_alerts: Vec<crate::alert::Alert>,
 ) -> Result<Option<Planned>, BuildError> {
     let s = &pipeline.subjects;
     let k = unit.partition;
@@ -128,7 +130,11 @@ pub fn build_unit(
         },
         UnitStage::Alert => Planned {
             binding: binding(alert::NAME, &s.detections_stream, s.detections(k)),
-            stage: Box::new(alert::AlertStage::new(pipeline.clone(), metrics)),
+            stage: Box::new(alert::AlertStage::new(
+                pipeline.clone(),
+                metrics,
+                stored_alerts,
+            )),
             state: None,
         },
         UnitStage::Sink(_) | UnitStage::Unrouted => return Ok(None),

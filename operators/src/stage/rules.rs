@@ -1,7 +1,10 @@
 //! rules: evaluates the pipeline's compiled rule conditions on each event (rules may use
 //! detector scores by name), decides with the detector flags whether the event alerts
-//! (`decide`), and forwards the events that do with their hits and verdict.
+//! (`decide`), and forwards the events that do with their hits and verdict, plus the events
+//! that end a condition (a rule that held on the key's previous event and no longer does, a
+//! detector back under its threshold): the alert stage resolves alerts on those.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::envelope::{DetectorScore, Envelope, RuleHit, Verdict};
@@ -14,12 +17,60 @@ pub const NAME: &str = "rules";
 
 pub struct Rules {
     pipeline: Arc<Pipeline>,
+    /// Per alert subject (the key and the pipeline's alert labels, hashed): which causes held
+    /// on its last event (bit i: rule i; then one bit per detector). A subject not here is
+    /// unknown (this process just started), so its next event is forwarded in case it ends
+    /// an alert raised before.
+    active: HashMap<u64, u128>,
 }
 
 impl Rules {
     pub fn new(pipeline: Arc<Pipeline>) -> Rules {
-        Rules { pipeline }
+        Rules {
+            pipeline,
+            active: HashMap::new(),
+        }
     }
+}
+
+/// The causes that hold on an event, as bits (see [`Rules`]); causes past the 128th are not
+/// tracked (their alerts still resolve by `resolve_timeout` or by hand).
+fn active_causes(p: &Pipeline, env: &Envelope) -> u128 {
+    if p.alert_on == AlertOn::Both && env.analysis.verdict.is_none() {
+        return 0;
+    }
+    let bit = |i: usize| if i < 128 { 1u128 << i } else { 0 };
+    let mut bits = 0;
+    if p.alert_on.rules_alert() {
+        for h in &env.analysis.hits {
+            bits |= bit(h.rule as usize);
+        }
+    }
+    if p.alert_on.detectors_alert() {
+        for s in &env.analysis.scores {
+            let holds = s.flagged
+                || p.detectors
+                    .get(s.detector as usize)
+                    .is_some_and(|d| d.flags(s.score));
+            if holds {
+                bits |= bit(p.rules.len() + s.detector as usize);
+            }
+        }
+    }
+    bits
+}
+
+/// The key and the values of the pipeline's alert labels, hashed.
+fn subject(p: &Pipeline, key: &str, data: &[Value]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(key.as_bytes());
+    for (_, index) in &p.alerting.labels {
+        h.update(&[0x1f]);
+        if let Some(v) = data.get(*index).filter(|v| !v.is_null()) {
+            h.update(v.to_string().as_bytes());
+        }
+    }
+    h.digest()
 }
 
 /// Decodes an envelope this pipeline version can read; its `data` is typed per the schema.
@@ -68,7 +119,12 @@ impl Stage for Rules {
         row.truncate(p.schema.len());
         env.data = row;
         env.analysis.verdict = decide(p, &env);
-        if env.analysis.verdict.is_some() {
+        let holds = active_causes(p, &env);
+        let before = self
+            .active
+            .insert(subject(p, &env.meta.key, &env.data), holds);
+        let ends_something = before.is_none_or(|b| b & !holds != 0);
+        if env.analysis.verdict.is_some() || ends_something {
             out.emit(
                 p.subjects.detections(env.meta.partition),
                 env.meta.output_id(NAME),

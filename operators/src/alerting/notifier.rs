@@ -1,0 +1,553 @@
+//! The notifier of one sink of one pipeline: Alertmanager's dispatcher in one task.
+//!
+//! It watches the pipeline's alerts (`ANOM_ALERTS`) and silences (`ANOM_SILENCES`), puts
+//! each alert the routing tree sends to this sink into its route's group (by the route's
+//! `group_by` labels), and flushes each group `group_wait` after it formed, then every
+//! `group_interval`: silenced and inhibited alerts are left out, the notification log says
+//! whether anything is new (or `repeat_interval` passed), the rate limit may postpone it, and
+//! a notification is logged as pending, sent with retries, and dead-lettered after its
+//! attempts. Deliveries run in their own tasks, one per group at a time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::nflog::{self, Entry};
+use super::notification::{GroupStatus, Notification};
+use super::silence::Silence;
+use super::store::{self, Buckets, NFLOG_BUCKET, SILENCES_BUCKET};
+use crate::alert::{rfc3339_ms, Alert, AlertStatus};
+use crate::fence::Fence;
+use crate::metrics::{Metrics, SinkLabels};
+use crate::pipeline::{Grouping, Pipeline, RateLimit, Retry, SinkDef};
+use crate::rejection::RejectKind;
+use crate::sink::{AnySink, Delivery};
+use crate::subjects::{dlq_subject, headers};
+
+/// How often groups are checked for a due flush.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Deliveries in flight at once (each for another group).
+const CONCURRENCY: usize = 8;
+
+struct Group {
+    labels: BTreeMap<String, String>,
+    grouping: Grouping,
+    alerts: HashSet<String>,
+    next_flush_ms: i64,
+}
+
+/// A token bucket: `count` notifications per `per`, refilled continuously.
+struct Limiter {
+    tokens: f64,
+    limit: RateLimit,
+    at_ms: i64,
+}
+
+impl Limiter {
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self, now_ms: i64) -> Result<(), i64> {
+        let per_ms = self.limit.per.as_millis() as f64 / f64::from(self.limit.count);
+        self.tokens =
+            (self.tokens + (now_ms - self.at_ms) as f64 / per_ms).min(f64::from(self.limit.count));
+        self.at_ms = now_ms;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - self.tokens) * per_ms).ceil() as i64)
+        }
+    }
+}
+
+struct Counters {
+    delivered: Counter,
+    retried: Counter,
+    dead: Counter,
+    suppressed: Counter,
+}
+
+pub struct Notifier {
+    pipeline: Arc<Pipeline>,
+    def: SinkDef,
+    sink: Arc<AnySink>,
+    js: jetstream::Context,
+    buckets: Buckets,
+    alerts: HashMap<String, Alert>,
+    silences: HashMap<String, Silence>,
+    groups: HashMap<String, Group>,
+    log: HashMap<String, Entry>,
+    in_flight: HashSet<String>,
+    limiter: Option<Limiter>,
+    counters: Arc<Counters>,
+}
+
+/// Runs the notifier of sink `def` until `shutdown` or the fence is lost. Every error is
+/// retried: a notifier never gives up on its alerts.
+pub async fn run(
+    js: jetstream::Context,
+    buckets: Buckets,
+    pipeline: Arc<Pipeline>,
+    def: SinkDef,
+    sink: AnySink,
+    fence: Fence,
+    shutdown: tokio_util::sync::CancellationToken,
+    metrics: Arc<Metrics>,
+) {
+    let outcome = |o: &str| {
+        metrics.sink_deliveries.get_or_create_owned(&SinkLabels {
+            pipeline: pipeline.name.clone(),
+            sink: def.name().to_string(),
+            outcome: o.to_string(),
+        })
+    };
+    let counters = Arc::new(Counters {
+        delivered: outcome("delivered"),
+        retried: outcome("retried"),
+        dead: outcome("dead_lettered"),
+        suppressed: outcome("suppressed"),
+    });
+    let mut n = Notifier {
+        limiter: def.rate_limit().map(|limit| Limiter {
+            tokens: f64::from(limit.count),
+            limit,
+            at_ms: now_ms(),
+        }),
+        pipeline,
+        def,
+        sink: Arc::new(sink),
+        js,
+        buckets,
+        alerts: HashMap::new(),
+        silences: HashMap::new(),
+        groups: HashMap::new(),
+        log: HashMap::new(),
+        in_flight: HashSet::new(),
+        counters,
+    };
+    while !shutdown.is_cancelled() && fence.holds() {
+        let stop = {
+            let (shutdown, fence) = (shutdown.clone(), fence.clone());
+            async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = fence.lost() => {}
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop => break,
+            r = n.serve(&shutdown, &fence) => match r {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(pipeline = %n.pipeline.name, sink = n.def.name(), error = %e, "notifier failed; starting over");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+        }
+    }
+}
+
+impl Notifier {
+    async fn serve(
+        &mut self,
+        shutdown: &tokio_util::sync::CancellationToken,
+        fence: &Fence,
+    ) -> Result<(), async_nats::Error> {
+        let p = self.pipeline.name.clone();
+        let sink = self.def.name().to_string();
+        let (done_tx, mut done_rx) = mpsc::channel::<(String, Entry)>(CONCURRENCY * 4);
+        // What was sent before, and what was about to be: send that again, same id.
+        self.log.clear();
+        self.in_flight.clear();
+        self.groups.clear();
+        let entries: Vec<Entry> = store::load_all(
+            &self.buckets.nflog,
+            NFLOG_BUCKET,
+            &format!("{p}.{}", kv_safe(&sink)),
+        )
+        .await?;
+        for e in entries {
+            if let Some(pending) = e.pending.clone() {
+                info!(pipeline = %p, sink, notification = %pending.id, "re-sending a notification that was in flight");
+                self.in_flight.insert(e.group_key.clone());
+                self.spawn_delivery(e.group_key.clone(), e.clone(), pending, &done_tx, shutdown);
+            }
+            self.log.insert(e.group_key.clone(), e);
+        }
+        let mut alerts = self.buckets.alerts.watch(format!("{p}.>")).await?;
+        let mut silences = self.buckets.silences.watch(format!("{p}.>")).await?;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                entry = alerts.next() => {
+                    let entry = entry.ok_or("alert watch ended")??;
+                    self.on_alert(&entry);
+                }
+                entry = silences.next() => {
+                    let entry = entry.ok_or("silence watch ended")??;
+                    match entry.operation {
+                        kv::Operation::Put => {
+                            if let Ok(s) = store::decode::<Silence>(SILENCES_BUCKET, &entry.key, &entry.value) {
+                                self.silences.insert(entry.key, s);
+                            }
+                        }
+                        _ => { self.silences.remove(&entry.key); }
+                    }
+                }
+                Some((group, entry)) = done_rx.recv() => {
+                    self.in_flight.remove(&group);
+                    self.log.insert(group, entry);
+                }
+                _ = tick.tick() => {
+                    if !fence.holds() {
+                        return Ok(());
+                    }
+                    self.flush_due(&done_tx, shutdown).await?;
+                }
+            }
+        }
+    }
+
+    fn on_alert(&mut self, entry: &kv::Entry) {
+        if entry.operation != kv::Operation::Put {
+            return;
+        }
+        let Ok(alert) = store::decode::<Alert>(store::ALERTS_BUCKET, &entry.key, &entry.value)
+        else {
+            warn!(key = %entry.key, "undecodable alert record; skipped");
+            return;
+        };
+        let now = now_ms();
+        let sink = self.def.name();
+        for route in self.pipeline.alerting.route.matching(&alert.labels) {
+            if !route.sinks.iter().any(|s| s == sink) {
+                continue;
+            }
+            let (key, labels) = route.group_of(&alert.labels);
+            let group = self.groups.entry(key).or_insert_with(|| Group {
+                labels,
+                grouping: route.group.clone(),
+                alerts: HashSet::new(),
+                next_flush_ms: now + route.group.wait.as_millis() as i64,
+            });
+            group.alerts.insert(alert.id.clone());
+        }
+        self.alerts.insert(alert.id.clone(), alert);
+    }
+
+    /// Whether a silence or an inhibition keeps `a` out of notifications.
+    fn muted(&self, a: &Alert, now: i64) -> bool {
+        if self.silences.values().any(|s| s.mutes(&a.labels, now)) {
+            return true;
+        }
+        a.status.is_active()
+            && self.pipeline.alerting.inhibit.iter().any(|rule| {
+                self.alerts.values().any(|source| {
+                    source.status.is_active()
+                        && source.id != a.id
+                        && rule.mutes(&source.labels, &a.labels)
+                })
+            })
+    }
+
+    async fn flush_due(
+        &mut self,
+        done: &mpsc::Sender<(String, Entry)>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), async_nats::Error> {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(k, g)| g.next_flush_ms <= now && !self.in_flight.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if self.in_flight.len() >= CONCURRENCY {
+                break;
+            }
+            self.flush(&key, now, done, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(
+        &mut self,
+        key: &str,
+        now: i64,
+        done: &mpsc::Sender<(String, Entry)>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), async_nats::Error> {
+        let Some(group) = self.groups.get(key) else {
+            return Ok(());
+        };
+        let mut current = nflog::Current::default();
+        let mut members: Vec<Alert> = Vec::new();
+        let mut suppressed = 0;
+        for id in &group.alerts {
+            let Some(a) = self.alerts.get(id) else {
+                continue;
+            };
+            if self.muted(a, now) {
+                suppressed += 1;
+                continue;
+            }
+            let tag = format!("{}@{}", a.id, a.starts_at);
+            match a.status {
+                AlertStatus::Firing => {
+                    current.unacknowledged = true;
+                    current.firing.insert(tag);
+                }
+                AlertStatus::Acknowledged => {
+                    current.firing.insert(tag.clone());
+                    current.acknowledged.insert(tag);
+                }
+                AlertStatus::Resolved => {
+                    current.resolved.insert(tag);
+                }
+            }
+            members.push(a.clone());
+        }
+        let grouping = group.grouping.clone();
+        let group_labels = group.labels.clone();
+        let entry = self.log.get(key);
+        let send_resolved = self.def.send_resolved();
+        let update = nflog::needs_update(
+            entry,
+            &current,
+            send_resolved,
+            self.def.send_acknowledged(),
+            grouping.repeat.as_millis() as i64,
+            now,
+        );
+        if update {
+            if let Some(limiter) = &mut self.limiter {
+                if let Err(wait) = limiter.take(now) {
+                    debug!(group = key, wait, "rate limited; the group waits");
+                    if let Some(g) = self.groups.get_mut(key) {
+                        g.next_flush_ms = now + wait;
+                    }
+                    return Ok(());
+                }
+            }
+            let sequence = entry.map_or(0, |e| e.sequence);
+            if !send_resolved {
+                members.retain(|a| a.status.is_active());
+            }
+            // Firing first, then by when they started.
+            members.sort_by(|a, b| {
+                (!a.status.is_active(), &a.starts_at, &a.id).cmp(&(
+                    !b.status.is_active(),
+                    &b.starts_at,
+                    &b.id,
+                ))
+            });
+            let p = &self.pipeline.name;
+            let sink = self.def.name();
+            let pending = (!members.is_empty()).then(|| Notification {
+                id: format!("{p}:{sink}:{}:{sequence}", group_hash(key)),
+                pipeline: p.clone(),
+                sink: sink.to_string(),
+                status: if current.firing.is_empty() {
+                    GroupStatus::Resolved
+                } else {
+                    GroupStatus::Firing
+                },
+                group_key: key.to_string(),
+                group_labels,
+                alerts: members,
+                sequence,
+                sent_at: rfc3339_ms(now),
+            });
+            let logged = Entry {
+                group_key: key.to_string(),
+                firing: current.firing,
+                resolved: current.resolved,
+                acknowledged: current.acknowledged,
+                sent_ms: now,
+                sequence: sequence + 1,
+                pending: pending.clone(),
+            };
+            // Logged before it is sent: a crash from here on re-sends it, same id.
+            self.buckets
+                .nflog
+                .put(self.log_key(key), serde_json::to_vec(&logged)?.into())
+                .await?;
+            if let Some(n) = pending {
+                self.in_flight.insert(key.to_string());
+                self.spawn_delivery(key.to_string(), logged.clone(), n, done, shutdown);
+            }
+            self.log.insert(key.to_string(), logged);
+        }
+        if suppressed > 0 && update {
+            self.counters.suppressed.inc_by(suppressed);
+        }
+        // Resolved alerts leave the group once notified (or once there was nothing to say).
+        let alerts = &self.alerts;
+        if let Some(g) = self.groups.get_mut(key) {
+            g.alerts
+                .retain(|id| alerts.get(id).is_some_and(|a| a.status.is_active()));
+            g.next_flush_ms = now + grouping.interval.as_millis() as i64;
+            if g.alerts.is_empty() {
+                self.groups.remove(key);
+            }
+        }
+        // Forget resolved alerts a while after they resolved (inhibition and late groups are
+        // done with them by then).
+        self.alerts
+            .retain(|_, a| a.status.is_active() || now - updated_ms(a) < 600_000);
+        Ok(())
+    }
+
+    fn log_key(&self, group_key: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            self.pipeline.name,
+            kv_safe(self.def.name()),
+            group_hash(group_key)
+        )
+    }
+
+    fn spawn_delivery(
+        &self,
+        group: String,
+        logged: Entry,
+        n: Notification,
+        done: &mpsc::Sender<(String, Entry)>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) {
+        let sink = self.sink.clone();
+        let retry = self.def.retry();
+        let js = self.js.clone();
+        let nflog = self.buckets.nflog.clone();
+        let log_key = self.log_key(&group);
+        let counters = self.counters.clone();
+        let done = done.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut attempt = 1;
+            let failure = loop {
+                match sink.send(&n).await {
+                    Delivery::Delivered => {
+                        counters.delivered.inc();
+                        break None;
+                    }
+                    Delivery::Fail(reason) => break Some(reason),
+                    Delivery::Retry(reason) if attempt >= retry.max_attempts => {
+                        break Some(format!("{attempt} attempts failed, last: {reason}"))
+                    }
+                    Delivery::Retry(reason) => {
+                        counters.retried.inc();
+                        debug!(notification = %n.id, attempt, %reason, "delivery failed; retrying");
+                        tokio::select! {
+                            // Still pending in the log: re-sent after restart.
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff(retry, attempt)) => {}
+                        }
+                        attempt += 1;
+                    }
+                }
+            };
+            if let Some(reason) = failure {
+                warn!(notification = %n.id, sink = sink.name(), %reason, "giving up; dead-lettering the notification");
+                counters.dead.inc();
+                loop {
+                    if dead_letter(&js, &n, sink.name(), &reason).await.is_ok() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            let sent = Entry {
+                pending: None,
+                ..logged
+            };
+            let bytes = serde_json::to_vec(&sent).expect("log entries serialize");
+            loop {
+                if nflog.put(&log_key, bytes.clone().into()).await.is_ok() {
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            let _ = done.send((group, sent)).await;
+        });
+    }
+}
+
+/// Exponential backoff with jitter on half the delay: spreads retries of many groups
+/// without long stalls.
+pub fn backoff(retry: Retry, attempt: u32) -> Duration {
+    let base = retry
+        .backoff
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(retry.max_backoff);
+    let half = base / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+async fn dead_letter(
+    js: &jetstream::Context,
+    n: &Notification,
+    sink: &str,
+    reason: &str,
+) -> Result<(), async_nats::Error> {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(
+        headers::REASON,
+        format!("sink `{sink}`: {reason}")
+            .replace(['\r', '\n'], " ")
+            .as_str(),
+    );
+    h.insert(headers::REASON_KIND, RejectKind::Delivery.as_str());
+    h.insert(headers::STAGE, "sink");
+    h.insert(headers::CONTENT_TYPE, "application/json");
+    h.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{}:dlq", n.id).as_str(),
+    );
+    js.publish_with_headers(dlq_subject(&n.pipeline), h, serde_json::to_vec(n)?.into())
+        .await?
+        .await?;
+    Ok(())
+}
+
+fn group_hash(group_key: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(group_key.as_bytes()))
+}
+
+fn kv_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn updated_ms(a: &Alert) -> i64 {
+    super::silence::millis(&a.updated_at).unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
