@@ -262,16 +262,23 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
     assert!(rolled);
     tokio::time::sleep(Duration::from_secs(2)).await;
     publish(&js, "anom.counts.in", r#"{"user":"a","amount":1}"#).await;
+    // Version 2 took over version 1's alert: the third event ends `second` (resolved) and
+    // raises `third`.
     assert!(
         wait_for(Duration::from_secs(30), || async {
-            alerts(&js, "ANOM_COUNTS_ALERTS").await.len() == 2
+            alerts(&js, "ANOM_COUNTS_ALERTS").await.len() == 3
         })
         .await,
         "{:?}",
         alerts(&js, "ANOM_COUNTS_ALERTS").await
     );
     let all = alerts(&js, "ANOM_COUNTS_ALERTS").await;
-    assert_eq!(all[1]["rule"], "third", "{}", all[1]);
+    assert_eq!(
+        (&all[1]["rule"], &all[1]["status"]),
+        (&"second".into(), &"resolved".into())
+    );
+    assert_eq!(all[1]["id"], all[0]["id"], "{}", all[1]);
+    assert_eq!(all[2]["rule"], "third", "{}", all[2]);
 
     // History, get, diff.
     let h = api
@@ -342,7 +349,7 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
     publish(&js, "anom.counts.in", r#"{"user":"b","amount":1}"#).await;
     publish(&js, "anom.counts.in", r#"{"user":"b","amount":1}"#).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(alerts(&js, "ANOM_COUNTS_ALERTS").await.len(), 2, "paused");
+    assert_eq!(alerts(&js, "ANOM_COUNTS_ALERTS").await.len(), 3, "paused");
     api.resume(v1::PipelineName {
         name: "counts".into(),
     })
@@ -350,7 +357,7 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
     .unwrap();
     assert!(
         wait_for(Duration::from_secs(30), || async {
-            alerts(&js, "ANOM_COUNTS_ALERTS").await.len() == 3
+            alerts(&js, "ANOM_COUNTS_ALERTS").await.len() == 4
         })
         .await,
         "resumed: b's second event alerts"

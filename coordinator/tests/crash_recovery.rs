@@ -1,5 +1,6 @@
 //! A worker process killed with SIGKILL in the middle of 10,000 events and started again:
-//! every alert is raised, none twice.
+//! every change of every alert is published once, and the notification log neither loses
+//! nor repeats a notification.
 
 mod support;
 
@@ -29,20 +30,31 @@ fn event(i: usize) -> serde_json::Value {
     })
 }
 
-/// (rule, fileName) of every alert the routes rules must raise, by plain code.
-fn expected() -> BTreeSet<(String, String)> {
+/// Every change of status the routes rules must publish, by plain code: (rule, fileName of
+/// the event behind it, status). A (rule, route) alert fires on a hit and resolves on the
+/// route's next event that does not hit. Also returns the alerts still firing at the end.
+fn expected() -> (
+    BTreeSet<(String, String, String)>,
+    BTreeSet<(String, String)>,
+) {
     let mut out = BTreeSet::new();
+    let mut firing: BTreeSet<(String, String)> = BTreeSet::new();
     for i in 0..EVENTS {
         let e = event(i);
+        let route = e["route"].as_str().unwrap().to_string();
         let file = e["fileName"].as_str().unwrap().to_string();
-        if e["durationMs"].as_i64().unwrap() > 5000 && e["status"] == "OK" {
-            out.insert(("slow_route".to_string(), file.clone()));
-        }
-        if e["status"] == "FAILED" {
-            out.insert(("failed_route".to_string(), file));
+        let slow = e["durationMs"].as_i64().unwrap() > 5000 && e["status"] == "OK";
+        let failed = e["status"] == "FAILED";
+        for (rule, hit) in [("slow_route", slow), ("failed_route", failed)] {
+            let alert = (rule.to_string(), route.clone());
+            if hit && firing.insert(alert.clone()) {
+                out.insert((rule.to_string(), file.clone(), "firing".to_string()));
+            } else if !hit && firing.remove(&alert) {
+                out.insert((rule.to_string(), file.clone(), "resolved".to_string()));
+            }
         }
     }
-    out
+    (out, firing)
 }
 
 fn spawn_worker(url: &str, dir: &std::path::Path) -> Child {
@@ -86,10 +98,10 @@ async fn sigkill_mid_stream_loses_no_alert_and_duplicates_none() {
         .unwrap()
         .replace(
             "alerts:\n  sinks: []\n",
-            &format!("alerts:\n  sinks:\n    - type: webhook\n      name: ops\n      url: {}\n      backoff: 50ms\n", receiver.url()),
+            &format!("alerts:\n  inhibit: []\n  route:\n    group_wait: 200ms\n    group_interval: 300ms\n  sinks:\n    - type: webhook\n      name: ops\n      url: {}\n      backoff: 50ms\n", receiver.url()),
         );
     let dir = env.pipeline_dir("routes", &yaml);
-    let expected = expected();
+    let (expected, still_firing) = expected();
     let js = env.js().await;
 
     let mut worker = spawn_worker(&env.url(), &dir);
@@ -153,44 +165,109 @@ async fn sigkill_mid_stream_loses_no_alert_and_duplicates_none() {
         "all alerts raised after the restart ({} of {total})",
         alert_count(&js).await
     );
-    assert!(
-        wait_for(Duration::from_secs(60), || {
-            let receiver = receiver.clone();
-            async move { receiver.ids().into_iter().collect::<BTreeSet<_>>().len() as u64 >= total }
-        })
-        .await,
-        "all alerts reach the webhook"
-    );
+    // A duplicate would follow shortly after; give it the chance to.
     tokio::time::sleep(Duration::from_secs(1)).await;
-
     let alerts: Vec<serde_json::Value> = read_stream(&js, "ANOM_ROUTES_ALERTS", None)
         .await
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).unwrap())
         .collect();
-    assert_eq!(alerts.len(), expected.len(), "no alert duplicated on NATS");
-    let got: BTreeSet<(String, String)> = alerts
+    assert_eq!(alerts.len(), expected.len(), "no change published twice");
+    let got: BTreeSet<(String, String, String)> = alerts
         .iter()
         .map(|a| {
             (
                 a["rule"].as_str().unwrap().to_string(),
                 a["event"]["fileName"].as_str().unwrap().to_string(),
+                a["status"].as_str().unwrap().to_string(),
             )
         })
         .collect();
-    assert_eq!(got, expected, "no alert missing");
-    let ids: BTreeSet<String> = alerts
+    assert_eq!(got, expected, "no change missing");
+
+    // Notifications: wait until each rule's group has reported its final firing alerts.
+    let final_firing = |rule: &str| -> BTreeSet<String> {
+        still_firing
+            .iter()
+            .filter(|(r, _)| r == rule)
+            .map(|(_, route)| route.clone())
+            .collect()
+    };
+    let settled = wait_for(Duration::from_secs(60), || {
+        let receiver = receiver.clone();
+        let want = [
+            ("slow_route", final_firing("slow_route")),
+            ("failed_route", final_firing("failed_route")),
+        ];
+        async move {
+            let last = last_notified(&receiver);
+            want.iter()
+                .all(|(rule, routes)| last.get(*rule) == Some(routes))
+        }
+    })
+    .await;
+    assert!(
+        settled,
+        "the last notification of each rule lists the alerts still firing: {:?} vs {still_firing:?}",
+        last_notified(&receiver)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The log is durable: after the kill, pending notifications were sent again with their
+    // ids, none was lost (every group's sequence has no gap) and a repeat is the same
+    // notification (same id, same body), which the Idempotency-Key lets receivers drop.
+    let bodies: Vec<serde_json::Value> = receiver
+        .bodies
+        .lock()
+        .unwrap()
         .iter()
-        .map(|a| a["id"].as_str().unwrap().to_string())
+        .map(|(_, b)| b.clone())
         .collect();
-    assert_eq!(ids.len(), expected.len());
-    // The webhook is at-least-once across a crash: every alert arrives, and a repeat carries
-    // the same Idempotency-Key.
-    let hooked: BTreeSet<String> = receiver.ids().into_iter().collect();
-    assert_eq!(hooked, ids);
+    let mut by_id: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for b in &bodies {
+        let id = b["id"].as_str().unwrap().to_string();
+        if let Some(seen) = by_id.get(&id) {
+            assert_eq!(
+                seen["alerts"], b["alerts"],
+                "a repeat is the same notification"
+            );
+        }
+        by_id.insert(id, b.clone());
+    }
+    let mut sequences: std::collections::BTreeMap<String, BTreeSet<u64>> = Default::default();
+    for b in by_id.values() {
+        sequences
+            .entry(b["group_key"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(b["sequence"].as_u64().unwrap());
+    }
+    assert_eq!(sequences.len(), 2, "one group per rule: {sequences:?}");
+    for (group, seqs) in &sequences {
+        let n = seqs.len() as u64;
+        assert_eq!(*seqs, (0..n).collect(), "no notification of {group} lost");
+    }
     assert!(read_stream(&js, "ANOM_DLQ", None).await.is_empty());
     worker.start_kill().unwrap();
     let _ = worker.wait().await;
+}
+
+/// Per rule, the firing alerts (routes) of the last notification the receiver got.
+fn last_notified(receiver: &Receiver) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let mut last: std::collections::BTreeMap<String, (u64, BTreeSet<String>)> = Default::default();
+    for (_, n) in receiver.bodies.lock().unwrap().iter() {
+        let rule = n["group_labels"]["rule"].as_str().unwrap().to_string();
+        let seq = n["sequence"].as_u64().unwrap();
+        let firing = n["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["status"] != "resolved")
+            .map(|a| a["key"].as_str().unwrap().to_string())
+            .collect();
+        if last.get(&rule).is_none_or(|(s, _)| seq >= *s) {
+            last.insert(rule, (seq, firing));
+        }
+    }
+    last.into_iter().map(|(r, (_, f))| (r, f)).collect()
 }
 
 const KEYED: &str = r#"
@@ -267,14 +344,13 @@ async fn outcome(
         }
         last = now;
     }
+    // Each change of status: the alert, its new status, and the event behind it.
     let ids: Vec<String> = read_stream(js, "ANOM_SPEND_ALERTS", None)
         .await
         .iter()
         .map(|m| {
-            serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
+            let a = serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap();
+            format!("{}:{}:{}", a["id"], a["status"], a["source"]["sequence"])
         })
         .collect();
     let mut finals = std::collections::BTreeMap::new();
@@ -306,7 +382,11 @@ async fn repeated_sigkills_during_a_keyed_stream_give_the_same_alerts_and_aggreg
     let (calm_ids, calm_finals) = outcome(&calm_js).await;
     worker.start_kill().unwrap();
     let _ = worker.wait().await;
-    assert!(calm_ids.len() > 4100, "both rules fire: {}", calm_ids.len());
+    assert!(
+        calm_ids.len() > 4100,
+        "both rules fire and resolve: {}",
+        calm_ids.len()
+    );
 
     // The same stream, with the worker killed every 1.5 s while it runs.
     let rough = Env::start().await;
@@ -334,8 +414,8 @@ async fn repeated_sigkills_during_a_keyed_stream_give_the_same_alerts_and_aggreg
     let _ = worker.wait().await;
 
     let unique: BTreeSet<&String> = ids.iter().collect();
-    assert_eq!(unique.len(), ids.len(), "no alert duplicated");
-    assert_eq!(ids.len(), calm_ids.len(), "no alert missing");
+    assert_eq!(unique.len(), ids.len(), "no change published twice");
+    assert_eq!(ids.len(), calm_ids.len(), "no change missing");
     assert_eq!(unique, calm_ids.iter().collect::<BTreeSet<_>>());
     assert_eq!(finals.len(), 1000);
     assert_eq!(

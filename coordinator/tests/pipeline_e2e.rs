@@ -3,17 +3,18 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
 use support::{read_stream, repo_root, start_worker, wait_for, Env, Receiver};
 
-/// The example routes pipeline, with a webhook sink added.
-fn routes_with_webhook(url: &str, extra: &str) -> String {
+/// The example routes pipeline, with a webhook sink added; `route` is the body of its
+/// `alerts.route` (grouping) section.
+fn routes_with_webhook(url: &str, route: &str) -> String {
     let yaml = std::fs::read_to_string(repo_root().join("pipelines/routes.yaml")).unwrap();
     let sink = format!(
-        "alerts:\n  sinks:\n    - type: webhook\n      name: ops\n      url: {url}\n      backoff: 100ms\n      max_backoff: 500ms\n      max_attempts: 100\n{extra}"
+        "alerts:\n  route:\n{route}  sinks:\n    - type: webhook\n      name: ops\n      url: {url}\n      backoff: 100ms\n      max_backoff: 500ms\n      max_attempts: 100\n"
     );
     let replaced = yaml.replace("alerts:\n  sinks: []\n", &sink);
     assert_ne!(
@@ -31,29 +32,98 @@ fn sample_events() -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// What the routes rules must raise for these events, computed here by plain code.
-fn expected_alerts(events: &[serde_json::Value]) -> BTreeSet<(String, String, String)> {
-    let mut out = BTreeSet::new();
+/// The alert stream the routes rules must give for these events, computed here by plain
+/// code: a (rule, route) alert fires on the first event that hits it and resolves on the
+/// route's next event that does not. Returns (rule, route, file, status) per transition and
+/// each alert's final status.
+#[allow(clippy::type_complexity)]
+fn expected_alerts(
+    events: &[serde_json::Value],
+) -> (
+    BTreeSet<(String, String, String, String)>,
+    BTreeMap<(String, String), String>,
+) {
+    let mut transitions = BTreeSet::new();
+    let mut last: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut fired_on: BTreeMap<(String, String), String> = BTreeMap::new();
     for e in events {
         let route = e["route"].as_str().unwrap().to_string();
         let file = e["fileName"].as_str().unwrap().to_string();
         let status = e["status"].as_str().unwrap();
-        if e["durationMs"].as_i64().unwrap() > 5000 && status == "OK" {
-            out.insert(("slow_route".to_string(), route.clone(), file.clone()));
-        }
-        if status == "FAILED" || status == "TIMEOUT" {
-            out.insert(("failed_route".to_string(), route, file));
+        let slow = e["durationMs"].as_i64().unwrap() > 5000 && status == "OK";
+        let failed = status == "FAILED" || status == "TIMEOUT";
+        for (rule, hit) in [("slow_route", slow), ("failed_route", failed)] {
+            let alert = (rule.to_string(), route.clone());
+            let firing = last.get(&alert).is_some_and(|s| s == "firing");
+            if hit && !firing {
+                transitions.insert((rule.into(), route.clone(), file.clone(), "firing".into()));
+                fired_on.insert(alert.clone(), file.clone());
+                last.insert(alert, "firing".into());
+            } else if !hit && firing {
+                // A resolved alert carries the event that ended it.
+                transitions.insert((rule.into(), route.clone(), file.clone(), "resolved".into()));
+                last.insert(alert, "resolved".into());
+            }
         }
     }
-    out
+    (transitions, last)
 }
 
-fn alert_triple(a: &serde_json::Value) -> (String, String, String) {
+/// What the routes sample gives a webhook grouping by rule (the default) when its first 23
+/// events (to 08:22) come before the first flush and the rest after it:
+/// 1. `slow_route` firing: AS2-SUPPLIER-X resolved (slow at 08:07, fine at 08:11) and
+///    API-PAYROLL firing (slow at 08:22). `failed_route` sends nothing: its only alert
+///    (AS2 failed at 08:15) resolved at 08:19, before the group's first flush.
+/// 2. `slow_route` resolved: API-PAYROLL fine again at 08:26, one group interval later.
+///    AS2's TIMEOUT at 08:31 fires and resolves at 08:35 within its new group's wait: nothing.
+fn sample_notifications() -> Vec<(String, BTreeSet<(String, String)>)> {
+    let alerts = |list: &[(&str, &str)]| {
+        list.iter()
+            .map(|(k, s)| (k.to_string(), s.to_string()))
+            .collect::<BTreeSet<_>>()
+    };
+    vec![
+        (
+            "slow_route".into(),
+            alerts(&[("AS2-SUPPLIER-X", "resolved"), ("API-PAYROLL", "firing")]),
+        ),
+        ("slow_route".into(), alerts(&[("API-PAYROLL", "resolved")])),
+    ]
+}
+
+fn transition(a: &serde_json::Value) -> (String, String, String, String) {
     (
         a["rule"].as_str().unwrap().to_string(),
         a["key"].as_str().unwrap().to_string(),
         a["event"]["fileName"].as_str().unwrap().to_string(),
+        a["status"].as_str().unwrap().to_string(),
     )
+}
+
+/// The notifications a receiver got, as rule → {(route, status)}.
+fn notified(receiver: &Receiver) -> Vec<(String, BTreeSet<(String, String)>)> {
+    receiver
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, n)| {
+            (
+                n["group_labels"]["rule"].as_str().unwrap().to_string(),
+                n["alerts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| {
+                        (
+                            a["key"].as_str().unwrap().to_string(),
+                            a["status"].as_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 async fn publish_all(js: &async_nats::jetstream::Context, subject: &str, payloads: Vec<Bytes>) {
@@ -78,45 +148,72 @@ async fn alerts_in_stream(js: &async_nats::jetstream::Context) -> Vec<serde_json
 async fn known_events_raise_exactly_the_expected_alerts_on_nats_and_webhook() {
     let env = Env::start().await;
     let receiver = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
-    let dir = env.pipeline_dir("routes", &routes_with_webhook(&receiver.url(), ""));
+    let route = "    group_wait: 2s\n    group_interval: 2s\n";
+    let dir = env.pipeline_dir("routes", &routes_with_webhook(&receiver.url(), route));
     let worker = start_worker(&env, &dir).await;
     let js = env.js().await;
 
     let events = sample_events();
-    let expected = expected_alerts(&events);
+    let (expected, last) = expected_alerts(&events);
     assert!(expected.len() >= 4, "the sample has slow and failed runs");
-    publish_all(
-        &js,
-        "anom.routes.in",
-        events.iter().map(|e| Bytes::from(e.to_string())).collect(),
-    )
-    .await;
-
+    assert!(
+        expected.iter().any(|t| t.3 == "resolved"),
+        "and routes that recover"
+    );
+    assert!(
+        last.values().all(|s| s == "resolved"),
+        "every route recovers"
+    );
+    let as_bytes = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .map(|e| Bytes::from(e.to_string()))
+            .collect::<Vec<_>>()
+    };
+    publish_all(&js, "anom.routes.in", as_bytes(&events[..23])).await;
+    assert!(
+        receiver.wait_for_ids(1, Duration::from_secs(30)).await,
+        "the first flush notifies"
+    );
+    publish_all(&js, "anom.routes.in", as_bytes(&events[23..])).await;
+    let want = sample_notifications();
     let arrived = receiver
-        .wait_for_ids(expected.len(), Duration::from_secs(30))
+        .wait_for_ids(want.len(), Duration::from_secs(30))
         .await;
     assert!(
         arrived,
-        "webhook got {} of {} alerts",
+        "webhook got {} of {} notifications",
         receiver.ids().len(),
-        expected.len()
+        want.len()
     );
-    // Anything extra would arrive shortly after; give it the chance to.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Anything extra would arrive within a group interval or two; give it the chance to.
+    tokio::time::sleep(Duration::from_secs(5)).await;
 
     let on_nats = alerts_in_stream(&js).await;
-    let triples: Vec<_> = on_nats.iter().map(alert_triple).collect();
+    let transitions: Vec<_> = on_nats.iter().map(transition).collect();
     assert_eq!(
-        triples.len(),
+        transitions.len(),
         expected.len(),
-        "one alert per hit, no duplicates: {triples:?}"
+        "one alert per (rule, route), a record per change of status: {transitions:?}"
     );
-    assert_eq!(triples.into_iter().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(transitions.into_iter().collect::<BTreeSet<_>>(), expected);
 
+    assert_eq!(
+        notified(&receiver),
+        want,
+        "exactly these notifications, in order"
+    );
     let bodies = receiver.bodies.lock().unwrap().clone();
-    assert_eq!(bodies.len(), expected.len());
-    let hooked: BTreeSet<_> = bodies.iter().map(|(_, b)| alert_triple(b)).collect();
-    assert_eq!(hooked, expected);
+    let statuses: Vec<_> = bodies.iter().map(|(_, b)| b["status"].clone()).collect();
+    assert_eq!(statuses, ["firing", "resolved"]);
+    assert_eq!(bodies[0].1["group_key"], bodies[1].1["group_key"]);
+    assert_eq!(
+        (
+            bodies[0].1["sequence"].clone(),
+            bodies[1].1["sequence"].clone()
+        ),
+        (0.into(), 1.into())
+    );
     for (headers, body) in &bodies {
         assert_eq!(
             headers.get("idempotency-key").map(String::as_str),
@@ -126,29 +223,41 @@ async fn known_events_raise_exactly_the_expected_alerts_on_nats_and_webhook() {
             headers.get("content-type").map(String::as_str),
             Some("application/json")
         );
-        let message = body["message"].as_str().unwrap();
-        let key = body["key"].as_str().unwrap();
-        assert!(message.contains(key), "message names the route: {message}");
-        let explanation = body["explanation"].as_str().unwrap();
-        assert!(
-            explanation.contains("status = "),
-            "explanation shows the values: {explanation}"
+        assert_eq!(body["pipeline"], "routes");
+        assert_eq!(body["sink"], "ops");
+        assert_eq!(
+            body["group_labels"],
+            serde_json::json!({"rule": "slow_route"})
         );
+        for a in body["alerts"].as_array().unwrap() {
+            let message = a["message"].as_str().unwrap();
+            let key = a["key"].as_str().unwrap();
+            assert!(message.contains(key), "message names the route: {message}");
+            let explanation = a["explanation"].as_str().unwrap();
+            assert!(
+                explanation.contains("durationMs = "),
+                "explanation shows the values: {explanation}"
+            );
+            let on_record = on_nats.iter().rev().find(|r| r["id"] == a["id"]).unwrap();
+            assert_eq!(a["starts_at"], on_record["starts_at"]);
+        }
     }
-    let slow = bodies
+    let slow = on_nats
         .iter()
-        .find(|(_, b)| b["rule"] == "slow_route")
+        .find(|b| b["rule"] == "slow_route" && b["status"] == "firing")
         .unwrap();
     assert_eq!(
-        slow.1["message"].as_str().unwrap(),
+        slow["message"].as_str().unwrap(),
         format!(
             "Route {} took {} ms to deliver {} (limit 5000 ms)",
-            slow.1["key"].as_str().unwrap(),
-            slow.1["event"]["durationMs"],
-            slow.1["event"]["fileName"].as_str().unwrap()
+            slow["key"].as_str().unwrap(),
+            slow["event"]["durationMs"],
+            slow["event"]["fileName"].as_str().unwrap()
         )
     );
-    assert_eq!(slow.1["severity"], "warning");
+    assert_eq!(slow["severity"], "warning");
+    assert_eq!(slow["labels"]["rule"], "slow_route");
+    assert_eq!(slow["labels"]["severity"], "warning");
     worker.stop().await;
 }
 
@@ -347,16 +456,21 @@ async fn alerts_reach_a_webhook_that_was_down_once_it_is_back() {
     let env = Env::start().await;
     let receiver = Receiver::start(support::free_addr()).await;
     receiver.stop().await;
-    let dir = env.pipeline_dir("routes", &routes_with_webhook(&receiver.url(), ""));
+    let route = "    group_wait: 1s\n";
+    let dir = env.pipeline_dir("routes", &routes_with_webhook(&receiver.url(), route));
     let worker = start_worker(&env, &dir).await;
     let js = env.js().await;
 
+    // The sample to 08:22: its first notification (see `sample_notifications`).
     let events = sample_events();
-    let expected = expected_alerts(&events);
+    let want = vec![sample_notifications().remove(0)];
     publish_all(
         &js,
         "anom.routes.in",
-        events.iter().map(|e| Bytes::from(e.to_string())).collect(),
+        events[..23]
+            .iter()
+            .map(|e| Bytes::from(e.to_string()))
+            .collect(),
     )
     .await;
 
@@ -378,26 +492,19 @@ async fn alerts_reach_a_webhook_that_was_down_once_it_is_back() {
 
     let receiver = receiver.restart().await;
     let arrived = receiver
-        .wait_for_ids(expected.len(), Duration::from_secs(30))
+        .wait_for_ids(want.len(), Duration::from_secs(30))
         .await;
     assert!(
         arrived,
-        "all alerts delivered once the receiver is back ({} of {})",
+        "every notification delivered once the receiver is back ({} of {})",
         receiver.ids().len(),
-        expected.len()
+        want.len()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let ids = receiver.ids();
     let unique: BTreeSet<_> = ids.iter().collect();
-    assert_eq!(ids.len(), unique.len(), "no alert delivered twice");
-    let hooked: BTreeSet<_> = receiver
-        .bodies
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, b)| alert_triple(b))
-        .collect();
-    assert_eq!(hooked, expected);
+    assert_eq!(ids.len(), unique.len(), "no notification delivered twice");
+    assert_eq!(notified(&receiver), want);
     let dead = read_stream(&js, "ANOM_DLQ", None).await;
     assert!(dead.is_empty(), "nothing was dead-lettered");
     worker.stop().await;
@@ -417,7 +524,7 @@ async fn a_webhook_that_keeps_failing_gets_its_alerts_dead_lettered_after_its_at
     let yaml = std::fs::read_to_string(repo_root().join("pipelines/routes.yaml")).unwrap().replace(
         "alerts:\n  sinks: []\n",
         &format!(
-            "alerts:\n  sinks:\n    - type: webhook\n      name: flaky\n      url: {}\n      max_attempts: 3\n      backoff: 50ms\n    - type: webhook\n      name: strict\n      url: {}\n      max_attempts: 3\n      backoff: 50ms\n",
+            "alerts:\n  route:\n    group_wait: 100ms\n  sinks:\n    - type: webhook\n      name: flaky\n      url: {}\n      max_attempts: 3\n      backoff: 50ms\n    - type: webhook\n      name: strict\n      url: {}\n      max_attempts: 3\n      backoff: 50ms\n",
             failing.url(),
             refusing.url()
         ),
@@ -438,7 +545,7 @@ async fn a_webhook_that_keeps_failing_gets_its_alerts_dead_lettered_after_its_at
         }
     })
     .await;
-    assert!(dead, "both sinks dead-letter the alert");
+    assert!(dead, "both sinks dead-letter the notification");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let dlq = read_stream(&js, "ANOM_DLQ", Some("anom.routes.dlq")).await;
     assert_eq!(dlq.len(), 2);
@@ -447,7 +554,10 @@ async fn a_webhook_that_keeps_failing_gets_its_alerts_dead_lettered_after_its_at
         assert_eq!(m.headers["Anom-Reason-Kind"], "delivery");
         assert_eq!(m.headers["Anom-Stage"], "sink");
         let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-        assert_eq!(body["id"], alert["id"], "the alert record itself is kept");
+        assert_eq!(
+            body["alerts"][0]["id"], alert["id"],
+            "the notification itself is kept"
+        );
     }
     let reasons: Vec<&str> = dlq
         .iter()

@@ -68,9 +68,31 @@ pub struct Alert {
     /// Its transitions, oldest first (the last 50).
     #[serde(default)]
     pub history: Vec<Transition>,
-    /// Bumped on every change: `<id>:<version>` names one published state.
+    /// Bumped on every change.
     #[serde(default)]
     pub version: u64,
+    /// Positions in the alert stage's input: what makes its updates exactly-once across
+    /// restarts.
+    #[serde(default)]
+    pub tracking: Tracking,
+}
+
+/// Where an alert's state stands in the stream of detections its alert stage reads (stream
+/// sequences of `ANOM_<P>_DETECTIONS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tracking {
+    /// The detection that started this occurrence: names its status changes on the alert
+    /// stream (`<id>:<started>:<status>`), the same however often they are published.
+    pub started: u64,
+    /// The last input applied: a redelivered input at or before it changes nothing.
+    pub applied: u64,
+}
+
+impl Tracking {
+    /// Whether the input at `seq` is already reflected (0: not an input, never).
+    pub fn applied(&self, seq: u64) -> bool {
+        seq != 0 && seq <= self.applied
+    }
 }
 
 /// One change of an alert's status.

@@ -473,13 +473,12 @@ impl Worker {
                 };
                 let sink = AnySink::build(def)?;
                 tokio::spawn(crate::alerting::notifier::run(
-                    rt.js.clone(),
+                    rt,
                     self.alert_buckets.clone(),
                     pipeline.clone(),
                     def.clone(),
                     sink,
                     fence,
-                    stop.clone(),
                     self.metrics.clone(),
                 ))
             }
@@ -534,8 +533,10 @@ impl Worker {
                     &self.metrics,
                     &self.db,
                     &self.models,
-                    snapshots,
-                    stored_alerts,
+                    stage::Prior {
+                        snapshots,
+                        alerts: stored_alerts,
+                    },
                 )?
                 else {
                     return Ok(None);

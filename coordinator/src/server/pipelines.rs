@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anom_operators::pipeline::{DefinitionErrors, Pipeline, SinkDef};
+use anom_operators::pipeline::{DefinitionErrors, Pipeline};
 use anom_proto::v1;
 use anom_proto::v1::pipelines_server::Pipelines;
 use serde_json::Value as Json;
@@ -156,14 +156,7 @@ fn plan_summary(p: &Pipeline) -> v1::PlanSummary {
         fields: p.schema.fields().iter().map(|f| f.name.clone()).collect(),
         rules: p.rules.iter().map(|r| r.name.clone()).collect(),
         aggregates: p.aggregates.iter().map(|a| a.name.clone()).collect(),
-        sinks: p
-            .sinks
-            .iter()
-            .map(|s| {
-                let SinkDef::Webhook(d) = s;
-                d.name.clone()
-            })
-            .collect(),
+        sinks: p.sinks.iter().map(|s| s.name().to_string()).collect(),
         units: anom_operators::unit::units(p).len() as u32,
     }
 }

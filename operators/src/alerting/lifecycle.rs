@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use crate::alert::{rfc3339_ms, Alert, AlertStatus, Transition};
+use crate::alert::{rfc3339_ms, Alert, AlertStatus, Tracking, Transition};
 
 use super::silence::millis;
 use super::store::{Action, Command};
@@ -23,6 +23,15 @@ const KEEP_RESOLVED_MS: i64 = 3_600_000;
 /// Non-status changes of one alert (a new count, the latest event) are written at most
 /// this often; status changes are written at once.
 pub const UPDATE_EVERY_MS: i64 = 1_000;
+
+/// When something happens to an alert: the event's time, the wall clock, and the position
+/// of the input in the alert stage's stream (0 for clock ticks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct At {
+    pub event_ms: i64,
+    pub now_ms: i64,
+    pub seq: u64,
+}
 
 /// The end-condition settings of the rule or detector behind an alert.
 #[derive(Debug, Clone, Copy, Default)]
@@ -107,21 +116,24 @@ impl Lifecycle {
     /// The condition holds for `detected` (a freshly rendered record, its `id` the identity)
     /// at event time `event_ms`. `new_episode`: this detection may start a new occurrence
     /// (a rule hit, a detector's crossing), not only extend a firing one.
-    pub fn detected(
-        &mut self,
-        detected: Alert,
-        timing: Timing,
-        new_episode: bool,
-        event_ms: i64,
-        now_ms: i64,
-    ) {
+    pub fn detected(&mut self, detected: Alert, timing: Timing, new_episode: bool, at: At) {
+        let At {
+            event_ms, now_ms, ..
+        } = at;
         let id = detected.id.clone();
         let tracked = self.alerts.get_mut(&id);
+        if tracked
+            .as_ref()
+            .is_some_and(|t| t.alert.tracking.applied(at.seq))
+        {
+            return; // already in the stored state: a redelivery after a restart
+        }
         match tracked {
             Some(t) if t.alert.status.is_active() && t.pending_since.is_none() => {
                 let a = &mut t.alert;
                 a.count += 1;
                 refresh(a, detected);
+                a.tracking.applied = at.seq;
                 a.updated_at = rfc3339_ms(now_ms);
                 a.version += 1;
                 t.detected_ms = now_ms;
@@ -168,6 +180,10 @@ impl Lifecycle {
                 a.acknowledged_at = None;
                 a.resolved_by = None;
                 a.version = version + 1;
+                a.tracking = Tracking {
+                    started: at.seq,
+                    applied: at.seq,
+                };
                 push(
                     &mut history,
                     Transition {
@@ -196,30 +212,45 @@ impl Lifecycle {
     }
 
     /// The condition no longer holds for alert `id` at event time `event_ms`; `why` says so
-    /// in words ("durationMs = 120: `durationMs > 5000` no longer holds").
-    pub fn cleared(&mut self, id: &str, why: &str, event_ms: i64, now_ms: i64) {
+    /// in words ("`durationMs > 5000` no longer holds for key A: durationMs = 120"). `ended_by`:
+    /// the record of the event that showed it, whose event context the resolved alert keeps.
+    pub fn cleared(&mut self, id: &str, why: &str, ended_by: Option<Alert>, at: At) {
+        let At {
+            event_ms, now_ms, ..
+        } = at;
         let Some(t) = self.alerts.get_mut(id) else {
             return;
         };
         t.pending_since = None;
-        if !t.alert.status.is_active() {
+        if !t.alert.status.is_active() || t.alert.tracking.applied(at.seq) {
             return;
         }
+        t.alert.tracking.applied = at.seq;
         let (since, _) = *t.clearing_since.get_or_insert((event_ms, now_ms));
         if event_ms - since >= t.keep_firing_for.as_millis() as i64 {
+            if let Some(e) = ended_by {
+                let a = &mut t.alert;
+                (a.event, a.source, a.event_time, a.ingest_time) =
+                    (e.event, e.source, e.event_time, e.ingest_time);
+            }
             self.resolve(id, "anom", why.to_string(), now_ms);
         }
     }
 
     /// A user's acknowledgement or resolution. A command already applied (same request id)
     /// or for an alert that is not active changes nothing.
-    pub fn command(&mut self, c: &Command, now_ms: i64) {
+    pub fn command(&mut self, c: &Command, at: At) {
+        let now_ms = at.now_ms;
         if !self.applied_requests.insert(c.request.clone()) {
             return;
         }
         let Some(t) = self.alerts.get_mut(&c.alert) else {
             return;
         };
+        if t.alert.tracking.applied(at.seq) {
+            return;
+        }
+        t.alert.tracking.applied = at.seq.max(t.alert.tracking.applied);
         match (c.action, t.alert.status) {
             (Action::Acknowledge, AlertStatus::Firing) => {
                 let a = &mut t.alert;

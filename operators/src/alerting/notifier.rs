@@ -28,6 +28,7 @@ use crate::fence::Fence;
 use crate::metrics::{Metrics, SinkLabels};
 use crate::pipeline::{Grouping, Pipeline, RateLimit, Retry, SinkDef};
 use crate::rejection::RejectKind;
+use crate::runtime::Runtime;
 use crate::sink::{AnySink, Delivery};
 use crate::subjects::{dlq_subject, headers};
 
@@ -92,15 +93,15 @@ pub struct Notifier {
 /// Runs the notifier of sink `def` until `shutdown` or the fence is lost. Every error is
 /// retried: a notifier never gives up on its alerts.
 pub async fn run(
-    js: jetstream::Context,
+    rt: Runtime,
     buckets: Buckets,
     pipeline: Arc<Pipeline>,
     def: SinkDef,
     sink: AnySink,
     fence: Fence,
-    shutdown: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
 ) {
+    let Runtime { js, shutdown, .. } = rt;
     let outcome = |o: &str| {
         metrics.sink_deliveries.get_or_create_owned(&SinkLabels {
             pipeline: pipeline.name.clone(),

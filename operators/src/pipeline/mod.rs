@@ -23,7 +23,10 @@ pub use definition::{AlertOn, Clock, Direction, ModelOutput, PipelineDef, Severi
 pub use detectors::{DetectorKind, DetectorSpec, ModelRef};
 pub use schema::{Field, FieldType, Schema};
 pub use scope::RowScope;
-pub use sinks::{RateLimit, Retry, SinkDef, WebhookDef};
+pub use sinks::{
+    EmailDef, PagerDutyDef, RateLimit, Retry, Secret, SinkDef, SlackDef, SmtpDef, SmtpTls,
+    WebhookDef,
+};
 pub use template::Template;
 
 use std::time::Duration;

@@ -195,7 +195,9 @@ fn a_rule_condition_must_be_a_condition() {
 fn webhook_sinks_are_checked() {
     let with_sink = |sink: &str| format!("{ROUTES}alerts:\n  sinks:\n{sink}");
     let p = Pipeline::from_yaml(&with_sink("    - type: webhook\n      name: ops\n      url: http://127.0.0.1:9/hook\n      timeout: 2s\n")).unwrap();
-    let SinkDef::Webhook(w) = &p.sinks[0];
+    let SinkDef::Webhook(w) = &p.sinks[0] else {
+        panic!("expected a webhook, found {:?}", p.sinks[0]);
+    };
     assert_eq!(w.timeout, std::time::Duration::from_secs(2));
     assert_eq!(w.max_attempts, 10);
     let e = errors(&with_sink(

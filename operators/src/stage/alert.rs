@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::collections::BTreeMap;
 
 use crate::alert::{rfc3339_ms, rfc3339_us, Alert, AlertStatus, Detection, Source};
-use crate::alerting::lifecycle::{Lifecycle, Timing};
+use crate::alerting::lifecycle::{At, Lifecycle, Timing};
 use crate::alerting::store::{alert_key, kv_subject, Command, ALERTS_BUCKET, COMMAND_HEADER};
 use crate::duration;
 use crate::envelope::{DetectorScore, Envelope};
@@ -98,17 +98,19 @@ impl AlertStage {
                 }
             }
             let json = serde_json::to_vec(a).unwrap_or_default();
-            out.emit(
-                p.subjects.alerts.clone(),
-                format!("{}:{}", a.id, a.version),
-                json,
-            );
+            // Named by occurrence and status, not version: a status change published again
+            // after a restart (with fewer coalesced updates before it) is still a duplicate.
+            let msg_id = format!("{}:{}:{}", a.id, a.tracking.started, a.status);
+            out.emit(p.subjects.alerts.clone(), msg_id, json);
         }
         for a in changes.transitions.iter().chain(&changes.updates) {
             let json = serde_json::to_vec(a).unwrap_or_default();
             out.emit(
                 format!("{}{}", self.kv_prefix, a.id),
-                format!("kv:{}:{}:{}", p.name, a.id, a.version),
+                format!(
+                    "kv:{}:{}:{}:{}",
+                    p.name, a.id, a.version, a.tracking.applied
+                ),
                 json,
             );
         }
@@ -198,6 +200,7 @@ impl AlertStage {
             resolved_by: None,
             history: Vec::new(),
             version: 0,
+            tracking: Default::default(),
         }
     }
 }
@@ -303,7 +306,14 @@ impl Stage for AlertStage {
                     format!("alert command: expected {{alert, action, by, request}}: {e}"),
                 )
             })?;
-            self.lifecycle.command(&c, now_ms);
+            self.lifecycle.command(
+                &c,
+                At {
+                    event_ms: now_ms,
+                    now_ms,
+                    seq: input.stream_seq,
+                },
+            );
             return Ok(());
         }
         let pipeline = self.pipeline.clone();
@@ -312,6 +322,11 @@ impl Stage for AlertStage {
         let row = alert_row(p, &env);
         let key = env.meta.key.as_str();
         let event_ms = env.meta.event_time;
+        let at = At {
+            event_ms,
+            now_ms,
+            seq: input.stream_seq,
+        };
         // Absence detections come from the window stage's timers and always alert.
         if let Some(note) = &env.analysis.absence {
             for hit in &env.analysis.hits {
@@ -321,11 +336,11 @@ impl Stage for AlertStage {
                 if note.resolved {
                     let (id, _) = identity(p, &rule.name, rule.severity, &rule.labels, key, None);
                     let why = explain(p, rule, &env, &row);
-                    self.lifecycle.cleared(&id, &why, event_ms, now_ms);
+                    let ended_by = self.record(&env, &row, Cause::Rule(rule), now);
+                    self.lifecycle.cleared(&id, &why, Some(ended_by), at);
                 } else {
                     let a = self.record(&env, &row, Cause::Rule(rule), now);
-                    self.lifecycle
-                        .detected(a, Timing::default(), true, event_ms, now_ms);
+                    self.lifecycle.detected(a, Timing::default(), true, at);
                 }
             }
             return Ok(());
@@ -344,14 +359,15 @@ impl Stage for AlertStage {
                 };
                 if hit {
                     let a = self.record(&env, &row, Cause::Rule(rule), now);
-                    self.lifecycle.detected(a, timing, true, event_ms, now_ms);
+                    self.lifecycle.detected(a, timing, true, at);
                     continue;
                 }
                 let (id, _) = identity(p, &rule.name, rule.severity, &rule.labels, key, Some(&row));
                 if self.lifecycle.is_tracking(&id) {
                     let values = condition_values(p, condition, &row);
                     let why = format!("`{}` no longer holds for key {key}{values}", rule.when);
-                    self.lifecycle.cleared(&id, &why, event_ms, now_ms);
+                    let ended_by = self.record(&env, &row, Cause::Rule(rule), now);
+                    self.lifecycle.cleared(&id, &why, Some(ended_by), at);
                 }
             }
         }
@@ -364,7 +380,7 @@ impl Stage for AlertStage {
                 if gate && (score.flagged || d.flags(score.score)) {
                     let a = self.record(&env, &row, Cause::Detector(d, score), now);
                     self.lifecycle
-                        .detected(a, Timing::default(), score.flagged, event_ms, now_ms);
+                        .detected(a, Timing::default(), score.flagged, at);
                     continue;
                 }
                 let (id, _) = identity(p, &d.name, d.severity, &d.labels, key, Some(&row));
@@ -373,7 +389,8 @@ impl Stage for AlertStage {
                         "{} score {:.3} is back on the usual side of its threshold {} for key {key}",
                         d.name, score.score, d.threshold
                     );
-                    self.lifecycle.cleared(&id, &why, event_ms, now_ms);
+                    let ended_by = self.record(&env, &row, Cause::Detector(d, score), now);
+                    self.lifecycle.cleared(&id, &why, Some(ended_by), at);
                 }
             }
         }

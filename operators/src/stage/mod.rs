@@ -34,6 +34,14 @@ pub struct Planned {
     pub state: Option<StateBinding>,
 }
 
+/// What a unit starts from besides its sled state: where its snapshots go (keyed stages
+/// under a coordinator) and, for an alert stage, its partition's stored alerts.
+#[derive(Default)]
+pub struct Prior {
+    pub snapshots: Option<SnapshotPolicy>,
+    pub alerts: Vec<crate::alert::Alert>,
+}
+
 /// The consumer (and state tree) base name of a unit: `<pipeline>-<stage>[-<partition>]`.
 pub fn durable_name(unit: &UnitId) -> String {
     match &unit.stage {
@@ -55,7 +63,7 @@ pub enum BuildError {
 /// Builds the stage of one unit of `pipeline` (validate, window, score, rules or alert; sinks
 /// and the unrouted watcher are run by the worker). A keyed stage is restored from `db`,
 /// which the caller has already brought up to date with any newer snapshot; an alert stage
-/// starts from `stored_alerts`, the alerts of its partition.
+/// starts from the alerts of its partition (`prior.alerts`).
 pub fn build_unit(
     pipeline: &Arc<Pipeline>,
     unit: &UnitId,
@@ -63,9 +71,12 @@ pub fn build_unit(
     metrics: &Arc<Metrics>,
     db: &sled::Db,
     models: &ModelRegistry,
-    snapshots: Option<SnapshotPolicy>,
-    stored_alerts: Vec<crate::alert::Alert>,
+    prior: Prior,
 ) -> Result<Option<Planned>, BuildError> {
+    let Prior {
+        snapshots,
+        alerts: stored_alerts,
+    } = prior;
     let s = &pipeline.subjects;
     let k = unit.partition;
     let durable = durable_name(unit);

@@ -1,5 +1,5 @@
 use super::*;
-use crate::alert::Source;
+use crate::alert::{Source, Tracking};
 use crate::pipeline::Severity;
 
 fn detection(id: &str, explanation: &str) -> Alert {
@@ -34,6 +34,7 @@ fn detection(id: &str, explanation: &str) -> Alert {
         resolved_by: None,
         history: Vec::new(),
         version: 0,
+        tracking: Default::default(),
     }
 }
 
@@ -46,6 +47,14 @@ fn statuses(c: &Changes) -> Vec<(String, AlertStatus, u64)> {
 
 const T0: i64 = 1_763_000_000_000;
 
+fn at(event_ms: i64, now_ms: i64) -> At {
+    At {
+        event_ms,
+        now_ms,
+        seq: 0,
+    }
+}
+
 #[test]
 fn repeated_detections_update_one_alert_and_a_clear_resolves_it() {
     let mut l = Lifecycle::new(Vec::new(), None, T0);
@@ -54,8 +63,7 @@ fn repeated_detections_update_one_alert_and_a_clear_resolves_it() {
             detection("a", &format!("d{i}")),
             Timing::default(),
             true,
-            T0 + i,
-            T0 + i,
+            at(T0 + i, T0 + i),
         );
     }
     let c = l.take_changes(T0 + 10, false);
@@ -65,7 +73,7 @@ fn repeated_detections_update_one_alert_and_a_clear_resolves_it() {
     assert_eq!(c.updates.len(), 1);
     assert_eq!((c.updates[0].count, c.updates[0].version), (5, 5));
     assert_eq!(c.updates[0].explanation, "d4");
-    l.cleared("a", "back in range", T0 + 20, T0 + 20);
+    l.cleared("a", "back in range", None, at(T0 + 20, T0 + 20));
     let c = l.take_changes(T0 + 21, false);
     assert_eq!(statuses(&c), vec![("a".into(), AlertStatus::Resolved, 6)]);
     assert_eq!(
@@ -78,8 +86,7 @@ fn repeated_detections_update_one_alert_and_a_clear_resolves_it() {
         detection("a", "again"),
         Timing::default(),
         true,
-        T0 + 30,
-        T0 + 30,
+        at(T0 + 30, T0 + 30),
     );
     let c = l.take_changes(T0 + 31, false);
     assert_eq!(statuses(&c), vec![("a".into(), AlertStatus::Firing, 7)]);
@@ -96,29 +103,29 @@ fn for_waits_in_event_time_and_keep_firing_for_damps_a_clear() {
         keep_firing_for: Duration::from_secs(30),
     };
     let mut l = Lifecycle::new(Vec::new(), None, T0);
-    l.detected(detection("a", "x"), timing, true, T0, T0);
-    l.detected(detection("a", "x"), timing, true, T0 + 59_000, T0 + 1);
+    l.detected(detection("a", "x"), timing, true, at(T0, T0));
+    l.detected(detection("a", "x"), timing, true, at(T0 + 59_000, T0 + 1));
     assert!(
         l.take_changes(T0 + 2, true).transitions.is_empty(),
         "pending for 59s"
     );
-    l.detected(detection("a", "x"), timing, true, T0 + 60_000, T0 + 3);
+    l.detected(detection("a", "x"), timing, true, at(T0 + 60_000, T0 + 3));
     assert_eq!(l.take_changes(T0 + 4, false).transitions.len(), 1);
     // A clear starts keep_firing_for; a detection inside it cancels the clear.
-    l.cleared("a", "ok", T0 + 70_000, T0 + 5);
-    l.detected(detection("a", "x"), timing, true, T0 + 80_000, T0 + 6);
-    l.cleared("a", "ok", T0 + 90_000, T0 + 7);
-    l.cleared("a", "ok", T0 + 119_999, T0 + 8);
+    l.cleared("a", "ok", None, at(T0 + 70_000, T0 + 5));
+    l.detected(detection("a", "x"), timing, true, at(T0 + 80_000, T0 + 6));
+    l.cleared("a", "ok", None, at(T0 + 90_000, T0 + 7));
+    l.cleared("a", "ok", None, at(T0 + 119_999, T0 + 8));
     assert!(l.take_changes(T0 + 9, true).transitions.is_empty());
-    l.cleared("a", "ok", T0 + 120_000, T0 + 10);
+    l.cleared("a", "ok", None, at(T0 + 120_000, T0 + 10));
     assert_eq!(
         statuses(&l.take_changes(T0 + 11, true))[0].1,
         AlertStatus::Resolved
     );
     // A pending alert whose condition stops holding starts over.
-    l.detected(detection("b", "x"), timing, true, T0, T0);
-    l.cleared("b", "ok", T0 + 30_000, T0);
-    l.detected(detection("b", "x"), timing, true, T0 + 61_000, T0);
+    l.detected(detection("b", "x"), timing, true, at(T0, T0));
+    l.cleared("b", "ok", None, at(T0 + 30_000, T0));
+    l.detected(detection("b", "x"), timing, true, at(T0 + 61_000, T0));
     assert!(l.take_changes(T0, true).transitions.is_empty());
 }
 
@@ -129,8 +136,8 @@ fn keep_firing_for_ends_on_the_wall_clock_when_the_key_goes_quiet() {
         keep_firing_for: Duration::from_secs(30),
     };
     let mut l = Lifecycle::new(Vec::new(), None, T0);
-    l.detected(detection("a", "x"), timing, true, T0, T0);
-    l.cleared("a", "ok", T0 + 1_000, T0 + 1_000);
+    l.detected(detection("a", "x"), timing, true, at(T0, T0));
+    l.cleared("a", "ok", None, at(T0 + 1_000, T0 + 1_000));
     l.tick(T0 + 30_999);
     assert_eq!(
         l.take_changes(T0, true).transitions.len(),
@@ -147,7 +154,7 @@ fn keep_firing_for_ends_on_the_wall_clock_when_the_key_goes_quiet() {
 #[test]
 fn acknowledge_and_resolve_by_hand_once_per_request() {
     let mut l = Lifecycle::new(Vec::new(), Some(Duration::from_secs(300)), T0);
-    l.detected(detection("a", "x"), Timing::default(), true, T0, T0);
+    l.detected(detection("a", "x"), Timing::default(), true, at(T0, T0));
     l.take_changes(T0, true);
     let ack = Command {
         alert: "a".into(),
@@ -156,8 +163,8 @@ fn acknowledge_and_resolve_by_hand_once_per_request() {
         comment: "on it".into(),
         request: "r1".into(),
     };
-    l.command(&ack, T0 + 1);
-    l.command(&ack, T0 + 2);
+    l.command(&ack, at(T0 + 1, T0 + 1));
+    l.command(&ack, at(T0 + 2, T0 + 2));
     let c = l.take_changes(T0 + 3, true);
     assert_eq!(
         statuses(&c),
@@ -165,7 +172,12 @@ fn acknowledge_and_resolve_by_hand_once_per_request() {
     );
     assert_eq!(c.transitions[0].acknowledged_by.as_deref(), Some("ana"));
     // Still acknowledged while it keeps firing.
-    l.detected(detection("a", "x"), Timing::default(), true, T0 + 4, T0 + 4);
+    l.detected(
+        detection("a", "x"),
+        Timing::default(),
+        true,
+        at(T0 + 4, T0 + 4),
+    );
     assert_eq!(l.get("a").unwrap().status, AlertStatus::Acknowledged);
     // resolve_timeout counts from the latest detection.
     l.tick(T0 + 4 + 299_999);
@@ -175,7 +187,7 @@ fn acknowledge_and_resolve_by_hand_once_per_request() {
         request: "r2".into(),
         ..ack.clone()
     };
-    l.command(&resolve, T0 + 5);
+    l.command(&resolve, at(T0 + 5, T0 + 5));
     let c = l.take_changes(T0 + 6, true);
     assert_eq!(statuses(&c)[0].1, AlertStatus::Resolved);
     assert_eq!(
@@ -188,7 +200,7 @@ fn acknowledge_and_resolve_by_hand_once_per_request() {
             request: "r3".into(),
             ..ack.clone()
         },
-        T0 + 7,
+        at(T0 + 7, T0 + 7),
     );
     l.command(
         &Command {
@@ -196,7 +208,7 @@ fn acknowledge_and_resolve_by_hand_once_per_request() {
             request: "r4".into(),
             ..ack
         },
-        T0 + 7,
+        at(T0 + 7, T0 + 7),
     );
     assert!(l.take_changes(T0 + 8, true).transitions.is_empty());
 }
@@ -204,7 +216,7 @@ fn acknowledge_and_resolve_by_hand_once_per_request() {
 #[test]
 fn resolve_timeout_resolves_alerts_without_detections() {
     let mut l = Lifecycle::new(Vec::new(), Some(Duration::from_secs(60)), T0);
-    l.detected(detection("a", "x"), Timing::default(), true, T0, T0);
+    l.detected(detection("a", "x"), Timing::default(), true, at(T0, T0));
     l.take_changes(T0, true);
     l.tick(T0 + 60_000);
     let c = l.take_changes(T0 + 60_000, true);
@@ -218,7 +230,44 @@ fn resolve_timeout_resolves_alerts_without_detections() {
 #[test]
 fn a_continuing_detection_does_not_reopen_a_resolved_alert() {
     let mut l = Lifecycle::new(Vec::new(), None, T0);
-    l.detected(detection("a", "x"), Timing::default(), false, T0, T0);
+    l.detected(detection("a", "x"), Timing::default(), false, at(T0, T0));
     assert!(l.take_changes(T0, true).transitions.is_empty());
     assert!(!l.is_tracking("a"));
+}
+
+#[test]
+fn inputs_already_in_the_stored_state_change_nothing() {
+    let mut l = Lifecycle::new(Vec::new(), None, T0);
+    let input = |seq| At {
+        event_ms: T0,
+        now_ms: T0,
+        seq,
+    };
+    l.detected(detection("a", "x"), Timing::default(), true, input(10));
+    l.detected(detection("a", "x"), Timing::default(), true, input(11));
+    let stored = l.take_changes(T0, true).updates;
+    assert_eq!(
+        stored[0].tracking,
+        Tracking {
+            started: 10,
+            applied: 11
+        }
+    );
+    // A restart: the stored alert comes back and inputs 10..=12 are delivered again.
+    let mut l = Lifecycle::new(stored, None, T0);
+    l.detected(detection("a", "x"), Timing::default(), true, input(10));
+    l.detected(detection("a", "x"), Timing::default(), true, input(11));
+    l.cleared("a", "ok", None, input(11));
+    assert!(l.take_changes(T0, true).updates.is_empty(), "nothing new");
+    l.cleared("a", "ok", None, input(12));
+    let c = l.take_changes(T0, true);
+    assert_eq!(c.transitions.len(), 1);
+    assert_eq!(c.transitions[0].count, 2);
+    assert_eq!(
+        c.transitions[0].tracking,
+        Tracking {
+            started: 10,
+            applied: 12
+        }
+    );
 }
