@@ -174,6 +174,7 @@ fn alert(
         resolved_by: (status == AlertStatus::Resolved).then(|| "ana".to_string()),
         history,
         version: 3,
+        tracking: Default::default(),
     }
 }
 
