@@ -178,123 +178,25 @@ fn alert(
     }
 }
 
-/// The seeded alerts: two pipelines, every status and severity, two alerts changed at the
-/// same instant (ordered by id) and one with a fractional second.
+/// The seeded alerts: two pipelines, every status and severity, three alerts changed at the
+/// same instant (ordered by pipeline, then id) and one with a fractional second.
+#[rustfmt::skip]
 fn seed() -> Vec<Alert> {
     use AlertStatus::*;
     use Severity::*;
     let t = |m: u32| format!("2026-11-21T10:{m:02}:00Z");
     vec![
-        alert(
-            "pay",
-            "p01",
-            "big",
-            "acc-1",
-            Critical,
-            Firing,
-            &t(0),
-            &t(10),
-            "payments",
-        ),
-        alert(
-            "pay",
-            "p02",
-            "big",
-            "acc-2",
-            Critical,
-            Acknowledged,
-            &t(1),
-            &t(20),
-            "payments",
-        ),
-        alert(
-            "pay",
-            "p03",
-            "big",
-            "acc-3",
-            Warning,
-            Resolved,
-            &t(2),
-            &t(5),
-            "payments",
-        ),
-        alert(
-            "pay",
-            "p04",
-            "velocity",
-            "acc-1",
-            Warning,
-            Firing,
-            &t(3),
-            &t(30),
-            "risk",
-        ),
-        alert(
-            "pay",
-            "p05",
-            "velocity",
-            "acc-4",
-            Info,
-            Firing,
-            &t(4),
-            &t(30),
-            "risk",
-        ),
-        alert(
-            "pay",
-            "p06",
-            "big",
-            "acc-5",
-            Critical,
-            Resolved,
-            &t(5),
-            "2026-11-21T10:30:00.500Z",
-            "payments",
-        ),
-        alert(
-            "hosts",
-            "h01",
-            "cpu_high",
-            "web-1",
-            Critical,
-            Firing,
-            &t(0),
-            &t(40),
-            "ops",
-        ),
-        alert(
-            "hosts",
-            "h02",
-            "cpu_high",
-            "web-2",
-            Warning,
-            Acknowledged,
-            &t(6),
-            &t(15),
-            "ops",
-        ),
-        alert(
-            "hosts",
-            "h03",
-            "cpu_high",
-            "db-1",
-            Critical,
-            Firing,
-            &t(7),
-            &t(30),
-            "dba",
-        ),
-        alert(
-            "hosts",
-            "h04",
-            "disk",
-            "db-1",
-            Info,
-            Resolved,
-            &t(8),
-            &t(9),
-            "dba",
-        ),
+        //    pipeline id     rule        key      severity  status        starts  updated  team
+        alert("pay",   "p01", "big",      "acc-1", Critical, Firing,       &t(0),  &t(10),  "payments"),
+        alert("pay",   "p02", "big",      "acc-2", Critical, Acknowledged, &t(1),  &t(20),  "payments"),
+        alert("pay",   "p03", "big",      "acc-3", Warning,  Resolved,     &t(2),  &t(5),   "payments"),
+        alert("pay",   "p04", "velocity", "acc-1", Warning,  Firing,       &t(3),  &t(30),  "risk"),
+        alert("pay",   "p05", "velocity", "acc-4", Info,     Firing,       &t(4),  &t(30),  "risk"),
+        alert("pay",   "p06", "big",      "acc-5", Critical, Resolved,     &t(5),  "2026-11-21T10:30:00.500Z", "payments"),
+        alert("hosts", "h01", "cpu_high", "web-1", Critical, Firing,       &t(0),  &t(40),  "ops"),
+        alert("hosts", "h02", "cpu_high", "web-2", Warning,  Acknowledged, &t(6),  &t(15),  "ops"),
+        alert("hosts", "h03", "cpu_high", "db-1",  Critical, Firing,       &t(7),  &t(30),  "dba"),
+        alert("hosts", "h04", "disk",     "db-1",  Info,     Resolved,     &t(8),  &t(9),   "dba"),
     ]
 }
 
