@@ -892,6 +892,8 @@ async fn the_alerts_commands_list_and_silence_through_the_coordinator() {
         ok && out.contains(&format!("id:             {long}")),
         "{out}{err}"
     );
+    let (ok, _, err) = s.cli(&["alerts", "get", "nope", "p01"]).await;
+    assert!(!ok && err.contains("no pipeline named `nope`"), "{err}");
     let (ok, _, err) = s.cli(&["alerts", "get", "pay", "p0"]).await;
     assert!(!ok);
     assert!(

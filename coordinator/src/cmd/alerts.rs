@@ -194,22 +194,21 @@ fn table(rows: &[Vec<String>]) {
     }
 }
 
-/// The full id of `id`, which may be a unique prefix of one of the pipeline's alerts (the
-/// table shows ids shortened).
-async fn resolve_id(
+/// The alert named by `id`, which may be a unique prefix of one of the pipeline's alert ids
+/// (the table shows them shortened).
+async fn find_alert(
     c: &mut AlertsClient<Channel>,
     pipeline: &str,
     id: &str,
-) -> anyhow::Result<String> {
-    match c
-        .get(v1::GetAlertRequest {
-            pipeline: pipeline.to_string(),
-            id: id.to_string(),
-        })
-        .await
-    {
-        Ok(a) => return Ok(a.into_inner().id),
-        Err(s) if s.code() == tonic::Code::NotFound && s.message().contains("has no alert") => {}
+) -> anyhow::Result<v1::Alert> {
+    let get = |id: &str| v1::GetAlertRequest {
+        pipeline: pipeline.to_string(),
+        id: id.to_string(),
+    };
+    match c.get(get(id)).await {
+        Ok(a) => return Ok(a.into_inner()),
+        // An unknown pipeline is reported by the List below.
+        Err(s) if s.code() == tonic::Code::NotFound => {}
         Err(s) => return Err(fail(s)),
     }
     let mut found = Vec::new();
@@ -237,7 +236,7 @@ async fn resolve_id(
         token = page.next_page_token;
     }
     match found.as_slice() {
-        [one] => Ok(one.clone()),
+        [one] => Ok(c.get(get(one)).await.map_err(fail)?.into_inner()),
         [] => anyhow::bail!("pipeline `{pipeline}` has no alert `{id}`"),
         many => anyhow::bail!(
             "`{id}` is ambiguous: expected a prefix of one alert of `{pipeline}`, found {} ({})",
@@ -322,12 +321,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Get { pipeline, id, json } => {
-            let id = resolve_id(&mut c, &pipeline, &id).await?;
-            let a = c
-                .get(v1::GetAlertRequest { pipeline, id })
-                .await
-                .map_err(fail)?
-                .into_inner();
+            let a = find_alert(&mut c, &pipeline, &id).await?;
             if json {
                 let v: serde_json::Value = serde_json::from_str(&a.json)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -404,7 +398,7 @@ fn print_alert(a: &v1::Alert) {
 }
 
 async fn act(c: &mut AlertsClient<Channel>, action: Action, ack: bool) -> anyhow::Result<()> {
-    let id = resolve_id(c, &action.pipeline, &action.id).await?;
+    let id = find_alert(c, &action.pipeline, &action.id).await?.id;
     let request = v1::AlertActionRequest {
         pipeline: action.pipeline,
         id,
