@@ -183,7 +183,12 @@ async fn sigkill_mid_stream_loses_no_alert_and_duplicates_none() {
             )
         })
         .collect();
-    assert_eq!(got, expected, "no change missing");
+    assert!(
+        got == expected,
+        "no change missing; published but not expected: {:?}; expected but not published: {:?}",
+        got.difference(&expected).collect::<Vec<_>>(),
+        expected.difference(&got).collect::<Vec<_>>()
+    );
 
     // Notifications: wait until each rule's group has reported its final firing alerts.
     let final_firing = |rule: &str| -> BTreeSet<String> {
