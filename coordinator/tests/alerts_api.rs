@@ -536,31 +536,11 @@ async fn alerts_are_listed_by_every_filter_and_paged_exactly_once_in_order() {
     );
 
     // Reflection lists the service.
-    {
-        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
-        let mut r = ServerReflectionClient::new(s.channel.clone());
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut resp = r
-            .server_reflection_info(futures::stream::iter(vec![req]))
-            .await
-            .unwrap()
-            .into_inner();
-        let msg = resp.message().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
-            panic!("a service list")
-        };
-        assert!(
-            list.service.iter().any(|s| s.name == "anom.v1.Alerts"),
-            "{:?}",
-            list.service
-        );
-    }
+    let services = support::grpc_services(&s.channel).await;
+    assert!(
+        services.iter().any(|s| s == "anom.v1.Alerts"),
+        "{services:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
