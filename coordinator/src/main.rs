@@ -37,6 +37,8 @@ enum Command {
     Publish(cmd::publish::Args),
     /// Watch alerts (or dead letters) as they happen.
     Tail(cmd::tail::Args),
+    /// Alerts through the coordinator: list, get, ack, resolve, and silences.
+    Alerts(cmd::alerts::Args),
     /// Check pipeline definitions and report every problem.
     Check(cmd::check::Args),
     /// Fit an Isolation Forest on a range of a pipeline's input stream, write it as ONNX
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             Command::Assignments(args) => cmd::cluster::assignments(args).await,
             Command::Publish(args) => cmd::publish::run(args).await,
             Command::Tail(args) => cmd::tail::run(args).await,
+            Command::Alerts(args) => cmd::alerts::run(args).await,
             Command::Check(args) => cmd::check::run(args),
             Command::Train(args) => cmd::train::run(args).await,
             Command::Detectors(args) => cmd::detectors::run(args),

@@ -112,25 +112,7 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
 
     // Reflection lists every service, as grpcurl would see them.
     {
-        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
-        let mut r = ServerReflectionClient::new(ch.clone());
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut resp = r
-            .server_reflection_info(futures::stream::iter(vec![req]))
-            .await
-            .unwrap()
-            .into_inner();
-        let msg = resp.message().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
-            panic!("a service list")
-        };
-        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        let names = support::grpc_services(&ch).await;
         for s in [
             "anom.v1.Pipelines",
             "anom.v1.Cluster",

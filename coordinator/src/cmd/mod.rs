@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod alerts;
 pub mod check;
 pub mod cluster;
 pub mod coordinator;
@@ -60,6 +61,19 @@ pub fn pipelines_dir(path: &Path) -> std::path::PathBuf {
         path.to_path_buf()
     } else {
         path.parent().map_or_else(|| ".".into(), Path::to_path_buf)
+    }
+}
+
+/// RFC 3339, or an age before `now_ms` (`7d`, `90m`).
+pub fn parse_time(text: &str, now_ms: i64) -> anyhow::Result<i64> {
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    match anom_operators::duration::parse(text) {
+        Ok(age) => Ok(now_ms - age.as_millis() as i64),
+        Err(_) => anyhow::bail!(
+            "expected a time as RFC 3339 (2026-11-01T00:00:00Z) or an age (7d, 12h), found `{text}`"
+        ),
     }
 }
 

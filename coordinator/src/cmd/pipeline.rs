@@ -113,7 +113,8 @@ pub async fn apply_path(url: &str, path: &Path, comment: &str) -> anyhow::Result
     Ok(())
 }
 
-fn time(t: &Option<prost_types::Timestamp>) -> String {
+/// A time as `2026-11-21 10:00:00` (UTC), `-` when unset.
+pub fn time(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
         .map_or_else(

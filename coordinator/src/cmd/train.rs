@@ -13,6 +13,8 @@ use anom_proto::v1;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::parse_time;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The pipeline whose input stream to learn from.
@@ -240,19 +242,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// RFC 3339, or an age before `now_ms` (`7d`, `90m`).
-fn parse_time(text: &str, now_ms: i64) -> anyhow::Result<i64> {
-    if let Ok(t) = text.parse::<jiff::Timestamp>() {
-        return Ok(t.as_millisecond());
-    }
-    match anom_operators::duration::parse(text) {
-        Ok(age) => Ok(now_ms - age.as_millis() as i64),
-        Err(_) => anyhow::bail!(
-            "expected a time as RFC 3339 (2026-11-01T00:00:00Z) or an age (7d, 12h), found `{text}`"
-        ),
-    }
 }
 
 fn detector_yaml(name: &str, model: &str, features: &[String], threshold: f64) -> String {

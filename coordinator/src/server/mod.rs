@@ -8,8 +8,10 @@
 //! | `store` | the coordinator's sled database |
 //! | `pipelines` | the `Pipelines` service |
 //! | `cluster` | the `Cluster` service |
+//! | `alerts` | the `Alerts` service: alert queries, acknowledgements, silences |
 //! | `metrics` | `anom_coordinator_*` metrics |
 
+pub mod alerts;
 pub mod assign;
 pub mod cluster;
 pub mod control;
@@ -69,6 +71,11 @@ impl Coordinator {
             )
         })?;
         let control = Control::load(store, js, config.lease_ttl, config.streams.clone()).await?;
+        // Created here too, not only by workers: alerts and silences can be queried and
+        // silences added before any worker has started.
+        let buckets = anom_operators::alerting::Buckets::open(&control.js, config.streams.replicas)
+            .await
+            .context("cannot open the alert buckets")?;
         tokio::spawn(
             control
                 .clone()
@@ -98,6 +105,9 @@ impl Coordinator {
         health
             .set_serving::<v1::cluster_server::ClusterServer<cluster::ClusterService>>()
             .await;
+        health
+            .set_serving::<v1::alerts_server::AlertsServer<alerts::AlertService>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -122,6 +132,10 @@ impl Coordinator {
                     control: control.clone(),
                 },
             ))
+            .add_service(v1::alerts_server::AlertsServer::new(alerts::AlertService {
+                control: control.clone(),
+                buckets,
+            }))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
         let server = tokio::spawn(server);
         info!(%addr, "coordinator serving gRPC");

@@ -165,7 +165,7 @@ fn digest(text: &str) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
 }
 
-fn not_found(name: &str) -> Status {
+pub fn not_found(name: &str) -> Status {
     Status::not_found(format!("no pipeline named `{name}`"))
 }
 

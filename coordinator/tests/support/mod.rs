@@ -434,6 +434,29 @@ pub async fn coordinator_channel(addr: SocketAddr) -> tonic::transport::Channel 
         .connect_lazy()
 }
 
+/// The services a coordinator lists through gRPC reflection, as grpcurl would see them.
+pub async fn grpc_services(ch: &tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut r = ServerReflectionClient::new(ch.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = r
+        .server_reflection_info(futures::stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("a service list")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
 /// Units assigned, and units every live worker reports running, as the coordinator sees
 /// them.
 pub async fn cluster_view(
