@@ -45,7 +45,23 @@ fn the_readme_pipeline_compiles() {
     let p = Pipeline::from_yaml(&yaml[0]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.name, "routes");
     assert_eq!(p.rules.len(), 2);
-    assert_eq!(p.sinks.len(), 1);
+    assert_eq!(p.sinks.len(), 2);
+    // Critical alerts go to the pager and the webhook; the rest to the webhook (the root).
+    let route = &p.alerting.route;
+    let labels = |severity: &str| {
+        [("severity".to_string(), severity.to_string())]
+            .into_iter()
+            .collect()
+    };
+    let sinks = |severity| -> Vec<Vec<String>> {
+        route
+            .matching(&labels(severity))
+            .iter()
+            .map(|r| r.sinks.clone())
+            .collect()
+    };
+    assert_eq!(sinks("critical"), [["pager", "ops"]]);
+    assert_eq!(sinks("warning"), [["ops"]]);
 }
 
 #[test]

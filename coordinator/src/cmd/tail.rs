@@ -1,6 +1,6 @@
 //! `anom tail alerts|dlq`: print alerts or dead letters as they arrive.
 
-use anom_operators::alert::Alert;
+use anom_operators::alert::{Alert, AlertStatus};
 use anom_operators::subjects::headers;
 use anyhow::Context as _;
 use futures::StreamExt;
@@ -85,8 +85,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// One line per alert: `[critical] routes/failed_route SFTP-BANK-A: Route … failed`.
 pub fn alert_line(a: &Alert) -> String {
-    format!(
-        "{} [{}] {}/{} {}: {}\n    why: {}",
-        a.event_time, a.severity, a.pipeline, a.rule, a.key, a.message, a.explanation
-    )
+    let head = format!(
+        "{} [{}] {}/{} {}",
+        a.event_time, a.severity, a.pipeline, a.rule, a.key
+    );
+    match a.status {
+        AlertStatus::Firing => format!("{head}: {}\n    why: {}", a.message, a.explanation),
+        AlertStatus::Acknowledged => format!(
+            "{head}: acknowledged by {}",
+            a.acknowledged_by.as_deref().unwrap_or("?")
+        ),
+        AlertStatus::Resolved => format!(
+            "{head}: resolved: {}",
+            a.resolved_by.as_deref().unwrap_or("")
+        ),
+    }
 }
