@@ -23,7 +23,6 @@ use anom_operators::stage::validate::partition_of;
 use anom_operators::unit::{UnitId, UnitStage};
 use anom_proto::v1;
 use anom_proto::v1::alerts_server::Alerts;
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -335,74 +334,20 @@ fn unavailable(e: StoreError) -> Status {
     Status::unavailable(e.to_string())
 }
 
-/// Every record of `pipeline` in a bucket, as (key, JSON), in one pass over the bucket's
-/// stream: [`store::load_all`] reads key by key, which takes seconds for thousands of
-/// alerts, and List reads them all on every page.
+/// Every record of `pipeline` in a bucket, as (key, JSON).
 async fn read_bucket(
     bucket: &kv::Store,
     name: &'static str,
     pipeline: &str,
 ) -> Result<Vec<(String, Json)>, StoreError> {
-    let err = |e: async_nats::Error| StoreError::Nats {
-        bucket: name,
-        source: e,
-    };
-    let prefix = store::kv_subject(name, "");
-    let consumer = bucket
-        .stream
-        .create_consumer(pull::Config {
-            // The bucket keeps one value per key; deletions leave a marker, skipped below.
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ack_policy: AckPolicy::None,
-            filter_subject: format!("{prefix}{pipeline}.>"),
-            inactive_threshold: Duration::from_secs(30),
-            memory_storage: true,
-            ..Default::default()
+    store::scan(bucket, name, pipeline)
+        .await?
+        .into_iter()
+        .map(|(key, bytes)| {
+            let json = store::decode(name, &key, &bytes)?;
+            Ok((key, json))
         })
-        .await
-        .map_err(|e| err(e.into()))?;
-    // Values written after the consumer was made are not waited for: a snapshot.
-    let pending = consumer.cached_info().num_pending as usize;
-    let mut out = Vec::with_capacity(pending);
-    let mut seen = 0;
-    while seen < pending {
-        let mut batch = consumer
-            .fetch()
-            .max_messages((pending - seen).min(10_000))
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await
-            .map_err(|e| err(e.into()))?;
-        let before = seen;
-        while let Some(m) = batch.next().await {
-            let m = m.map_err(err)?;
-            seen += 1;
-            let deleted = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            let Some(key) = m.subject.strip_prefix(&prefix) else {
-                continue;
-            };
-            if deleted {
-                continue;
-            }
-            let json = serde_json::from_slice(&m.payload).map_err(|source| StoreError::Decode {
-                bucket: name,
-                key: key.to_string(),
-                source,
-            })?;
-            out.push((key.to_string(), json));
-        }
-        if seen == before {
-            break;
-        }
-    }
-    let consumer_name = consumer.cached_info().name.clone();
-    // Gone by itself after inactive_threshold; deleted now so frequent calls leave none.
-    let _ = bucket.stream.delete_consumer(&consumer_name).await;
-    Ok(out)
+        .collect()
 }
 
 /// The command is in the stage's input but not applied.

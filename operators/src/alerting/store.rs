@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -131,34 +132,75 @@ pub fn kv_subject(bucket: &str, key: &str) -> String {
     format!("$KV.{bucket}.{key}")
 }
 
-/// Every record of `pipeline` in a bucket, decoded.
+/// Every record under `<prefix>.` in a bucket, decoded, in key order.
 pub async fn load_all<T: serde::de::DeserializeOwned>(
     store: &kv::Store,
     bucket: &'static str,
-    pipeline: &str,
+    prefix: &str,
 ) -> Result<Vec<T>, StoreError> {
+    scan(store, bucket, prefix)
+        .await?
+        .into_iter()
+        .map(|(key, bytes)| decode(bucket, &key, &bytes))
+        .collect()
+}
+
+/// Every live record under `<prefix>.` in a bucket, as (key, value), sorted by key: one pass
+/// over the bucket's stream (its latest message per key) instead of a request per key,
+/// which took seconds for thousands of alerts. A snapshot: values written meanwhile may or
+/// may not be in it.
+pub async fn scan(
+    store: &kv::Store,
+    bucket: &'static str,
+    prefix: &str,
+) -> Result<Vec<(String, bytes::Bytes)>, StoreError> {
     let err = nats(bucket);
-    // The bucket's stream lists the subjects (keys) under a filter; the store reads each.
-    let prefix = kv_subject(bucket, "");
-    let mut subjects = store
+    let subjects = kv_subject(bucket, "");
+    let consumer = store
         .stream
-        .info_with_subjects(format!("{prefix}{pipeline}.>"))
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ack_policy: AckPolicy::None,
+            filter_subject: format!("{subjects}{prefix}.>"),
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            ..Default::default()
+        })
         .await
         .map_err(|e| err(e.into()))?;
-    let mut keys = Vec::new();
-    while let Some(subject) = subjects.next().await {
-        let (subject, _) = subject.map_err(|e| err(e.into()))?;
-        if let Some(key) = subject.strip_prefix(&prefix) {
-            keys.push(key.to_string());
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut out = Vec::with_capacity(pending);
+    let mut seen = 0;
+    while seen < pending {
+        let mut batch = consumer
+            .fetch()
+            .max_messages((pending - seen).min(10_000))
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| err(e.into()))?;
+        let before = seen;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(&err)?;
+            seen += 1;
+            // Deleted and purged keys leave a marker as their latest message.
+            let deleted = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            if let (false, Some(key)) = (deleted, m.subject.strip_prefix(&subjects)) {
+                out.push((key.to_string(), m.payload.clone()));
+            }
+        }
+        if seen == before {
+            break;
         }
     }
-    keys.sort();
-    let mut out = Vec::new();
-    for key in keys {
-        if let Some(bytes) = store.get(&key).await.map_err(|e| err(e.into()))? {
-            out.push(decode(bucket, &key, &bytes)?);
-        }
-    }
+    let name = consumer.cached_info().name.clone();
+    // It would go by itself after inactive_threshold; frequent callers should leave none.
+    let _ = store.stream.delete_consumer(&name).await;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
