@@ -7,6 +7,7 @@
 //! 2. throughput: N events through validate → rules → alert, as fast as they are published;
 //! 3. latency: events at a fixed rate, publish → alert received, as an HDR histogram.
 
+mod alert_burst;
 mod baseline;
 mod generate;
 mod pipeline;
@@ -28,6 +29,16 @@ pub enum Command {
         events: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+    },
+    /// A burst of detections for many keys into the alert stage: how long the lifecycle takes
+    /// to fold them into one alert per key and notify, against a raw JetStream publish.
+    AlertBurst {
+        #[arg(long, default_value_t = 100_000)]
+        detections: usize,
+        #[arg(long, default_value_t = 1_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
     },
     /// The window stage's own work at growing key counts (no JetStream), with a raw hop
     /// baseline measured in the same run.
@@ -133,6 +144,19 @@ async fn main() -> anyhow::Result<()> {
                 println!("raw JetStream hop (160 B, same run): {b:.0} msg/s\n");
             }
             println!("{}", window_bench::markdown(&runs, base));
+            return Ok(());
+        }
+        Some(Command::AlertBurst {
+            detections,
+            keys,
+            partitions,
+        }) => {
+            let dir = tempfile::tempdir()?;
+            let server = Natsd::start_in(dir.path()).await?;
+            eprintln!("alert burst: {detections} detections for {keys} keys ...");
+            let burst = alert_burst::run(server.url(), *detections, *keys, *partitions).await?;
+            server.stop().await?;
+            println!("{}", burst.markdown());
             return Ok(());
         }
         None => {}

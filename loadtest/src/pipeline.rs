@@ -55,10 +55,26 @@ schema:
     )
 }
 
-/// Event `i` of `keys` distinct routes; one in `alert_every` fails (the injected, labelled
-/// anomaly: it must raise exactly one alert).
+/// Whether event `i` carries an injected anomaly: one in `alert_every` of each route's own
+/// events fails, so every one starts a new occurrence of the route's alert (its route's next
+/// event is fine and resolves it) and must raise exactly one firing alert record.
+pub fn injected(i: usize, alert_every: usize, keys: usize) -> bool {
+    let keys = keys.max(1);
+    (i / keys + i % keys).is_multiple_of(alert_every.max(1))
+}
+
+/// Alert records `events` events publish: a firing per injected anomaly, and a resolution
+/// per injected anomaly whose route has a later event.
+pub fn expected_records(events: usize, alert_every: usize, keys: usize) -> u64 {
+    (0..events)
+        .filter(|i| injected(*i, alert_every, keys))
+        .map(|i| if i + keys.max(1) < events { 2 } else { 1 })
+        .sum()
+}
+
+/// Event `i` of `keys` distinct routes (route `i % keys`); the injected anomalies fail.
 pub fn sample_event(i: usize, sent_us: i64, alert_every: usize, keys: usize) -> Bytes {
-    let status = if i.is_multiple_of(alert_every.max(1)) {
+    let status = if injected(i, alert_every, keys) {
         "FAILED"
     } else {
         "OK"
@@ -142,9 +158,7 @@ pub async fn throughput(url: &str, args: &Args) -> anyhow::Result<Throughput> {
     let (shutdown, worker) = start(url, args).await?;
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
-    let expected_alerts = (0..args.events)
-        .filter(|i| i.is_multiple_of(args.alert_every.max(1)))
-        .count() as u64;
+    let expected_alerts = expected_records(args.events, args.alert_every, args.keys);
     let events: Vec<Bytes> = (0..args.events)
         .map(|i| sample_event(i, 0, args.alert_every, args.keys))
         .collect();
@@ -313,6 +327,10 @@ pub async fn latency_at(
             while let Some(msg) = alerts.next().await {
                 let now = now_us();
                 let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+                // Resolutions carry the event that ended the alert: not a detection.
+                if v["status"] != "firing" {
+                    continue;
+                }
                 if let Some(sent) = v["event"]["sentUs"].as_i64() {
                     if let Ok(mut h) = histogram.lock() {
                         let _ = h.record((now - sent).max(1) as u64);
@@ -368,7 +386,7 @@ pub async fn latency_at(
     drop(ack_tx);
     acker.await??;
     let expected_samples = (0..total)
-        .filter(|i| i.is_multiple_of(args.alert_every.max(1)))
+        .filter(|i| injected(*i, args.alert_every, args.keys))
         .count() as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     while histogram.lock().map(|h| h.len()).unwrap_or(0) < expected_samples
@@ -396,8 +414,10 @@ pub async fn latency_at(
         .lock()
         .map(|a| a.clone())
         .map_err(|_| anyhow::anyhow!("poisoned"))?;
-    let injected = |i: u64| (i as usize).is_multiple_of(args.alert_every.max(1));
-    let true_positives = alerted.iter().filter(|i| injected(**i)).count() as u64;
+    let true_positives = alerted
+        .iter()
+        .filter(|i| injected(**i as usize, args.alert_every, args.keys))
+        .count() as u64;
     Ok(Latency {
         target_rate: rate,
         achieved_rate,
