@@ -195,6 +195,7 @@ impl Notifier {
             .silences
             .watch_with_history(format!("{p}.>"))
             .await?;
+        let mut last_cleanup = std::time::Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -223,6 +224,10 @@ impl Notifier {
                         return Ok(());
                     }
                     self.flush_due(&done_tx, shutdown).await?;
+                    if last_cleanup.elapsed() >= Duration::from_secs(10) {
+                        self.forget_resolved();
+                        last_cleanup = std::time::Instant::now();
+                    }
                 }
             }
         }
@@ -256,18 +261,59 @@ impl Notifier {
     }
 
     /// Whether a silence or an inhibition keeps `a` out of notifications.
-    fn muted(&self, a: &Alert, now: i64) -> bool {
+    /// Forgets alerts ten minutes after they resolved and left every group (inhibition and
+    /// late flushes are done with them by then).
+    fn forget_resolved(&mut self) {
+        let now = now_ms();
+        let grouped: HashSet<&String> = self.groups.values().flat_map(|g| &g.alerts).collect();
+        let keep: HashSet<String> = self
+            .alerts
+            .values()
+            .filter(|a| {
+                a.status.is_active() || grouped.contains(&a.id) || now - updated_ms(a) < 600_000
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        self.alerts.retain(|id, _| keep.contains(id));
+    }
+
+    /// Whether a silence or an inhibition keeps `a` out of notifications. `sources`: per
+    /// inhibition rule, the active alerts its `source` matchers take (see [`Self::sources`]).
+    fn muted(&self, a: &Alert, sources: &[Vec<&Alert>], now: i64) -> bool {
         if self.silences.values().any(|s| s.mutes(&a.labels, now)) {
             return true;
         }
         a.status.is_active()
-            && self.pipeline.alerting.inhibit.iter().any(|rule| {
-                self.alerts.values().any(|source| {
-                    source.status.is_active()
-                        && source.id != a.id
-                        && rule.mutes(&source.labels, &a.labels)
+            && self
+                .pipeline
+                .alerting
+                .inhibit
+                .iter()
+                .zip(sources)
+                .any(|(rule, sources)| {
+                    sources
+                        .iter()
+                        .any(|source| source.id != a.id && rule.mutes(&source.labels, &a.labels))
                 })
+    }
+
+    /// The firing alerts each inhibition rule's `source` matches: computed once per flush,
+    /// usually a handful (the critical ones), so muting is not a scan of every alert.
+    fn sources(&self) -> Vec<Vec<&Alert>> {
+        self.pipeline
+            .alerting
+            .inhibit
+            .iter()
+            .map(|rule| {
+                self.alerts
+                    .values()
+                    .filter(|s| {
+                        s.status.is_active()
+                            && crate::alerting::matcher::all_match(&rule.source, &s.labels)
+                    })
+                    .collect()
             })
+            .collect()
     }
 
     async fn flush_due(
@@ -304,11 +350,12 @@ impl Notifier {
         let mut current = nflog::Current::default();
         let mut members: Vec<Alert> = Vec::new();
         let mut suppressed = 0;
+        let sources = self.sources();
         for id in &group.alerts {
             let Some(a) = self.alerts.get(id) else {
                 continue;
             };
-            if self.muted(a, now) {
+            if self.muted(a, &sources, now) {
                 suppressed += 1;
                 continue;
             }
@@ -412,10 +459,6 @@ impl Notifier {
                 self.groups.remove(key);
             }
         }
-        // Forget resolved alerts a while after they resolved (inhibition and late groups are
-        // done with them by then).
-        self.alerts
-            .retain(|_, a| a.status.is_active() || now - updated_ms(a) < 600_000);
         Ok(())
     }
 
