@@ -66,22 +66,8 @@ async fn put_silence(buckets: &Buckets, s: &Silence) {
 /// the order they arrived.
 fn by_group(receiver: &Receiver) -> BTreeMap<String, Vec<BTreeSet<(String, String)>>> {
     let mut out: BTreeMap<String, Vec<BTreeSet<(String, String)>>> = BTreeMap::new();
-    for (_, n) in receiver.bodies.lock().unwrap().iter() {
-        out.entry(n["group_labels"]["rule"].as_str().unwrap().to_string())
-            .or_default()
-            .push(
-                n["alerts"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|a| {
-                        (
-                            a["key"].as_str().unwrap().to_string(),
-                            a["status"].as_str().unwrap().to_string(),
-                        )
-                    })
-                    .collect(),
-            );
+    for (rule, alerts) in support::notifications(receiver) {
+        out.entry(rule).or_default().push(alerts);
     }
     out
 }

@@ -100,32 +100,6 @@ fn transition(a: &serde_json::Value) -> (String, String, String, String) {
     )
 }
 
-/// The notifications a receiver got, as rule → {(route, status)}.
-fn notified(receiver: &Receiver) -> Vec<(String, BTreeSet<(String, String)>)> {
-    receiver
-        .bodies
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, n)| {
-            (
-                n["group_labels"]["rule"].as_str().unwrap().to_string(),
-                n["alerts"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|a| {
-                        (
-                            a["key"].as_str().unwrap().to_string(),
-                            a["status"].as_str().unwrap().to_string(),
-                        )
-                    })
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
 async fn publish_all(js: &async_nats::jetstream::Context, subject: &str, payloads: Vec<Bytes>) {
     let mut acks = Vec::new();
     for p in payloads {
@@ -199,7 +173,7 @@ async fn known_events_raise_exactly_the_expected_alerts_on_nats_and_webhook() {
     assert_eq!(transitions.into_iter().collect::<BTreeSet<_>>(), expected);
 
     assert_eq!(
-        notified(&receiver),
+        support::notifications(&receiver),
         want,
         "exactly these notifications, in order"
     );
@@ -504,7 +478,7 @@ async fn alerts_reach_a_webhook_that_was_down_once_it_is_back() {
     let ids = receiver.ids();
     let unique: BTreeSet<_> = ids.iter().collect();
     assert_eq!(ids.len(), unique.len(), "no notification delivered twice");
-    assert_eq!(notified(&receiver), want);
+    assert_eq!(support::notifications(&receiver), want);
     let dead = read_stream(&js, "ANOM_DLQ", None).await;
     assert!(dead.is_empty(), "nothing was dead-lettered");
     worker.stop().await;

@@ -106,7 +106,8 @@ impl fmt::Display for UnitId {
     }
 }
 
-fn kv_safe(s: &str) -> String {
+/// `s` with every character a NATS KV key cannot hold replaced by `_`.
+pub(crate) fn kv_safe(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

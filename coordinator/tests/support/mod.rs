@@ -361,6 +361,35 @@ impl Receiver {
     }
 }
 
+/// The notifications a receiver got, in arrival order: each one's group `rule` label and the
+/// (key, status) of its alerts.
+pub fn notifications(
+    receiver: &Receiver,
+) -> Vec<(String, std::collections::BTreeSet<(String, String)>)> {
+    receiver
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, n)| {
+            let alerts = n["alerts"]
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|a| {
+                    (
+                        a["key"].as_str().unwrap_or_default().to_string(),
+                        a["status"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            let rule = n["group_labels"]["rule"].as_str().unwrap_or_default();
+            (rule.to_string(), alerts)
+        })
+        .collect()
+}
+
 /// A free loopback port (for a receiver that must start later on a known port).
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

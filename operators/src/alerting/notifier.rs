@@ -31,6 +31,7 @@ use crate::rejection::RejectKind;
 use crate::runtime::Runtime;
 use crate::sink::{AnySink, Delivery};
 use crate::subjects::{dlq_subject, headers};
+use crate::unit::kv_safe;
 
 /// How often groups are checked for a due flush.
 const TICK: Duration = Duration::from_millis(100);
@@ -584,18 +585,6 @@ fn group_hash(group_key: &str) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(group_key.as_bytes()))
 }
 
-fn kv_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 fn updated_ms(a: &Alert) -> i64 {
     super::silence::millis(&a.updated_at).unwrap_or(0)
 }
@@ -604,4 +593,39 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_lets_a_burst_through_then_says_how_long_to_wait() {
+        let limit: RateLimit = "3/s".parse().unwrap();
+        let mut l = Limiter {
+            tokens: 3.0,
+            limit,
+            at_ms: 0,
+        };
+        assert!(l.take(0).is_ok() && l.take(0).is_ok() && l.take(0).is_ok());
+        assert_eq!(l.take(0), Err(334), "one token every 333.3 ms");
+        assert_eq!(l.take(200), Err(134));
+        assert!(l.take(334).is_ok());
+        // Idle time refills up to the limit, not beyond.
+        assert!((0..3).all(|_| l.take(10_000).is_ok()));
+        assert!(l.take(10_000).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let retry = Retry {
+            max_attempts: 10,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        for (attempt, base) in [(1, 100), (2, 200), (3, 400), (5, 1000), (9, 1000)] {
+            let d = backoff(retry, attempt).as_millis() as u64;
+            assert!((base / 2..=base).contains(&d), "attempt {attempt}: {d} ms");
+        }
+    }
 }
