@@ -92,19 +92,27 @@ impl AlertStage {
                 if let Some(c) = self.alerts.get(&a.severity) {
                     c.inc();
                 }
-                if let Some(ingest_us) = crate::alerting::silence::millis(&a.ingest_time) {
+                if let Some(ingest_ms) = crate::alerting::silence::millis(&a.ingest_time) {
                     self.latency
-                        .observe((now_ms - ingest_us).max(0) as f64 / 1e3);
+                        .observe((now_ms - ingest_ms).max(0) as f64 / 1e3);
                 }
             }
-            let json = serde_json::to_vec(a).unwrap_or_default();
+        }
+        // Each change of status goes on the alert stream before its state is written: one
+        // connection keeps the order, so a stored state never runs ahead of its record.
+        let records: Vec<(&Alert, Vec<u8>)> = changes
+            .transitions
+            .iter()
+            .chain(&changes.updates)
+            .map(|a| (a, serde_json::to_vec(a).unwrap_or_default()))
+            .collect();
+        for (a, json) in &records[..changes.transitions.len()] {
             // Named by occurrence and status, not version: a status change published again
             // after a restart (with fewer coalesced updates before it) is still a duplicate.
             let msg_id = format!("{}:{}:{}", a.id, a.tracking.started, a.status);
-            out.emit(p.subjects.alerts.clone(), msg_id, json);
+            out.emit(p.subjects.alerts.clone(), msg_id, json.clone());
         }
-        for a in changes.transitions.iter().chain(&changes.updates) {
-            let json = serde_json::to_vec(a).unwrap_or_default();
+        for (a, json) in records {
             out.emit(
                 format!("{}{}", self.kv_prefix, a.id),
                 format!(
