@@ -163,6 +163,44 @@ async fn silences_and_inhibitions_hold_back_exactly_what_they_match() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_500_gets_the_same_notification_until_it_recovers() {
+    let env = Env::start().await;
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    receiver.status.store(500, Ordering::SeqCst);
+    let yaml = svc(&format!(
+        "  route:\n    group_wait: 100ms\n  sinks:\n    - type: webhook\n      name: ops\n      url: {}\n      backoff: 100ms\n      max_backoff: 200ms\n",
+        receiver.url()
+    ));
+    let dir = env.pipeline_dir("svc", &yaml);
+    let worker = start_worker(&env, &dir).await;
+    let js = env.js().await;
+    publish_events(&js, "anom.svc.in", &[host("h1", 99.0, 0)]).await;
+    assert!(
+        receiver.wait_for_ids(3, Duration::from_secs(20)).await,
+        "retried while the receiver fails"
+    );
+    receiver.status.store(200, Ordering::SeqCst);
+    let delivered = wait_for(Duration::from_secs(20), || async {
+        worker.metrics.encode().lines().any(|l| {
+            l.starts_with("anom_sink_deliveries_total{")
+                && l.contains("outcome=\"delivered\"")
+                && l.ends_with(" 1")
+        })
+    })
+    .await;
+    assert!(delivered, "delivered once it recovers");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids: BTreeSet<String> = receiver.ids().into_iter().collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "every attempt is the same notification: {ids:?}"
+    );
+    assert!(read_stream(&js, "ANOM_DLQ", None).await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_pagerduty_and_email_follow_an_alert_through_acknowledgement_and_resolution() {
     let env = Env::start().await;
     let slack = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
