@@ -163,6 +163,65 @@ async fn silences_and_inhibitions_hold_back_exactly_what_they_match() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_stage_starts_from_the_newest_state_even_when_an_older_write_landed_last() {
+    let env = Env::start().await;
+    let yaml = svc("  sinks: []\n");
+    let pipeline = Pipeline::from_yaml(&yaml).unwrap();
+    let rule = &pipeline.rules[0];
+    let (id, labels) = anom_operators::stage::alert::identity(
+        &pipeline,
+        &rule.name,
+        rule.severity,
+        &rule.labels,
+        "h1",
+        None,
+    );
+    let js = env.js().await;
+    let buckets = Buckets::open(&js, 1).await.unwrap();
+    // Version 5 (7 detections), then a retried write of version 3 landing after it.
+    for (version, count) in [(5, 7), (3, 2)] {
+        let record = serde_json::json!({
+            "id": id, "pipeline": "svc", "pipeline_version": pipeline.version,
+            "rule": "cpu_high", "severity": "warning", "status": "firing", "key": "h1",
+            "message": "m", "explanation": "e", "event_time": "", "ingest_time": "",
+            "raised_at": rfc3339(now_ms()), "labels": labels, "event": {},
+            "source": {"stream": "ANOM_INGEST", "sequence": 1, "index": 0},
+            "starts_at": rfc3339(now_ms()), "updated_at": rfc3339(now_ms()),
+            "count": count, "version": version, "tracking": {"started": 0, "applied": 0},
+        });
+        buckets
+            .alerts
+            .put(
+                format!("svc.{id}"),
+                serde_json::to_vec(&record).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+    let dir = env.pipeline_dir("svc", &yaml);
+    let worker = start_worker(&env, &dir).await;
+    publish_events(&js, "anom.svc.in", &[host("h1", 99.0, 0)]).await;
+    // The detection folds into version 5's alert: count 8, version 6 (not 3 + 1).
+    let folded = wait_for(Duration::from_secs(20), || async {
+        store::get_alert(&buckets.alerts, "svc", &id)
+            .await
+            .unwrap()
+            .is_some_and(|a| a.version == 6 && a.count == 8)
+    })
+    .await;
+    assert!(
+        folded,
+        "{:?}",
+        store::get_alert(&buckets.alerts, "svc", &id).await.unwrap()
+    );
+    assert!(
+        read_stream(&js, "ANOM_SVC_ALERTS", None).await.is_empty(),
+        "still the same firing alert: no new status"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_answering_500_gets_the_same_notification_until_it_recovers() {
     let env = Env::start().await;
     let receiver = Receiver::start("127.0.0.1:0".parse().unwrap()).await;

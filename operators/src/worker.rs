@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::alerting::store::{self as alert_store, Buckets, StoreError, ALERTS_BUCKET};
+use crate::alerting::store::{self as alert_store, Buckets, StoreError};
 use crate::fence::{Fence, Owners};
 use crate::metrics::Metrics;
 use crate::model::ModelRegistry;
@@ -510,12 +510,7 @@ impl Worker {
                 };
                 // The alert stage owns its keys' alerts: it starts from what the bucket holds.
                 let stored_alerts = if a.unit.stage == UnitStage::Alert {
-                    match alert_store::load_all(
-                        &self.alert_buckets.alerts,
-                        ALERTS_BUCKET,
-                        &pipeline.name,
-                    )
-                    .await
+                    match alert_store::load_alerts(&self.alert_buckets.alerts, &pipeline.name).await
                     {
                         Ok(all) => stage::alert::owned(pipeline, a.unit.partition, all),
                         Err(e) => {

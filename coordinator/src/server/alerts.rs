@@ -343,6 +343,7 @@ async fn read_bucket(
     store::scan(bucket, name, pipeline)
         .await?
         .into_iter()
+        .filter(|(_, bytes)| !bytes.is_empty()) // deleted
         .map(|(key, bytes)| {
             let json = store::decode(name, &key, &bytes)?;
             Ok((key, json))

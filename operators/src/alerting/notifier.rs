@@ -243,6 +243,14 @@ impl Notifier {
             warn!(key = %entry.key, "undecodable alert record; skipped");
             return;
         };
+        // A write that landed after a newer one (see `store::ALERT_HISTORY`) is old news.
+        if self
+            .alerts
+            .get(&alert.id)
+            .is_some_and(|known| known.version > alert.version)
+        {
+            return;
+        }
         let now = now_ms();
         let sink = self.def.name();
         for route in self.pipeline.alerting.route.matching(&alert.labels) {

@@ -28,6 +28,12 @@ pub const NFLOG_BUCKET: &str = "ANOM_NFLOG";
 /// Header marking a message on `anom.<p>.detections.<k>` as a [`Command`], not an envelope.
 pub const COMMAND_HEADER: &str = "Anom-Command";
 
+/// Values kept per alert in `ANOM_ALERTS`. The alert stage's writes are confirmed in order
+/// per batch, but a write whose publish had to be retried can land after the next batch's:
+/// the bucket's last value may then be an older state. Readers take the highest `version`
+/// among the last few values instead of trusting the last one.
+pub const ALERT_HISTORY: i64 = 8;
+
 /// How long resolved alerts and notification records are kept.
 pub const RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
@@ -63,20 +69,23 @@ pub struct Buckets {
 impl Buckets {
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Buckets, StoreError> {
         Ok(Buckets {
+            // A few values per alert: see `load_alerts`.
             alerts: bucket(
                 js,
                 ALERTS_BUCKET,
                 "current state of every alert",
                 RETENTION,
+                ALERT_HISTORY,
                 replicas,
             )
             .await?,
-            silences: bucket(js, SILENCES_BUCKET, "silences", Duration::ZERO, replicas).await?,
+            silences: bucket(js, SILENCES_BUCKET, "silences", Duration::ZERO, 1, replicas).await?,
             nflog: bucket(
                 js,
                 NFLOG_BUCKET,
                 "what each alert group last sent each sink",
                 RETENTION,
+                1,
                 replicas,
             )
             .await?,
@@ -89,6 +98,7 @@ async fn bucket(
     name: &'static str,
     description: &str,
     max_age: Duration,
+    history: i64,
     replicas: usize,
 ) -> Result<kv::Store, StoreError> {
     // Right after a server (or cluster) starts, JetStream may refuse for a moment: retry.
@@ -101,7 +111,7 @@ async fn bucket(
             .create_key_value(kv::Config {
                 bucket: name.to_string(),
                 description: description.to_string(),
-                history: 1,
+                history,
                 max_age,
                 num_replicas: replicas,
                 storage: jetstream::stream::StorageType::File,
@@ -141,6 +151,7 @@ pub async fn load_all<T: serde::de::DeserializeOwned>(
     scan(store, bucket, prefix)
         .await?
         .into_iter()
+        .filter(|(_, bytes)| !bytes.is_empty())
         .map(|(key, bytes)| decode(bucket, &key, &bytes))
         .collect()
 }
@@ -154,12 +165,42 @@ pub async fn scan(
     bucket: &'static str,
     prefix: &str,
 ) -> Result<Vec<(String, bytes::Bytes)>, StoreError> {
+    let mut out = scan_with(store, bucket, prefix, DeliverPolicy::LastPerSubject).await?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Every alert of `pipeline`, each at the highest version among the values the bucket keeps
+/// for it (see [`ALERT_HISTORY`]), sorted by id.
+pub async fn load_alerts(store: &kv::Store, pipeline: &str) -> Result<Vec<Alert>, StoreError> {
+    let mut newest: std::collections::BTreeMap<String, Alert> = Default::default();
+    for (key, value) in scan_with(store, ALERTS_BUCKET, pipeline, DeliverPolicy::All).await? {
+        if value.is_empty() {
+            newest.remove(&key); // deleted: what came before is gone
+            continue;
+        }
+        let alert: Alert = decode(ALERTS_BUCKET, &key, &value)?;
+        if newest.get(&key).is_none_or(|a| a.version <= alert.version) {
+            newest.insert(key, alert);
+        }
+    }
+    Ok(newest.into_values().collect())
+}
+
+/// The bucket's values under `<prefix>.` in stream order, as (key, value); a deleted or
+/// purged key's marker comes as an empty value.
+async fn scan_with(
+    store: &kv::Store,
+    bucket: &'static str,
+    prefix: &str,
+    deliver_policy: DeliverPolicy,
+) -> Result<Vec<(String, bytes::Bytes)>, StoreError> {
     let err = nats(bucket);
     let subjects = kv_subject(bucket, "");
     let consumer = store
         .stream
         .create_consumer(pull::Config {
-            deliver_policy: DeliverPolicy::LastPerSubject,
+            deliver_policy,
             ack_policy: AckPolicy::None,
             filter_subject: format!("{subjects}{prefix}.>"),
             inactive_threshold: Duration::from_secs(30),
@@ -189,8 +230,13 @@ pub async fn scan(
                 .as_ref()
                 .and_then(|h| h.get("KV-Operation"))
                 .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            if let (false, Some(key)) = (deleted, m.subject.strip_prefix(&subjects)) {
-                out.push((key.to_string(), m.payload.clone()));
+            if let Some(key) = m.subject.strip_prefix(&subjects) {
+                let value = if deleted {
+                    bytes::Bytes::new()
+                } else {
+                    m.payload.clone()
+                };
+                out.push((key.to_string(), value));
             }
         }
         if seen == before {
@@ -200,7 +246,6 @@ pub async fn scan(
     let name = consumer.cached_info().name.clone();
     // It would go by itself after inactive_threshold; frequent callers should leave none.
     let _ = store.stream.delete_consumer(&name).await;
-    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
