@@ -5,17 +5,12 @@
 //! change is written to the `ANOM_ALERTS` bucket and every change of status published on
 //! `anom.<p>.alerts`, both as outputs: published before the inputs that caused them are acked.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-
-use std::time::Duration;
-
-use std::collections::HashMap;
-
-use std::collections::BTreeMap;
 
 use crate::alert::{rfc3339_ms, rfc3339_us, Alert, AlertStatus, Detection, Source};
 use crate::alerting::lifecycle::{At, Lifecycle, Timing};
@@ -25,10 +20,8 @@ use crate::envelope::{DetectorScore, Envelope};
 use crate::expr::CompiledExpr;
 use crate::metrics::{AlertLabels, Metrics, PipelineLabels};
 use crate::pipeline::template::Context;
-use crate::pipeline::AlertOn;
-use crate::pipeline::{DetectorSpec, Pipeline, Rule, RuleKind, Severity};
-use crate::rejection::RejectKind;
-use crate::rejection::Rejection;
+use crate::pipeline::{AlertOn, DetectorSpec, Pipeline, Rule, RuleKind, Severity};
+use crate::rejection::{RejectKind, Rejection};
 use crate::runtime::{Emitter, Input, Stage};
 use crate::stage::validate::partition_of;
 use crate::subjects::INGEST_STREAM;

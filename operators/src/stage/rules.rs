@@ -173,3 +173,73 @@ pub fn decide(p: &Pipeline, env: &Envelope) -> Option<Verdict> {
         explanation: causes.join("; "),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::validate::Validate;
+
+    const YAML: &str = r#"
+name: svc
+key: host
+partitions: 1
+schema:
+  host:   { type: string, required: true }
+  cpu:    float
+  region: string
+rules:
+  - name: cpu_high
+    when: cpu > 90
+alerts:
+  labels: [region]
+"#;
+
+    fn input(payload: &[u8], seq: u64) -> Input<'_> {
+        Input {
+            subject: "anom.svc.in",
+            payload,
+            headers: None,
+            stream_seq: seq,
+            published_us: 1_700_000_000_000_000,
+        }
+    }
+
+    /// Which of `events` (host, cpu, region) the rules stage forwards.
+    fn forwarded(events: &[(&str, f64, &str)]) -> Vec<bool> {
+        let p = Arc::new(Pipeline::from_yaml(YAML).unwrap());
+        let (mut validate, mut rules) = (Validate::new(p.clone()), Rules::new(p));
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, (host, cpu, region))| {
+                let json = format!(r#"{{"host":"{host}","cpu":{cpu},"region":"{region}"}}"#);
+                let mut out = Emitter::new("validate", "test");
+                validate
+                    .process(&input(json.as_bytes(), i as u64 + 1), &mut out)
+                    .unwrap();
+                let env = out.outputs()[0].payload.clone();
+                let mut out = Emitter::new("rules", "test");
+                rules.process(&input(&env, i as u64 + 1), &mut out).unwrap();
+                !out.outputs().is_empty()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forwards_hits_and_the_events_that_end_them_once() {
+        assert_eq!(
+            forwarded(&[
+                ("a", 10.0, "eu"), // unknown since start: may end an alert raised before
+                ("a", 20.0, "eu"), // nothing held, nothing ends
+                ("a", 95.0, "eu"), // hit
+                ("a", 96.0, "eu"), // hit
+                ("a", 50.0, "eu"), // ends it
+                ("a", 40.0, "eu"), // nothing to end
+                ("a", 95.0, "us"), // hit (another alert: region is one of its labels)
+                ("a", 50.0, "eu"), // nothing held in eu
+                ("a", 50.0, "us"), // ends the us one
+            ]),
+            [true, false, true, true, true, false, true, false, true]
+        );
+    }
+}
