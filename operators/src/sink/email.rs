@@ -132,13 +132,7 @@ impl Email {
 
 /// The delivery outcome of an SMTP error.
 fn outcome(e: &lettre::transport::smtp::Error) -> Delivery {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
+    let reason = super::error_chain(e);
     if e.is_permanent() || e.is_client() {
         Delivery::Fail(reason)
     } else {

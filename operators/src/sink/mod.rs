@@ -155,15 +155,21 @@ fn status_outcome(status: reqwest::StatusCode, body: &str) -> Delivery {
     }
 }
 
-fn error_outcome(e: &reqwest::Error) -> Delivery {
-    // Display of a reqwest error omits its cause (connection refused, …): add the chain.
+/// An error and its causes in one line: the Display of reqwest's and lettre's errors omits
+/// the cause (connection refused, …).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         reason.push_str(": ");
         reason.push_str(&s.to_string());
         source = s.source();
     }
+    reason
+}
+
+fn error_outcome(e: &reqwest::Error) -> Delivery {
+    let reason = error_chain(e);
     if e.is_timeout() {
         Delivery::Retry(format!("timed out: {reason}"))
     } else {
