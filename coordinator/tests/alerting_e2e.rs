@@ -478,20 +478,7 @@ async fn a_worker_killed_with_notifications_in_flight_sends_each_once_after_rest
     assert!(all_in, "every group notified: {:?}", receiver.ids());
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let bodies: Vec<serde_json::Value> = receiver
-        .bodies
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, b)| b.clone())
-        .collect();
-    let mut by_id: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    for b in bodies {
-        by_id
-            .entry(b["id"].as_str().unwrap().to_string())
-            .or_default()
-            .push(b);
-    }
+    let by_id = receiver.bodies_by_id();
     assert_eq!(by_id.len(), HOSTS, "one notification per group, none new");
     for (id, copies) in &by_id {
         assert!(

@@ -207,26 +207,15 @@ async fn sigkill_mid_stream_loses_no_alert_and_duplicates_none() {
     // The log is durable: after the kill, pending notifications were sent again with their
     // ids, none was lost (every group's sequence has no gap) and a repeat is the same
     // notification (same id, same body), which the Idempotency-Key lets receivers drop.
-    let bodies: Vec<serde_json::Value> = receiver
-        .bodies
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, b)| b.clone())
-        .collect();
-    let mut by_id: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
-    for b in &bodies {
-        let id = b["id"].as_str().unwrap().to_string();
-        if let Some(seen) = by_id.get(&id) {
-            assert_eq!(
-                seen["alerts"], b["alerts"],
-                "a repeat is the same notification"
-            );
-        }
-        by_id.insert(id, b.clone());
+    let by_id = receiver.bodies_by_id();
+    for copies in by_id.values() {
+        assert!(
+            copies.iter().all(|c| c["alerts"] == copies[0]["alerts"]),
+            "a repeat is the same notification"
+        );
     }
     let mut sequences: std::collections::BTreeMap<String, BTreeSet<u64>> = Default::default();
-    for b in by_id.values() {
+    for b in by_id.values().map(|copies| &copies[0]) {
         sequences
             .entry(b["group_key"].as_str().unwrap().to_string())
             .or_default()

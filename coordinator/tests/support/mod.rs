@@ -351,6 +351,17 @@ impl Receiver {
         .await
     }
 
+    /// The JSON bodies received, by their `id`: every copy of each, in arrival order.
+    pub fn bodies_by_id(&self) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+        let mut by_id: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+            Default::default();
+        for (_, b) in self.bodies.lock().unwrap().iter() {
+            let id = b["id"].as_str().unwrap_or_default().to_string();
+            by_id.entry(id).or_default().push(b.clone());
+        }
+        by_id
+    }
+
     pub fn ids(&self) -> Vec<String> {
         self.bodies
             .lock()

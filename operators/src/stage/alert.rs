@@ -335,7 +335,7 @@ impl Stage for AlertStage {
                     continue;
                 };
                 if note.resolved {
-                    let (id, _) = identity(p, &rule.name, rule.severity, &rule.labels, key, None);
+                    let id = alert_id(p, &rule.name, key, None);
                     let why = explain(p, rule, &env, &row);
                     let ended_by = self.record(&env, &row, Cause::Rule(rule), now);
                     self.lifecycle.cleared(&id, &why, Some(ended_by), at);
@@ -363,7 +363,7 @@ impl Stage for AlertStage {
                     self.lifecycle.detected(a, timing, true, at);
                     continue;
                 }
-                let (id, _) = identity(p, &rule.name, rule.severity, &rule.labels, key, Some(&row));
+                let id = alert_id(p, &rule.name, key, Some(&row));
                 if self.lifecycle.is_tracking(&id) {
                     let values = condition_values(p, condition, &row);
                     let why = format!("`{}` no longer holds for key {key}{values}", rule.when);
@@ -384,7 +384,7 @@ impl Stage for AlertStage {
                         .detected(a, Timing::default(), score.flagged, at);
                     continue;
                 }
-                let (id, _) = identity(p, &d.name, d.severity, &d.labels, key, Some(&row));
+                let id = alert_id(p, &d.name, key, Some(&row));
                 if self.lifecycle.is_tracking(&id) {
                     let why = format!(
                         "{} score {:.3} is back on the usual side of its threshold {} for key {key}",
@@ -427,27 +427,38 @@ pub fn identity(
     key: &str,
     row: Option<&[Value]>,
 ) -> (String, BTreeMap<String, String>) {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for part in [p.name.as_str(), name, key] {
-        hasher.update(part.as_bytes());
-        hasher.update(&[0x1f]);
-    }
     let mut labels = own.clone();
     for (label, index) in &p.alerting.labels {
-        let value = row
-            .and_then(|r| r.get(*index))
-            .filter(|v| !v.is_null())
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        hasher.update(label.as_bytes());
-        hasher.update(&[0x1e]);
-        hasher.update(value.as_bytes());
-        hasher.update(&[0x1f]);
-        labels.insert(label.clone(), value);
+        labels.insert(label.clone(), label_value(row, *index));
     }
     labels.insert("pipeline".into(), p.name.clone());
     labels.insert("rule".into(), name.to_string());
     labels.insert("key".into(), key.to_string());
     labels.insert("severity".into(), severity.to_string());
-    (format!("{:016x}", hasher.digest()), labels)
+    (alert_id(p, name, key, row), labels)
+}
+
+/// The id alone (see [`identity`]), without building the labels: what checking whether an
+/// event ends an alert needs.
+pub fn alert_id(p: &Pipeline, name: &str, key: &str, row: Option<&[Value]>) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for part in [p.name.as_str(), name, key] {
+        hasher.update(part.as_bytes());
+        hasher.update(&[0x1f]);
+    }
+    for (label, index) in &p.alerting.labels {
+        hasher.update(label.as_bytes());
+        hasher.update(&[0x1e]);
+        hasher.update(label_value(row, *index).as_bytes());
+        hasher.update(&[0x1f]);
+    }
+    format!("{:016x}", hasher.digest())
+}
+
+/// An alert label's value: the field's text, empty when missing or null.
+fn label_value(row: Option<&[Value]>, index: usize) -> String {
+    row.and_then(|r| r.get(index))
+        .filter(|v| !v.is_null())
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }
