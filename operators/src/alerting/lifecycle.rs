@@ -48,9 +48,9 @@ struct Tracked {
     detected_ms: i64,
     /// While the condition holds but `for` has not passed: since when (event time).
     pending_since: Option<i64>,
-    /// After the condition stopped holding, during `keep_firing_for`: (event time, wall clock).
-    clearing_since: Option<(i64, i64)>,
-    keep_firing_for: Duration,
+    /// After the condition stopped holding, during `keep_firing_for`: since when (event
+    /// time, wall clock), and for how long it keeps firing.
+    clearing_since: Option<(i64, i64, Duration)>,
     /// Wall clock of the last write of this alert.
     written_ms: i64,
     /// Changed since the last write.
@@ -87,7 +87,6 @@ impl Lifecycle {
                     detected_ms,
                     pending_since: None,
                     clearing_since: None,
-                    keep_firing_for: Duration::ZERO,
                     written_ms: now_ms,
                     dirty: false,
                 };
@@ -138,7 +137,6 @@ impl Lifecycle {
                 a.version += 1;
                 t.detected_ms = now_ms;
                 t.clearing_since = None;
-                t.keep_firing_for = timing.keep_firing_for;
                 t.dirty = true;
             }
             _ if !new_episode => {}
@@ -157,7 +155,6 @@ impl Lifecycle {
                         detected_ms: now_ms,
                         pending_since: None,
                         clearing_since: None,
-                        keep_firing_for: timing.keep_firing_for,
                         written_ms: 0,
                         dirty: false,
                     });
@@ -202,7 +199,6 @@ impl Lifecycle {
                         detected_ms: now_ms,
                         pending_since: None,
                         clearing_since: None,
-                        keep_firing_for: timing.keep_firing_for,
                         written_ms: now_ms,
                         dirty: true,
                     },
@@ -214,7 +210,14 @@ impl Lifecycle {
     /// The condition no longer holds for alert `id` at event time `event_ms`; `why` says so
     /// in words ("`durationMs > 5000` no longer holds for key A: durationMs = 120"). `ended_by`:
     /// the record of the event that showed it, whose event context the resolved alert keeps.
-    pub fn cleared(&mut self, id: &str, why: &str, ended_by: Option<Alert>, at: At) {
+    pub fn cleared(
+        &mut self,
+        id: &str,
+        why: &str,
+        ended_by: Option<Alert>,
+        timing: Timing,
+        at: At,
+    ) {
         let At {
             event_ms, now_ms, ..
         } = at;
@@ -226,8 +229,10 @@ impl Lifecycle {
             return;
         }
         t.alert.tracking.applied = at.seq;
-        let (since, _) = *t.clearing_since.get_or_insert((event_ms, now_ms));
-        if event_ms - since >= t.keep_firing_for.as_millis() as i64 {
+        let (since, _, keep) =
+            *t.clearing_since
+                .get_or_insert((event_ms, now_ms, timing.keep_firing_for));
+        if event_ms - since >= keep.as_millis() as i64 {
             if let Some(e) = ended_by {
                 let a = &mut t.alert;
                 (a.event, a.source, a.event_time, a.ingest_time) =
@@ -293,8 +298,8 @@ impl Lifecycle {
             if !t.alert.status.is_active() {
                 continue;
             }
-            if let Some((_, wall)) = t.clearing_since {
-                if now_ms - wall >= t.keep_firing_for.as_millis() as i64 {
+            if let Some((_, wall, keep)) = t.clearing_since {
+                if now_ms - wall >= keep.as_millis() as i64 {
                     due.push((
                         id.clone(),
                         "the condition no longer holds (after keep_firing_for)".to_string(),
@@ -375,19 +380,6 @@ impl Lifecycle {
             }
         }
         changes
-    }
-
-    /// Whether some change waits for its write.
-    pub fn has_pending_writes(&self) -> bool {
-        self.alerts.values().any(|t| t.dirty)
-    }
-
-    pub fn len(&self) -> usize {
-        self.alerts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.alerts.is_empty()
     }
 }
 

@@ -338,7 +338,8 @@ impl Stage for AlertStage {
                     let id = alert_id(p, &rule.name, key, None);
                     let why = explain(p, rule, &env, &row);
                     let ended_by = self.record(&env, &row, Cause::Rule(rule), now);
-                    self.lifecycle.cleared(&id, &why, Some(ended_by), at);
+                    self.lifecycle
+                        .cleared(&id, &why, Some(ended_by), Timing::default(), at);
                 } else {
                     let a = self.record(&env, &row, Cause::Rule(rule), now);
                     self.lifecycle.detected(a, Timing::default(), true, at);
@@ -368,7 +369,8 @@ impl Stage for AlertStage {
                     let values = condition_values(p, condition, &row);
                     let why = format!("`{}` no longer holds for key {key}{values}", rule.when);
                     let ended_by = self.record(&env, &row, Cause::Rule(rule), now);
-                    self.lifecycle.cleared(&id, &why, Some(ended_by), at);
+                    self.lifecycle
+                        .cleared(&id, &why, Some(ended_by), timing, at);
                 }
             }
         }
@@ -391,7 +393,8 @@ impl Stage for AlertStage {
                         d.name, score.score, d.threshold
                     );
                     let ended_by = self.record(&env, &row, Cause::Detector(d, score), now);
-                    self.lifecycle.cleared(&id, &why, Some(ended_by), at);
+                    self.lifecycle
+                        .cleared(&id, &why, Some(ended_by), Timing::default(), at);
                 }
             }
         }

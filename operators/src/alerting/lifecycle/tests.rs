@@ -73,7 +73,13 @@ fn repeated_detections_update_one_alert_and_a_clear_resolves_it() {
     assert_eq!(c.updates.len(), 1);
     assert_eq!((c.updates[0].count, c.updates[0].version), (5, 5));
     assert_eq!(c.updates[0].explanation, "d4");
-    l.cleared("a", "back in range", None, at(T0 + 20, T0 + 20));
+    l.cleared(
+        "a",
+        "back in range",
+        None,
+        Timing::default(),
+        at(T0 + 20, T0 + 20),
+    );
     let c = l.take_changes(T0 + 21, false);
     assert_eq!(statuses(&c), vec![("a".into(), AlertStatus::Resolved, 6)]);
     assert_eq!(
@@ -112,19 +118,19 @@ fn for_waits_in_event_time_and_keep_firing_for_damps_a_clear() {
     l.detected(detection("a", "x"), timing, true, at(T0 + 60_000, T0 + 3));
     assert_eq!(l.take_changes(T0 + 4, false).transitions.len(), 1);
     // A clear starts keep_firing_for; a detection inside it cancels the clear.
-    l.cleared("a", "ok", None, at(T0 + 70_000, T0 + 5));
+    l.cleared("a", "ok", None, timing, at(T0 + 70_000, T0 + 5));
     l.detected(detection("a", "x"), timing, true, at(T0 + 80_000, T0 + 6));
-    l.cleared("a", "ok", None, at(T0 + 90_000, T0 + 7));
-    l.cleared("a", "ok", None, at(T0 + 119_999, T0 + 8));
+    l.cleared("a", "ok", None, timing, at(T0 + 90_000, T0 + 7));
+    l.cleared("a", "ok", None, timing, at(T0 + 119_999, T0 + 8));
     assert!(l.take_changes(T0 + 9, true).transitions.is_empty());
-    l.cleared("a", "ok", None, at(T0 + 120_000, T0 + 10));
+    l.cleared("a", "ok", None, timing, at(T0 + 120_000, T0 + 10));
     assert_eq!(
         statuses(&l.take_changes(T0 + 11, true))[0].1,
         AlertStatus::Resolved
     );
     // A pending alert whose condition stops holding starts over.
     l.detected(detection("b", "x"), timing, true, at(T0, T0));
-    l.cleared("b", "ok", None, at(T0 + 30_000, T0));
+    l.cleared("b", "ok", None, timing, at(T0 + 30_000, T0));
     l.detected(detection("b", "x"), timing, true, at(T0 + 61_000, T0));
     assert!(l.take_changes(T0, true).transitions.is_empty());
 }
@@ -137,7 +143,7 @@ fn keep_firing_for_ends_on_the_wall_clock_when_the_key_goes_quiet() {
     };
     let mut l = Lifecycle::new(Vec::new(), None, T0);
     l.detected(detection("a", "x"), timing, true, at(T0, T0));
-    l.cleared("a", "ok", None, at(T0 + 1_000, T0 + 1_000));
+    l.cleared("a", "ok", None, timing, at(T0 + 1_000, T0 + 1_000));
     l.tick(T0 + 30_999);
     assert_eq!(
         l.take_changes(T0, true).transitions.len(),
@@ -257,9 +263,9 @@ fn inputs_already_in_the_stored_state_change_nothing() {
     let mut l = Lifecycle::new(stored, None, T0);
     l.detected(detection("a", "x"), Timing::default(), true, input(10));
     l.detected(detection("a", "x"), Timing::default(), true, input(11));
-    l.cleared("a", "ok", None, input(11));
+    l.cleared("a", "ok", None, Timing::default(), input(11));
     assert!(l.take_changes(T0, true).updates.is_empty(), "nothing new");
-    l.cleared("a", "ok", None, input(12));
+    l.cleared("a", "ok", None, Timing::default(), input(12));
     let c = l.take_changes(T0, true);
     assert_eq!(c.transitions.len(), 1);
     assert_eq!(c.transitions[0].count, 2);
@@ -269,5 +275,25 @@ fn inputs_already_in_the_stored_state_change_nothing() {
             started: 10,
             applied: 12
         }
+    );
+}
+
+#[test]
+fn keep_firing_for_holds_for_an_alert_loaded_after_a_restart() {
+    let timing = Timing {
+        for_: Duration::ZERO,
+        keep_firing_for: Duration::from_secs(30),
+    };
+    let mut l = Lifecycle::new(Vec::new(), None, T0);
+    l.detected(detection("a", "x"), timing, true, at(T0, T0));
+    let stored = l.take_changes(T0, true).transitions;
+    // The restarted stage has seen no detection yet: the rule's setting still applies.
+    let mut l = Lifecycle::new(stored, None, T0);
+    l.cleared("a", "ok", None, timing, at(T0 + 1_000, T0 + 1_000));
+    assert!(l.take_changes(T0, true).transitions.is_empty());
+    l.cleared("a", "ok", None, timing, at(T0 + 31_000, T0 + 31_000));
+    assert_eq!(
+        statuses(&l.take_changes(T0, true))[0].1,
+        AlertStatus::Resolved
     );
 }
