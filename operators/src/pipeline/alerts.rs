@@ -30,7 +30,7 @@ pub struct AlertsDef {
     /// Inhibitions (default: a firing critical alert mutes the warning and info alerts of
     /// the same key). `[]` turns them off.
     #[serde(default)]
-    pub inhibit: Option<Vec<InhibitDef>>,
+    pub inhibit: Option<Vec<Inhibit>>,
     /// Where notifications go besides the pipeline's NATS alert stream.
     #[serde(default)]
     pub sinks: Vec<SinkDef>,
@@ -73,16 +73,6 @@ pub struct RouteDef {
     pub routes: Vec<RouteDef>,
 }
 
-/// Mutes `target` alerts while a `source` alert with the same `equal` labels fires.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InhibitDef {
-    pub source: Vec<Matcher>,
-    pub target: Vec<Matcher>,
-    #[serde(default)]
-    pub equal: Vec<String>,
-}
-
 /// The compiled `alerts:` section.
 #[derive(Debug, Clone)]
 pub struct AlertPolicy {
@@ -113,10 +103,14 @@ pub struct Grouping {
     pub repeat: Duration,
 }
 
-#[derive(Debug, Clone)]
+/// Mutes `target` alerts while a `source` alert with the same `equal` labels fires (used as
+/// written: matchers are compiled when they are read).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Inhibit {
     pub source: Vec<Matcher>,
     pub target: Vec<Matcher>,
+    #[serde(default)]
     pub equal: Vec<String>,
 }
 
@@ -197,13 +191,11 @@ pub(crate) fn compile(
     let mut labels = Vec::new();
     for (i, name) in def.labels.iter().enumerate() {
         match field(name) {
-            Some(idx) if !["pipeline", "rule", "key", "severity"].contains(&name.as_str()) => {
-                labels.push((name.clone(), idx))
-            }
-            Some(_) => error(
+            _ if ["pipeline", "rule", "key", "severity"].contains(&name.as_str()) => error(
                 format!("alerts.labels[{i}]"),
                 format!("`{name}` is a label every alert has; expected another field"),
             ),
+            Some(idx) => labels.push((name.clone(), idx)),
             None => error(
                 format!("alerts.labels[{i}]"),
                 format!("expected a field of the schema, found `{name}`"),
@@ -232,14 +224,7 @@ pub(crate) fn compile(
             target: vec![Matcher::parse("severity=~warning|info").expect("valid matcher")],
             equal: vec!["key".into()],
         }],
-        Some(list) => list
-            .iter()
-            .map(|i| Inhibit {
-                source: i.source.clone(),
-                target: i.target.clone(),
-                equal: i.equal.clone(),
-            })
-            .collect(),
+        Some(list) => list.clone(),
     };
     AlertPolicy {
         labels,
@@ -283,7 +268,8 @@ fn compile_route(
         interval: def.group_interval.map_or(parent.group.interval, |d| d.0),
         repeat: def.repeat_interval.map_or(parent.group.repeat, |d| d.0),
     };
-    if group.interval.is_zero() {
+    // Checked where it is written, not again in every child that inherits it.
+    if def.group_interval.is_some_and(|d| d.0.is_zero()) {
         error(
             format!("{at}.group_interval"),
             "expected a duration above zero".into(),

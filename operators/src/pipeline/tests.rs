@@ -772,3 +772,56 @@ fn the_decision_step_follows_alert_on() {
         Severity::Warning
     );
 }
+
+#[test]
+fn the_alerts_section_is_checked_and_compiled() {
+    let with = |alerts: &str| format!("{ROUTES}alerts:\n{alerts}");
+    let sinks = "  sinks:\n    - { type: webhook, name: ops, url: 'http://127.0.0.1:9/a' }\n    - { type: webhook, name: pager, url: 'http://127.0.0.1:9/b' }\n";
+    let p = Pipeline::from_yaml(&with(&format!(
+        "  labels: [fileName]\n  route:\n    group_by: [rule, key]\n    group_wait: 0s\n    routes:\n      - match: [severity=critical]\n        sinks: [pager]\n        repeat_interval: 1h\n{sinks}"
+    )))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let a = &p.alerting;
+    assert_eq!(a.labels, [("fileName".to_string(), 3)]);
+    assert_eq!(
+        a.route.sinks,
+        ["ops", "pager"],
+        "the root's default: every sink"
+    );
+    let child = &a.route.routes[0];
+    assert_eq!(child.sinks, ["pager"]);
+    assert_eq!(
+        child.group.by,
+        Some(vec!["rule".into(), "key".into()]),
+        "inherited"
+    );
+    assert_eq!(child.group.wait, std::time::Duration::ZERO, "inherited");
+    assert_eq!(child.group.repeat, std::time::Duration::from_secs(3600));
+    assert_eq!(a.inhibit.len(), 1, "the default inhibition");
+
+    let e = errors(&with(&format!(
+        "  labels: [filename, key]\n  route:\n    match: [rule=slow]\n    group_interval: 0s\n    routes:\n      - sinks: [pagr]\n{sinks}"
+    )));
+    let want = [
+            "alerts.labels[0]: expected a field of the schema, found `filename`",
+            "alerts.labels[1]: `key` is a label every alert has; expected another field",
+            "alerts.route.group_interval: expected a duration above zero",
+            "alerts.route.routes[0].sinks[0]: expected the name of a sink in alerts.sinks (ops, pager), found `pagr`",
+            "alerts.route.match: the root route takes every alert: expected no `match` here (put it on a child in `routes`)",
+        ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(want) {
+        // Each with its line: "line 20: alerts.labels[0]: ...".
+        assert!(
+            got.starts_with("line ") && got.ends_with(want),
+            "{got} / {want}"
+        );
+    }
+    let e = errors(&with(
+        "  inhibit:\n    - { source: [severity], target: [] }\n",
+    ));
+    assert!(
+        e[0].contains("expected `label=value`, `label!=value`, `label=~regex` or `label!~regex`, found `severity`"),
+        "{e:?}"
+    );
+}
