@@ -508,8 +508,15 @@ impl Worker {
                     }
                     _ => None,
                 };
-                // The alert stage owns its keys' alerts: it starts from what the bucket holds.
+                // The alert stage owns its keys' alerts: it starts from what the bucket holds,
+                // read once the unit's earlier owner can no longer ack (see `take_over`).
                 let stored_alerts = if a.unit.stage == UnitStage::Alert {
+                    let binding = stage::binding(pipeline, &a.unit, fence.clone())
+                        .expect("an alert unit has a binding");
+                    if let Err(e) = rt.take_over(&binding).await {
+                        warn!(unit = %a.unit, error = %e, "cannot take the unit's consumer over; not started");
+                        return Ok(None);
+                    }
                     match alert_store::load_alerts(&self.alert_buckets.alerts, &pipeline.name).await
                     {
                         Ok(all) => stage::alert::owned(pipeline, a.unit.partition, all),

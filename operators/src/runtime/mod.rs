@@ -333,7 +333,14 @@ impl Runtime {
         let mut floor: Option<u64> = None;
         for name in &names {
             if let Ok(info) = stream.consumer_info(name).await {
-                floor = Some(floor.unwrap_or(0).max(info.ack_floor.stream_sequence));
+                // We only create consumers starting just after a floor: everything before
+                // their start is done even when nothing was acked through them yet.
+                let started_after = match info.config.deliver_policy {
+                    DeliverPolicy::ByStartSequence { start_sequence } => start_sequence - 1,
+                    _ => 0,
+                };
+                let acked = info.ack_floor.stream_sequence.max(started_after);
+                floor = Some(floor.unwrap_or(0).max(acked));
                 stream.delete_consumer(name).await?;
             }
         }
@@ -357,6 +364,17 @@ impl Runtime {
             ..Default::default()
         };
         Ok(stream.create_consumer(config).await?)
+    }
+
+    /// Takes a unit over from its earlier owners before its state is read: their consumers
+    /// are replaced by this owner's, starting after what they acked. A stage whose state is
+    /// read from shared storage (the alert stage) must read it only after this: an earlier
+    /// owner that has not yet noticed it lost the unit may still write and ack a batch, and
+    /// state read before that ack would miss inputs that are never delivered again.
+    pub async fn take_over(&self, binding: &Binding) -> Result<(), async_nats::Error> {
+        self.consumer(binding, AckPolicy::All, 0, false)
+            .await
+            .map(|_| ())
     }
 
     async fn messages(

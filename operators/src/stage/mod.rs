@@ -60,6 +60,39 @@ pub enum BuildError {
     Score(#[from] score::ScoreError),
 }
 
+/// Where the stage of one unit reads (validate, window, score, rules or alert; `None` for
+/// sinks and the unrouted watcher, which the worker runs).
+pub fn binding(pipeline: &Pipeline, unit: &UnitId, fence: Fence) -> Option<Binding> {
+    let s = &pipeline.subjects;
+    let k = unit.partition;
+    let (score_stream, score_subject) = if pipeline.is_keyed() {
+        (s.enriched_stream.as_str(), s.enriched(k))
+    } else {
+        (s.valid_stream.as_str(), s.valid(k))
+    };
+    let (rules_stream, rules_subject) = if pipeline.has_detectors() {
+        (s.scored_stream.as_str(), s.scored(k))
+    } else {
+        (score_stream, score_subject.clone())
+    };
+    let (stage, stream, filter_subject) = match &unit.stage {
+        UnitStage::Validate => (validate::NAME, INGEST_STREAM, s.input.clone()),
+        UnitStage::Window => (window::NAME, s.valid_stream.as_str(), s.valid(k)),
+        UnitStage::Score => (score::NAME, score_stream, score_subject),
+        UnitStage::Rules => (rules::NAME, rules_stream, rules_subject),
+        UnitStage::Alert => (alert::NAME, s.detections_stream.as_str(), s.detections(k)),
+        UnitStage::Sink(_) | UnitStage::Unrouted => return None,
+    };
+    Some(Binding {
+        pipeline: pipeline.name.clone(),
+        stage,
+        stream: stream.to_string(),
+        durable: durable_name(unit),
+        filter_subject,
+        fence,
+    })
+}
+
 /// Builds the stage of one unit of `pipeline` (validate, window, score, rules or alert; sinks
 /// and the unrouted watcher are run by the worker). A keyed stage is restored from `db`,
 /// which the caller has already brought up to date with any newer snapshot; an alert stage
@@ -77,27 +110,11 @@ pub fn build_unit(
         snapshots,
         alerts: stored_alerts,
     } = prior;
-    let s = &pipeline.subjects;
+    let Some(binding) = binding(pipeline, unit, fence) else {
+        return Ok(None);
+    };
     let k = unit.partition;
-    let durable = durable_name(unit);
-    let binding = |stage: &'static str, stream: &str, filter_subject: String| Binding {
-        pipeline: pipeline.name.clone(),
-        stage,
-        stream: stream.to_string(),
-        durable: durable.clone(),
-        filter_subject,
-        fence: fence.clone(),
-    };
-    let (score_stream, score_subject) = if pipeline.is_keyed() {
-        (s.enriched_stream.as_str(), s.enriched(k))
-    } else {
-        (s.valid_stream.as_str(), s.valid(k))
-    };
-    let (rules_stream, rules_subject) = if pipeline.has_detectors() {
-        (s.scored_stream.as_str(), s.scored(k))
-    } else {
-        (score_stream, score_subject.clone())
-    };
+    let durable = binding.durable.clone();
     let keyed_state = |restored_seq: u64, store: StateStore| StateBinding {
         store,
         interval: pipeline.state.checkpoint_interval,
@@ -109,7 +126,7 @@ pub fn build_unit(
     };
     Ok(Some(match &unit.stage {
         UnitStage::Validate => Planned {
-            binding: binding(validate::NAME, INGEST_STREAM, s.input.clone()),
+            binding,
             stage: Box::new(validate::Validate::new(pipeline.clone())),
             state: None,
         },
@@ -119,7 +136,7 @@ pub fn build_unit(
             let (stage, restored_seq) =
                 window::WindowStage::restore(pipeline.clone(), k, &store, late)?;
             Planned {
-                binding: binding(window::NAME, &s.valid_stream, s.valid(k)),
+                binding,
                 stage: Box::new(stage),
                 state: Some(keyed_state(restored_seq, store)),
             }
@@ -129,18 +146,18 @@ pub fn build_unit(
             let (stage, restored_seq) =
                 score::ScoreStage::restore(pipeline.clone(), k, &store, models, metrics)?;
             Planned {
-                binding: binding(score::NAME, score_stream, score_subject.clone()),
+                binding,
                 stage: Box::new(stage),
                 state: Some(keyed_state(restored_seq, store)),
             }
         }
         UnitStage::Rules => Planned {
-            binding: binding(rules::NAME, rules_stream, rules_subject),
+            binding,
             stage: Box::new(rules::Rules::new(pipeline.clone())),
             state: None,
         },
         UnitStage::Alert => Planned {
-            binding: binding(alert::NAME, &s.detections_stream, s.detections(k)),
+            binding,
             stage: Box::new(alert::AlertStage::new(
                 pipeline.clone(),
                 metrics,
