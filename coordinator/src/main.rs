@@ -44,6 +44,9 @@ enum Command {
     /// Fit an Isolation Forest on a range of a pipeline's input stream, write it as ONNX
     /// with a model card, and optionally add it to the pipeline.
     Train(cmd::train::Args),
+    /// Replay a stretch of a pipeline's events through a version (or a draft, or two side by
+    /// side): what would have fired, how noisy, and how it scores against labels.
+    Backtest(cmd::backtest::Args),
     /// The built-in detectors: `eval` reports their precision, recall and F1.
     Detectors(cmd::detectors::Args),
 }
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             Command::Alerts(args) => cmd::alerts::run(args).await,
             Command::Check(args) => cmd::check::run(args),
             Command::Train(args) => cmd::train::run(args).await,
+            Command::Backtest(args) => cmd::backtest::run(args).await,
             Command::Detectors(args) => cmd::detectors::run(args),
         }
     });

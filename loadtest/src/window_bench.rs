@@ -89,7 +89,8 @@ pub fn run(keys: usize, events_per_key: usize) -> anyhow::Result<WindowRun> {
     let events = keys * events_per_key;
     let payloads: Vec<Vec<u8>> = (0..events).map(|i| envelope(&p, i, keys)).collect();
     let before = resident_bytes();
-    let (mut stage, _) = WindowStage::restore(p.clone(), 0, &store, Default::default())?;
+    let (mut stage, _) =
+        WindowStage::restore(p.clone(), 0, &store, Default::default(), Default::default())?;
     let mut out = Emitter::new("window", "bench-window-0");
     let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3)?;
     let started = Instant::now();

@@ -43,7 +43,7 @@ fn stages(c: &mut Criterion) {
     let metrics = Metrics::new();
     let mut validate = Validate::new(p.clone());
     let mut rules = Rules::new(p.clone());
-    let mut alert = AlertStage::new(p.clone(), &metrics, Vec::new());
+    let mut alert = AlertStage::new(p.clone(), &metrics, Vec::new(), Default::default());
     let valid = run(&mut validate, EVENT);
     let detected = run(&mut rules, &valid);
     assert!(!detected.is_empty(), "the benchmark event must hit a rule");

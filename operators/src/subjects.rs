@@ -88,6 +88,15 @@ pub fn input_subject(pipeline: &str) -> String {
     format!("anom.{pipeline}.in")
 }
 
+/// The stream that keeps a pipeline's raw events for its `retention` (backtests read it),
+/// sourced from the ingest stream.
+pub fn history_stream(pipeline: &str) -> String {
+    format!(
+        "ANOM_{}_HISTORY",
+        pipeline.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
 pub fn dlq_subject(pipeline: &str) -> String {
     format!("anom.{pipeline}.dlq")
 }

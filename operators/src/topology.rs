@@ -17,7 +17,8 @@ use async_nats::jetstream::{self, stream};
 
 use crate::pipeline::Pipeline;
 use crate::subjects::{
-    DLQ_STREAM, DLQ_SUBJECTS, INGEST_STREAM, INGEST_SUBJECTS, LATE_STREAM, LATE_SUBJECTS,
+    history_stream, DLQ_STREAM, DLQ_SUBJECTS, INGEST_STREAM, INGEST_SUBJECTS, LATE_STREAM,
+    LATE_SUBJECTS,
 };
 
 /// Retention of the streams.
@@ -78,7 +79,43 @@ pub async fn ensure(
     for (name, subject, max_age) in streams {
         ensure_stream(js, &name, vec![subject], max_age, options).await?;
     }
+    for p in pipelines {
+        if let Some(retention) = p.retention {
+            ensure_history(js, p, retention, options).await?;
+        }
+    }
     Ok(())
+}
+
+/// A pipeline's own history: a stream without subjects that the server fills from the
+/// ingest stream (its messages, sequence order and headers), kept for `retention`. The
+/// ingest stream's age limit is the cluster's; a history's is the pipeline's.
+async fn ensure_history(
+    js: &jetstream::Context,
+    p: &Pipeline,
+    retention: Duration,
+    options: &StreamOptions,
+) -> Result<(), TopologyError> {
+    let name = history_stream(&p.name);
+    let config = stream::Config {
+        name: name.clone(),
+        max_age: retention,
+        storage: stream::StorageType::File,
+        num_replicas: options.replicas,
+        sources: Some(vec![stream::Source {
+            name: INGEST_STREAM.to_string(),
+            filter_subject: Some(p.subjects.input.clone()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| TopologyError {
+            stream: name,
+            source: e.into(),
+        })
 }
 
 async fn ensure_stream(

@@ -37,6 +37,9 @@ pub struct Args {
     /// then load the model files detectors name and refuse missing or mismatched ones.
     #[arg(long, env = "ANOM_MODELS_DIR")]
     models_dir: Option<PathBuf>,
+    /// At most this many backtests at a time (each takes up to one core, at low priority).
+    #[arg(long, env = "ANOM_MAX_BACKTESTS", default_value_t = 2)]
+    max_backtests: usize,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             metrics_addr: args.metrics_addr,
             lease_ttl: args.lease_ttl,
             models_dir: args.models_dir.clone(),
+            max_backtests: args.max_backtests,
             streams: StreamOptions {
                 replicas: args.replicas,
                 ..StreamOptions::default()

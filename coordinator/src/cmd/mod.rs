@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod alerts;
+pub mod backtest;
 pub mod check;
 pub mod cluster;
 pub mod coordinator;

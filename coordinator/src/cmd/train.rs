@@ -6,9 +6,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anom_operators::backtest::source::{self, Position, Range};
+use anom_operators::backtest::{numeric_row, Depth, Engine, OnEvent};
+use anom_operators::envelope::Envelope;
 use anom_operators::forest::{CardContext, ForestParams, IsolationForest, ModelCard};
+use anom_operators::model::ModelRegistry;
 use anom_operators::pipeline::Pipeline;
-use anom_operators::replay::{self, Replay};
 use anom_proto::v1;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -123,7 +126,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to NATS at {}", args.nats))?;
     let js = async_nats::jetstream::new(client);
-    let mut replay = Replay::new(pipeline.clone())?;
+    let metrics = Arc::new(anom_operators::metrics::Metrics::new());
+    let models = ModelRegistry::new(args.models_dir.clone(), metrics.clone());
     let mut rows: Vec<f32> = Vec::new();
     let (mut events, mut skipped) = (0u64, 0u64);
     let (mut first_ms, mut last_ms) = (i64::MAX, i64::MIN);
@@ -131,26 +135,48 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     bar.set_style(ProgressStyle::with_template(
         "{spinner} replaying: {pos} events ({per_sec})",
     )?);
-    let read = replay::read_ingest(&js, &pipeline.name, from_ms, to_ms, |raw| {
-        bar.inc(1);
-        replay.feed(&raw, |env| {
-            events += 1;
-            let row = replay::numeric_row(&pipeline, env);
-            let values: Option<Vec<f32>> = columns
-                .iter()
-                .map(|&i| row.get(i).copied().flatten().map(|v| v as f32))
-                .collect();
-            match values {
-                Some(v) if v.iter().all(|x| x.is_finite()) => {
-                    rows.extend(v);
-                    first_ms = first_ms.min(env.meta.event_time);
-                    last_ms = last_ms.max(env.meta.event_time);
-                }
-                _ => skipped += 1,
+    let range = Range {
+        from: from_ms.map(Position::Time),
+        to: to_ms.map(Position::Time),
+    };
+    let mut reader = source::Reader::open(&js, &pipeline.name, range, 1000).await?;
+    let mut engine: Option<Engine> = None;
+    while let Some((batch, at)) = reader.next().await? {
+        bar.set_position(at.read);
+        let engine = match &mut engine {
+            Some(e) => e,
+            None => {
+                let start = from_ms.unwrap_or(batch[0].published_us / 1000);
+                engine.insert(Engine::new(
+                    pipeline.clone(),
+                    Depth::Enriched,
+                    start,
+                    &models,
+                    &metrics,
+                )?)
             }
-        });
-    })
-    .await?;
+        };
+        engine.feed(
+            &batch,
+            &mut OnEvent(|env: &Envelope| {
+                events += 1;
+                let row = numeric_row(&pipeline, env);
+                let values: Option<Vec<f32>> = columns
+                    .iter()
+                    .map(|&i| row.get(i).copied().flatten().map(|v| v as f32))
+                    .collect();
+                match values {
+                    Some(v) if v.iter().all(|x| x.is_finite()) => {
+                        rows.extend(v);
+                        first_ms = first_ms.min(env.meta.event_time);
+                        last_ms = last_ms.max(env.meta.event_time);
+                    }
+                    _ => skipped += 1,
+                }
+            }),
+        );
+    }
+    let read = bar.position();
     bar.finish_and_clear();
     let n = rows.len() / columns.len();
     anyhow::ensure!(

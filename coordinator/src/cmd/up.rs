@@ -67,6 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             metrics_addr: None,
             lease_ttl: Duration::from_secs(6),
             models_dir: Some(super::pipelines_dir(&args.pipelines)),
+            max_backtests: 2,
             streams: StreamOptions::default(),
         },
         shutdown.clone(),

@@ -9,10 +9,12 @@
 //! | `pipelines` | the `Pipelines` service |
 //! | `cluster` | the `Cluster` service |
 //! | `alerts` | the `Alerts` service: alert queries, acknowledgements, silences |
+//! | `backtests` | the `Backtests` service: replays through a version, reports kept |
 //! | `metrics` | `anom_coordinator_*` metrics |
 
 pub mod alerts;
 pub mod assign;
+pub mod backtests;
 pub mod cluster;
 pub mod control;
 pub mod metrics;
@@ -45,6 +47,8 @@ pub struct CoordinatorConfig {
     /// When the coordinator sees the workers' models directory (`anom up`, a shared volume),
     /// Apply and Validate also load the model files detectors name and refuse bad ones.
     pub models_dir: Option<PathBuf>,
+    /// At most this many backtests run at a time.
+    pub max_backtests: usize,
 }
 
 /// A running coordinator.
@@ -98,6 +102,16 @@ impl Coordinator {
             }
             None => None,
         };
+        let backtests = backtests::BacktestService::open(
+            control.clone(),
+            config
+                .models_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".")),
+            config.max_backtests,
+        )
+        .await
+        .context("cannot open the backtest buckets")?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<v1::pipelines_server::PipelinesServer<pipelines::PipelineService>>()
@@ -107,6 +121,9 @@ impl Coordinator {
             .await;
         health
             .set_serving::<v1::alerts_server::AlertsServer<alerts::AlertService>>()
+            .await;
+        health
+            .set_serving::<v1::backtests_server::BacktestsServer<backtests::BacktestService>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
@@ -136,6 +153,7 @@ impl Coordinator {
                 control: control.clone(),
                 buckets,
             }))
+            .add_service(v1::backtests_server::BacktestsServer::new(backtests))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
         let server = tokio::spawn(server);
         info!(%addr, "coordinator serving gRPC");

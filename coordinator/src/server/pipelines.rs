@@ -72,7 +72,7 @@ fn status_message(p: &PipelineRecord, compiled: Option<&Pipeline>) -> v1::Pipeli
 }
 
 /// The YAML text of a definition, and the name its errors are reported against.
-fn definition_text(d: Option<v1::Definition>) -> Result<(String, String), Status> {
+pub(crate) fn definition_text(d: Option<v1::Definition>) -> Result<(String, String), Status> {
     let d = d.ok_or_else(|| Status::invalid_argument("definition: expected yaml or structured"))?;
     let source = if d.source_name.is_empty() {
         "<request>".to_string()
@@ -125,7 +125,7 @@ fn value_to_json(v: prost_types::Value) -> Json {
     }
 }
 
-fn compile(text: &str, source: &str) -> Result<Pipeline, DefinitionErrors> {
+pub(crate) fn compile(text: &str, source: &str) -> Result<Pipeline, DefinitionErrors> {
     Pipeline::from_yaml(text).map_err(|mut errors| {
         for e in &mut errors.0 {
             e.file = Some(PathBuf::from(source));

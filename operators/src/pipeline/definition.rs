@@ -59,6 +59,10 @@ pub struct PipelineDef {
     /// later ones go to `anom.<name>.late` (default 1m).
     #[serde(default = "default_lateness", with = "crate::duration")]
     pub allowed_lateness: Duration,
+    /// How long the pipeline's raw events are kept for backtests (e.g. `30d`), in a history
+    /// stream of its own. Unset: backtests read the shared ingest stream (kept 7 days).
+    #[serde(default)]
+    pub retention: Option<super::alerts::Dur>,
     /// Keyed state: checkpoints and eviction.
     #[serde(default)]
     pub state: StateDef,

@@ -67,6 +67,9 @@ pub struct Pipeline {
     pub allowed_lateness: Duration,
     pub timezone: String,
     pub state: StateDef,
+    /// How long the raw events are kept for backtests (a history stream); `None`: no own
+    /// history.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -740,6 +743,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         allowed_lateness: def.allowed_lateness,
         timezone: def.timezone.clone(),
         state: def.state.clone(),
+        retention: def.retention.map(|d| d.0),
     })
 }
 

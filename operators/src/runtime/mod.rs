@@ -175,6 +175,12 @@ impl Emitter {
         self.dead_letters.clear();
     }
 
+    /// Hands over what was emitted so far (for running stages in-process: backtests).
+    pub fn take(&mut self) -> Vec<Output> {
+        self.dead_letters.clear();
+        std::mem::take(&mut self.outputs)
+    }
+
     /// What was emitted so far.
     pub fn outputs(&self) -> &[Output] {
         &self.outputs

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -25,6 +25,7 @@ use crate::rejection::{RejectKind, Rejection};
 use crate::runtime::{Emitter, Input, Stage};
 use crate::stage::validate::partition_of;
 use crate::subjects::INGEST_STREAM;
+use crate::timebase::Timebase;
 use crate::value::Value;
 
 pub const NAME: &str = "alert";
@@ -37,11 +38,18 @@ pub struct AlertStage {
     /// Alert counters by severity, resolved once.
     alerts: HashMap<Severity, Counter>,
     latency: Histogram,
+    timebase: Timebase,
 }
 
 impl AlertStage {
     /// `stored`: the alerts of the bucket this partition owns (see [`owned`]).
-    pub fn new(pipeline: Arc<Pipeline>, metrics: &Metrics, stored: Vec<Alert>) -> AlertStage {
+    /// `timebase`: the wall clock live, event time in a backtest.
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        metrics: &Metrics,
+        stored: Vec<Alert>,
+        timebase: Timebase,
+    ) -> AlertStage {
         let alerts = [Severity::Info, Severity::Warning, Severity::Critical]
             .into_iter()
             .filter(|s| {
@@ -61,7 +69,8 @@ impl AlertStage {
             .get_or_create_owned(&PipelineLabels {
                 pipeline: pipeline.name.clone(),
             });
-        let lifecycle = Lifecycle::new(stored, pipeline.alerting.resolve_timeout, now_us() / 1000);
+        let lifecycle =
+            Lifecycle::new(stored, pipeline.alerting.resolve_timeout, timebase.now_ms());
         let kv_prefix = kv_subject(ALERTS_BUCKET, &alert_key(&pipeline.name, ""));
         AlertStage {
             pipeline,
@@ -69,6 +78,7 @@ impl AlertStage {
             kv_prefix,
             alerts,
             latency,
+            timebase,
         }
     }
 
@@ -290,17 +300,10 @@ fn alert_row(p: &Pipeline, env: &Envelope) -> Vec<Value> {
     row
 }
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
 impl Stage for AlertStage {
     fn process(&mut self, input: &Input<'_>, _out: &mut Emitter) -> Result<(), Rejection> {
-        let now = now_us();
-        let now_ms = now / 1000;
         if input.header(COMMAND_HEADER).is_some() {
+            let now_ms = self.timebase.now_ms();
             let c: Command = serde_json::from_slice(input.payload).map_err(|e| {
                 Rejection::new(
                     RejectKind::Envelope,
@@ -323,6 +326,9 @@ impl Stage for AlertStage {
         let row = alert_row(p, &env);
         let key = env.meta.key.as_str();
         let event_ms = env.meta.event_time;
+        self.timebase.observe(event_ms);
+        let now = self.timebase.now_us();
+        let now_ms = now / 1000;
         let at = At {
             event_ms,
             now_ms,
@@ -402,7 +408,7 @@ impl Stage for AlertStage {
     }
 
     fn end_batch(&mut self, out: &mut Emitter) {
-        self.publish(out, now_us() / 1000, false);
+        self.publish(out, self.timebase.now_ms(), false);
     }
 
     fn tick(&mut self, now_ms: i64, out: &mut Emitter) {

@@ -25,6 +25,7 @@ use crate::model::ModelRegistry;
 use crate::pipeline::Pipeline;
 use crate::runtime::{Binding, SnapshotPolicy, Stage, StateBinding};
 use crate::subjects::INGEST_STREAM;
+use crate::timebase::Timebase;
 use crate::unit::{UnitId, UnitStage};
 
 /// One stage to run: where it reads, what it is, and where its state lives (keyed stages).
@@ -134,7 +135,7 @@ pub fn build_unit(
             let store = StateStore::open(db, &durable)?;
             let late = metrics.stage(&pipeline.name, window::NAME).late_events;
             let (stage, restored_seq) =
-                window::WindowStage::restore(pipeline.clone(), k, &store, late)?;
+                window::WindowStage::restore(pipeline.clone(), k, &store, late, Timebase::Wall)?;
             Planned {
                 binding,
                 stage: Box::new(stage),
@@ -162,6 +163,7 @@ pub fn build_unit(
                 pipeline.clone(),
                 metrics,
                 stored_alerts,
+                Timebase::Wall,
             )),
             state: None,
         },

@@ -35,7 +35,7 @@ impl Rules {
 
 /// The causes that hold on an event, as bits (see [`Rules`]); causes past the 128th are not
 /// tracked (their alerts still resolve by `resolve_timeout` or by hand).
-fn active_causes(p: &Pipeline, env: &Envelope) -> u128 {
+pub(crate) fn active_causes(p: &Pipeline, env: &Envelope) -> u128 {
     if p.alert_on == AlertOn::Both && env.analysis.verdict.is_none() {
         return 0;
     }

@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -23,6 +22,7 @@ use crate::pipeline::{Clock, Pipeline, RuleKind};
 use crate::rejection::Rejection;
 use crate::runtime::{Emitter, Input, Stage};
 use crate::subjects::headers;
+use crate::timebase::Timebase;
 use crate::value::Value;
 
 pub const NAME: &str = "window";
@@ -85,12 +85,7 @@ pub struct WindowStage {
     max_dirty: usize,
     /// Whether anything happened since the last checkpoint (an idle stage writes nothing).
     touched: bool,
-}
-
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    timebase: Timebase,
 }
 
 impl WindowStage {
@@ -101,6 +96,7 @@ impl WindowStage {
         partition: u32,
         store: &StateStore,
         late: Counter,
+        timebase: Timebase,
     ) -> Result<(WindowStage, u64), CheckpointError> {
         let p = &*pipeline;
         let horizon_ms = p
@@ -141,10 +137,11 @@ impl WindowStage {
             enriched_subject: p.subjects.enriched(partition),
             detections_subject: p.subjects.detections(partition),
             late,
-            last_eviction_ms: wall_ms(),
+            last_eviction_ms: timebase.now_ms(),
             max_dirty: p.state.checkpoint_max_keys,
             touched: true,
             pipeline: pipeline.clone(),
+            timebase,
         };
         let current: Vec<String> = p.aggregates.iter().map(|a| a.source.clone()).collect();
         // For each current aggregate, where its state sits in the stored states: a new pipeline
@@ -195,7 +192,7 @@ impl WindowStage {
             stage.keys.insert(key, state);
         }
         // Keys an absence rule watches from the start, if they belong to this partition.
-        let now = wall_ms();
+        let now = stage.timebase.now_ms();
         let declared: Vec<String> = p
             .rules
             .iter()
@@ -312,7 +309,7 @@ impl WindowStage {
                     Clock::Processing => now_ms,
                     Clock::Event => now_ms.max(state.last_event_ms),
                 },
-                ingest_time_us: wall_ms() * 1000,
+                ingest_time_us: self.timebase.now_us(),
                 origin_seq: origin.0,
                 origin_index: origin.1,
             },
@@ -394,7 +391,8 @@ impl Stage for WindowStage {
             return Ok(());
         }
         self.max_event_ms = self.max_event_ms.max(t);
-        let now = wall_ms();
+        self.timebase.observe(t);
+        let now = self.timebase.now_ms();
         let key = env.meta.key.clone();
         let mut state = match self.keys.remove(&key) {
             Some(s) => s,
@@ -588,7 +586,7 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let store = StateStore::open(&db, "t-window-0").unwrap();
         let (mut stage, seq) =
-            WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+            WindowStage::restore(p.clone(), 0, &store, Counter::default(), Timebase::Wall).unwrap();
         assert_eq!(seq, 0);
         let t = 1_795_132_800_000;
         feed(&mut stage, &p, "old", t, 1);
@@ -597,7 +595,10 @@ mod tests {
         assert_eq!(first.puts.len(), 3, "two keys and the partition's metadata");
         // Ten minutes of event time and of wall clock later, `old` is past its 1m window
         // plus 1m lateness; `new` is not (its last event is the partition's newest).
-        stage.tick(wall_ms() + 600_000, &mut Emitter::new(NAME, "t-window-0"));
+        stage.tick(
+            Timebase::Wall.now_ms() + 600_000,
+            &mut Emitter::new(NAME, "t-window-0"),
+        );
         assert_eq!(stage.key_count(), 1);
         let delta = stage.checkpoint().unwrap();
         assert_eq!(delta.deletes, vec![b"k:old".to_vec()]);
@@ -610,7 +611,7 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let store = StateStore::open(&db, "t-window-0").unwrap();
         let (mut stage, _) =
-            WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+            WindowStage::restore(p.clone(), 0, &store, Counter::default(), Timebase::Wall).unwrap();
         let t = 1_795_132_800_000;
         feed(&mut stage, &p, "a", t, 1);
         feed(&mut stage, &p, "a", t + 1000, 2);
@@ -621,7 +622,7 @@ mod tests {
             .unwrap();
         rt.block_on(store.commit(delta, 2)).unwrap();
         let (mut restored, seq) =
-            WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+            WindowStage::restore(p.clone(), 0, &store, Counter::default(), Timebase::Wall).unwrap();
         assert_eq!(seq, 2);
         let out = feed(&mut restored, &p, "a", t + 2000, 3);
         let env = Envelope::decode(&out[0].payload).unwrap();
@@ -643,7 +644,7 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let store = StateStore::open(&db, "t-window-0").unwrap();
         let (mut stage, _) =
-            WindowStage::restore(p.clone(), 0, &store, Counter::default()).unwrap();
+            WindowStage::restore(p.clone(), 0, &store, Counter::default(), Timebase::Wall).unwrap();
         let t = 1_795_132_800_000;
         for i in 0..3 {
             feed(&mut stage, &p, "a", t + i * 1000, i as u64 + 1);
@@ -661,7 +662,8 @@ mod tests {
         );
         let p2 = Arc::new(Pipeline::from_yaml(&v2).unwrap());
         let (mut restored, seq) =
-            WindowStage::restore(p2.clone(), 0, &store, Counter::default()).unwrap();
+            WindowStage::restore(p2.clone(), 0, &store, Counter::default(), Timebase::Wall)
+                .unwrap();
         assert_eq!(seq, 3);
         let out = feed(&mut restored, &p2, "a", t + 4000, 4);
         assert_eq!(

@@ -1,0 +1,340 @@
+//! The stages of one pipeline version, run in-process on a stretch of raw events: the same
+//! code as live (validate, window and score per partition, rules, alert per partition),
+//! with throwaway state, in event time, and no output leaving the process. What comes out
+//! is told to a [`Tap`].
+
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::alert::Alert;
+use crate::checkpoint::{open_db, StateStore};
+use crate::envelope::Envelope;
+use crate::metrics::Metrics;
+use crate::model::ModelRegistry;
+use crate::pipeline::Pipeline;
+use crate::runtime::{Emitter, Input, Output, Stage};
+use crate::stage::{
+    alert::AlertStage, rules, score::ScoreStage, validate::Validate, window::WindowStage,
+};
+use crate::subjects::headers;
+use crate::timebase::Timebase;
+
+use super::BacktestError;
+
+/// A raw event as the ingest stream holds it.
+pub struct Raw {
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    pub headers: Option<async_nats::HeaderMap>,
+    pub stream_seq: u64,
+    pub published_us: i64,
+}
+
+/// How far the events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Up to the key's aggregates (what `anom train` computes features with).
+    Enriched,
+    /// Through rules, detectors and the alert lifecycle.
+    Alerts,
+}
+
+/// What a run tells its caller, as it happens.
+pub trait Tap {
+    /// An event as the rules (or, at [`Depth::Enriched`], the detectors) see it: validated,
+    /// with its aggregates and scores.
+    fn event(&mut self, _env: &Envelope) {}
+    /// An event the rules stage let alert (a rule hit or a detector flag), or an absence.
+    fn detection(&mut self, _env: &Envelope) {}
+    /// A change of an alert's status (firing, resolved), as live publishes it.
+    fn alert(&mut self, _alert: Alert) {}
+    /// An input or a line of it refused, by reason kind (`schema`, `decode`, …).
+    fn rejected(&mut self, _kind: &str) {}
+    /// An event later than the allowed lateness, kept aside as live does.
+    fn late(&mut self) {}
+}
+
+/// Where a stage's output goes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    Window,
+    Score,
+    Rules,
+    Alert,
+}
+
+/// One stage's queue of inputs, each with its sequence and ingest time (µs).
+type Queue = Vec<(Output, u64, i64)>;
+
+pub struct Engine {
+    pipeline: Arc<Pipeline>,
+    depth: Depth,
+    timebase: Timebase,
+    validate: Validate,
+    windows: Vec<WindowStage>,
+    scores: Vec<ScoreStage>,
+    rules: rules::Rules,
+    alerts: Vec<AlertStage>,
+    /// Inputs waiting per hop and partition.
+    queues: [Vec<Queue>; 4],
+    out: Emitter,
+    last_tick_ms: i64,
+    batches: u64,
+    next_seq: u64,
+    // Declared last: dropped after the stages that use it.
+    _db: sled::Db,
+    _dir: tempfile::TempDir,
+}
+
+impl Engine {
+    /// `start_ms`: event time before the first event (where absence timers start from).
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        depth: Depth,
+        start_ms: i64,
+        models: &ModelRegistry,
+        metrics: &Metrics,
+    ) -> Result<Engine, BacktestError> {
+        let dir = tempfile::tempdir()?;
+        let db = open_db(dir.path())?;
+        let timebase = Timebase::events(start_ms);
+        let parts = pipeline.partitions;
+        let mut windows = Vec::new();
+        let mut scores = Vec::new();
+        let mut alerts = Vec::new();
+        for k in 0..parts {
+            if pipeline.is_keyed() {
+                let store = StateStore::open(&db, &format!("backtest-window-{k}"))?;
+                let (stage, _) = WindowStage::restore(
+                    pipeline.clone(),
+                    k,
+                    &store,
+                    Counter::default(),
+                    timebase.clone(),
+                )?;
+                windows.push(stage);
+            }
+            if depth == Depth::Alerts {
+                if pipeline.has_detectors() {
+                    let store = StateStore::open(&db, &format!("backtest-score-{k}"))?;
+                    let (stage, _) =
+                        ScoreStage::restore(pipeline.clone(), k, &store, models, metrics)?;
+                    scores.push(stage);
+                }
+                alerts.push(AlertStage::new(
+                    pipeline.clone(),
+                    metrics,
+                    Vec::new(),
+                    timebase.clone(),
+                ));
+            }
+        }
+        let queue = || (0..parts).map(|_| Queue::new()).collect::<Vec<_>>();
+        Ok(Engine {
+            validate: Validate::new(pipeline.clone()),
+            rules: rules::Rules::new(pipeline.clone()),
+            queues: [queue(), queue(), queue(), queue()],
+            out: Emitter::new("backtest", "backtest"),
+            last_tick_ms: start_ms,
+            batches: 0,
+            next_seq: 0,
+            pipeline,
+            depth,
+            timebase,
+            windows,
+            scores,
+            alerts,
+            _db: db,
+            _dir: dir,
+        })
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Event time so far: the newest event time seen.
+    pub fn now_ms(&self) -> i64 {
+        self.timebase.now_ms()
+    }
+
+    /// Runs a batch of raw inputs through every stage, as one live batch would go through
+    /// each stage in turn; timers fire as event time passes whole seconds.
+    pub fn feed(&mut self, batch: &[Raw], tap: &mut impl Tap) {
+        for raw in batch {
+            let input = Input {
+                subject: &raw.subject,
+                payload: &raw.payload,
+                headers: raw.headers.as_ref(),
+                stream_seq: raw.stream_seq,
+                published_us: raw.published_us,
+            };
+            self.out.clear();
+            if let Err(r) = self.validate.process(&input, &mut self.out) {
+                tap.rejected(r.kind.as_str());
+                continue;
+            }
+            for o in self.out.take() {
+                self.route(o, raw.published_us, tap);
+            }
+        }
+        self.drain(tap);
+        let now = self.timebase.now_ms();
+        if now - self.last_tick_ms >= 1_000 {
+            self.tick(now, tap);
+        }
+        // The stages keep what changed for a checkpoint; a backtest never writes one.
+        self.batches += 1;
+        if self.batches.is_multiple_of(64) {
+            for w in &mut self.windows {
+                let _ = w.checkpoint();
+            }
+            for s in &mut self.scores {
+                let _ = s.checkpoint();
+            }
+        }
+    }
+
+    /// Ends the run at event time `end_ms` (the end of the range, or the last event): timers
+    /// due by then fire, and the alert stages write what they held back.
+    pub fn finish(&mut self, end_ms: i64, tap: &mut impl Tap) {
+        let end = end_ms.max(self.timebase.now_ms());
+        self.timebase.observe(end);
+        self.tick(end, tap);
+    }
+
+    fn tick(&mut self, now_ms: i64, tap: &mut impl Tap) {
+        self.last_tick_ms = now_ms;
+        for k in 0..self.windows.len() {
+            self.out.clear();
+            self.windows[k].tick(now_ms, &mut self.out);
+            for o in self.out.take() {
+                self.route(o, now_ms * 1000, tap);
+            }
+        }
+        self.drain(tap);
+        for k in 0..self.alerts.len() {
+            self.out.clear();
+            self.alerts[k].tick(now_ms, &mut self.out);
+            for o in self.out.take() {
+                self.route(o, now_ms * 1000, tap);
+            }
+        }
+    }
+
+    /// Runs every queued input through its stage, hop after hop.
+    fn drain(&mut self, tap: &mut impl Tap) {
+        for hop in [Hop::Window, Hop::Score, Hop::Rules, Hop::Alert] {
+            for k in 0..self.pipeline.partitions as usize {
+                let queue = std::mem::take(&mut self.queues[hop as usize][k]);
+                if queue.is_empty() {
+                    continue;
+                }
+                let mut produced = Vec::new();
+                {
+                    let stage: &mut dyn Stage = match hop {
+                        Hop::Window => &mut self.windows[k],
+                        Hop::Score => &mut self.scores[k],
+                        Hop::Rules => &mut self.rules,
+                        Hop::Alert => &mut self.alerts[k],
+                    };
+                    for (o, seq, ingest_us) in &queue {
+                        let input = Input {
+                            subject: &o.subject,
+                            payload: &o.payload,
+                            headers: o.headers.as_ref(),
+                            stream_seq: *seq,
+                            published_us: *ingest_us,
+                        };
+                        self.out.clear();
+                        if let Err(r) = stage.process(&input, &mut self.out) {
+                            tap.rejected(r.kind.as_str());
+                        }
+                        produced.extend(self.out.take().into_iter().map(|o| (o, *ingest_us)));
+                    }
+                    self.out.clear();
+                    stage.end_batch(&mut self.out);
+                    let now_us = self.timebase.now_us();
+                    produced.extend(self.out.take().into_iter().map(|o| (o, now_us)));
+                }
+                for (o, ingest_us) in produced {
+                    self.route(o, ingest_us, tap);
+                }
+            }
+        }
+    }
+
+    /// Sends one output on: to the next stage's queue, or to the tap.
+    fn route(&mut self, o: Output, ingest_us: i64, tap: &mut impl Tap) {
+        let p = &*self.pipeline;
+        let s = &p.subjects;
+        let Some((kind, rest)) = o
+            .subject
+            .strip_prefix("anom.")
+            .and_then(|r| r.strip_prefix(p.name.as_str()))
+            .and_then(|r| r.strip_prefix('.'))
+            .map(|r| r.split_once('.').unwrap_or((r, "")))
+        else {
+            return; // alert state writes ($KV.…) stay in the stage
+        };
+        let k = rest.parse::<usize>().ok();
+        let hop = match (kind, k) {
+            ("valid", Some(k)) if self.pipeline.is_keyed() => Some((Hop::Window, k)),
+            ("valid", Some(k)) | ("enriched", Some(k)) => {
+                if self.depth == Depth::Enriched {
+                    if let Ok(env) = rules::open(p, &o.payload) {
+                        tap.event(&env);
+                    }
+                    None
+                } else if p.has_detectors() {
+                    Some((Hop::Score, k))
+                } else {
+                    Some((Hop::Rules, k))
+                }
+            }
+            ("scored", Some(k)) => Some((Hop::Rules, k)),
+            ("detections", Some(k)) => {
+                if let Ok(env) = rules::open(p, &o.payload) {
+                    if env.analysis.absence.is_some() || rules::active_causes(p, &env) != 0 {
+                        tap.detection(&env);
+                    }
+                }
+                Some((Hop::Alert, k))
+            }
+            ("alerts", _) if o.subject == s.alerts => {
+                if let Ok(a) = serde_json::from_slice::<Alert>(&o.payload) {
+                    tap.alert(a);
+                }
+                None
+            }
+            ("dlq", _) => {
+                let kind = o
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(headers::REASON_KIND))
+                    .map_or("unknown", |v| v.as_str());
+                tap.rejected(kind);
+                None
+            }
+            ("late", _) => {
+                tap.late();
+                None
+            }
+            _ => None,
+        };
+        if let Some((hop, k)) = hop {
+            if hop == Hop::Rules {
+                if let Ok(env) = rules::open(p, &o.payload) {
+                    tap.event(&env);
+                }
+            }
+            // Live, each stage reads its own stream: its inputs' sequences only grow (the
+            // alert stage skips what it already applied by them).
+            self.next_seq += 1;
+            if let Some(q) = self.queues[hop as usize].get_mut(k) {
+                q.push((o, self.next_seq, ingest_us));
+            }
+        }
+    }
+}
