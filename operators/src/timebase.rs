@@ -34,6 +34,10 @@ impl Timebase {
         }
     }
 
+    pub fn is_events(&self) -> bool {
+        matches!(self, Timebase::Events(_))
+    }
+
     /// An event was seen: event time moves forward to it (never back). The wall clock does
     /// not care.
     pub fn observe(&self, event_ms: i64) {

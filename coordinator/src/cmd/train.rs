@@ -146,7 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let engine = match &mut engine {
             Some(e) => e,
             None => {
-                let start = from_ms.unwrap_or(batch[0].published_us / 1000);
+                let start = Engine::first_event_ms(&pipeline, &batch).unwrap_or_default();
                 engine.insert(Engine::new(
                     pipeline.clone(),
                     Depth::Enriched,

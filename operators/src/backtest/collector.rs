@@ -207,6 +207,9 @@ impl Collector {
                 key,
             })
         });
+        // Absences skip the rules stage, so records do not come out in event-time order.
+        self.alerts
+            .sort_by(|a, b| (a.fired_ms, &a.id).cmp(&(b.fired_ms, &b.id)));
         let mut alerts_per_day = BTreeMap::new();
         for a in &self.alerts {
             let day = jiff::Timestamp::from_millisecond(a.fired_ms)
@@ -338,7 +341,8 @@ impl Tap for Collector {
             }
             AlertStatus::Resolved => {
                 if let Some(row) = self.open.remove(&a.id).and_then(|i| self.alerts.get_mut(i)) {
-                    row.resolved_ms = Some(a.ends_at.as_deref().and_then(millis).unwrap_or(at));
+                    // The event that ended it (a timeout keeps the last detection's).
+                    row.resolved_ms = Some(at);
                     row.count = a.count;
                 }
             }

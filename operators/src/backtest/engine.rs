@@ -70,7 +70,7 @@ type Queue = Vec<(Output, u64, i64)>;
 pub struct Engine {
     pipeline: Arc<Pipeline>,
     depth: Depth,
-    timebase: Timebase,
+    timebases: Vec<Timebase>,
     validate: Validate,
     windows: Vec<WindowStage>,
     scores: Vec<ScoreStage>,
@@ -98,8 +98,10 @@ impl Engine {
     ) -> Result<Engine, BacktestError> {
         let dir = tempfile::tempdir()?;
         let db = open_db(dir.path())?;
-        let timebase = Timebase::events(start_ms);
         let parts = pipeline.partitions;
+        // Each partition keeps its own event time, as each live partition reads its own
+        // subject: the engine runs one partition's batch after another's.
+        let timebases: Vec<Timebase> = (0..parts).map(|_| Timebase::events(start_ms)).collect();
         let mut windows = Vec::new();
         let mut scores = Vec::new();
         let mut alerts = Vec::new();
@@ -111,7 +113,7 @@ impl Engine {
                     k,
                     &store,
                     Counter::default(),
-                    timebase.clone(),
+                    timebases[k as usize].clone(),
                 )?;
                 windows.push(stage);
             }
@@ -126,7 +128,7 @@ impl Engine {
                     pipeline.clone(),
                     metrics,
                     Vec::new(),
-                    timebase.clone(),
+                    timebases[k as usize].clone(),
                 ));
             }
         }
@@ -141,7 +143,7 @@ impl Engine {
             next_seq: 0,
             pipeline,
             depth,
-            timebase,
+            timebases,
             windows,
             scores,
             alerts,
@@ -150,13 +152,44 @@ impl Engine {
         })
     }
 
+    /// The event time of the first valid event of `batch` (where a run's event time starts),
+    /// or, when none is valid, when the first was stored.
+    pub fn first_event_ms(pipeline: &Arc<Pipeline>, batch: &[Raw]) -> Option<i64> {
+        let mut validate = Validate::new(pipeline.clone());
+        let mut out = Emitter::new("backtest", "backtest");
+        for raw in batch {
+            let input = Input {
+                subject: &raw.subject,
+                payload: &raw.payload,
+                headers: raw.headers.as_ref(),
+                stream_seq: raw.stream_seq,
+                published_us: raw.published_us,
+            };
+            out.clear();
+            if validate.process(&input, &mut out).is_ok() {
+                let valid = out
+                    .outputs()
+                    .iter()
+                    .find_map(|o| rules::open(pipeline, &o.payload).ok());
+                if let Some(env) = valid {
+                    return Some(env.meta.event_time);
+                }
+            }
+        }
+        batch.first().map(|r| r.published_us / 1000)
+    }
+
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
     }
 
     /// Event time so far: the newest event time seen.
     pub fn now_ms(&self) -> i64 {
-        self.timebase.now_ms()
+        self.timebases
+            .iter()
+            .map(Timebase::now_ms)
+            .max()
+            .unwrap_or(self.last_tick_ms)
     }
 
     /// Runs a batch of raw inputs through every stage, as one live batch would go through
@@ -180,7 +213,8 @@ impl Engine {
             }
         }
         self.drain(tap);
-        let now = self.timebase.now_ms();
+        // Every partition has seen the whole batch: time is up to its newest event for all.
+        let now = self.now_ms();
         if now - self.last_tick_ms >= 1_000 {
             self.tick(now, tap);
         }
@@ -196,16 +230,19 @@ impl Engine {
         }
     }
 
-    /// Ends the run at event time `end_ms` (the end of the range, or the last event): timers
-    /// due by then fire, and the alert stages write what they held back.
-    pub fn finish(&mut self, end_ms: i64, tap: &mut impl Tap) {
-        let end = end_ms.max(self.timebase.now_ms());
-        self.timebase.observe(end);
+    /// Ends the run at the newest event time: timers due by then fire, and the alert stages
+    /// write what they held back. (The range's end is a storage time, not an event time:
+    /// silence after the last event is not assumed.)
+    pub fn finish(&mut self, tap: &mut impl Tap) {
+        let end = self.now_ms();
         self.tick(end, tap);
     }
 
     fn tick(&mut self, now_ms: i64, tap: &mut impl Tap) {
         self.last_tick_ms = now_ms;
+        for t in &self.timebases {
+            t.observe(now_ms);
+        }
         for k in 0..self.windows.len() {
             self.out.clear();
             self.windows[k].tick(now_ms, &mut self.out);
@@ -255,7 +292,7 @@ impl Engine {
                     }
                     self.out.clear();
                     stage.end_batch(&mut self.out);
-                    let now_us = self.timebase.now_us();
+                    let now_us = self.timebases[k].now_us();
                     produced.extend(self.out.take().into_iter().map(|o| (o, now_us)));
                 }
                 for (o, ingest_us) in produced {
@@ -336,5 +373,63 @@ impl Engine {
                 q.push((o, self.next_seq, ingest_us));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::AlertStatus;
+
+    const DEF: &str = "name: t\nkey: k\nevent_time: at\nschema:\n  k: string\n  x: float\n  at: timestamp\nrules:\n  - name: high\n    when: x > 5\nabsence:\n  - name: quiet\n    after: 20m\n";
+
+    #[derive(Default)]
+    struct Changes(Vec<(String, AlertStatus, String)>);
+
+    impl Tap for Changes {
+        fn alert(&mut self, a: Alert) {
+            self.0.push((a.rule, a.status, a.event_time));
+        }
+    }
+
+    fn raw(seq: u64, k: &str, x: f64, at_min: i64) -> Raw {
+        Raw {
+            subject: "anom.t.in".into(),
+            payload: format!(r#"{{"k": "{k}", "x": {x}, "at": {}}}"#, at_min * 60_000).into(),
+            headers: None,
+            stream_seq: seq,
+            published_us: 1_800_000_000_000_000 + seq as i64,
+        }
+    }
+
+    #[test]
+    fn replayed_silence_fires_when_it_reached_the_limit_and_resolves_when_the_key_returns() {
+        let p = Arc::new(Pipeline::from_yaml(DEF).unwrap());
+        let metrics = Metrics::new();
+        let models = ModelRegistry::new(".".into(), Arc::new(Metrics::new()));
+        let batch = vec![
+            raw(1, "a", 1.0, 0),
+            raw(2, "a", 9.0, 1),
+            raw(3, "a", 1.0, 2),
+            raw(4, "a", 1.0, 50),
+        ];
+        let start = Engine::first_event_ms(&p, &batch).unwrap();
+        assert_eq!(start, 0);
+        let mut engine = Engine::new(p, Depth::Alerts, start, &models, &metrics).unwrap();
+        let mut tap = Changes::default();
+        engine.feed(&batch, &mut tap);
+        engine.finish(&mut tap);
+        // Absences skip the rules stage: their records may come out before earlier rule hits.
+        tap.0.sort_by(|a, b| a.2.cmp(&b.2));
+        let at = |m: i64| crate::alert::rfc3339_ms(m * 60_000);
+        assert_eq!(
+            tap.0,
+            vec![
+                ("high".into(), AlertStatus::Firing, at(1)),
+                ("high".into(), AlertStatus::Resolved, at(2)),
+                ("quiet".into(), AlertStatus::Firing, at(22)),
+                ("quiet".into(), AlertStatus::Resolved, at(50)),
+            ]
+        );
     }
 }

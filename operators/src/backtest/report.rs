@@ -63,7 +63,8 @@ pub struct AlertRow {
     pub key: String,
     /// Event time of the event that raised it (epoch ms).
     pub fired_ms: i64,
-    /// Event time it resolved at, if it did within the range.
+    /// Event time of the event that resolved it, if it did within the range (an alert that
+    /// timed out: its last detection's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_ms: Option<i64>,
     /// Detections it absorbed (repeats).

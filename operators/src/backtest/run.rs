@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::collector::{Collector, PlotSpec};
 use super::report::{Comparison, Report};
-use super::source::{Position, Range, Reader};
+use super::source::{Range, Reader};
 use super::{BacktestError, Depth, Engine, Labels, Raw};
 use crate::metrics::Metrics;
 use crate::model::ModelRegistry;
@@ -64,23 +64,13 @@ pub async fn run(
     let pipeline_name = first.name.clone();
     let started = Instant::now();
     let (tx, rx) = mpsc::channel::<Vec<Raw>>(8);
-    let from_ms = match spec.range.from {
-        Some(Position::Time(ms)) => Some(ms),
-        _ => None,
-    };
-    let end_ms = match spec.range.to {
-        Some(Position::Time(ms)) => Some(ms.min(jiff::Timestamp::now().as_millisecond())),
-        _ => None,
-    };
     let versions = spec.versions.clone();
     let (labels, plot) = (spec.labels.clone(), spec.plot.clone());
     let (done_tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("backtest".into())
         .spawn(move || {
-            let _ = done_tx.send(process(
-                rx, versions, labels, plot, from_ms, end_ms, &models, &metrics,
-            ));
+            let _ = done_tx.send(process(rx, versions, labels, plot, &models, &metrics));
         })?;
     let read = forward(
         js,
@@ -178,8 +168,6 @@ fn process(
     versions: Vec<(String, Arc<Pipeline>)>,
     labels: Option<Labels>,
     plot: Option<PlotSpec>,
-    from_ms: Option<i64>,
-    end_ms: Option<i64>,
     models: &ModelRegistry,
     metrics: &Metrics,
 ) -> Result<Vec<Report>, BacktestError> {
@@ -187,9 +175,8 @@ fn process(
     let mut runs: Vec<(Engine, Collector)> = Vec::new();
     while let Some(batch) = rx.blocking_recv() {
         if runs.is_empty() {
-            let start =
-                from_ms.unwrap_or_else(|| batch.first().map_or(0, |r| r.published_us / 1000));
             for (_, p) in &versions {
+                let start = Engine::first_event_ms(p, &batch).unwrap_or_default();
                 let engine = Engine::new(p.clone(), Depth::Alerts, start, models, metrics)?;
                 runs.push((
                     engine,
@@ -211,8 +198,7 @@ fn process(
         .into_iter()
         .zip(&versions)
         .map(|((mut engine, mut collector), (version, _))| {
-            let end = end_ms.unwrap_or_else(|| engine.now_ms());
-            engine.finish(end, &mut collector);
+            engine.finish(&mut collector);
             Report {
                 version: version.clone(),
                 ..collector.report()

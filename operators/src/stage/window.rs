@@ -298,6 +298,15 @@ impl WindowStage {
             (None, Clock::Processing) => state.last_seen_wall_ms,
             (None, Clock::Event) => state.last_event_ms,
         };
+        let event_time = match a.clock {
+            // Replayed time jumps from event to event: the gap became an absence when it
+            // reached `after`, not when the next event showed it.
+            Clock::Processing if self.timebase.is_events() && !resolved => {
+                now_ms.min(last_seen + a.after_ms)
+            }
+            Clock::Processing => now_ms,
+            Clock::Event => now_ms.max(state.last_event_ms),
+        };
         let env = Envelope {
             v: ENVELOPE_VERSION,
             meta: Meta {
@@ -305,10 +314,7 @@ impl WindowStage {
                 version: p.version.clone(),
                 key: key.to_string(),
                 partition: self.partition,
-                event_time: match a.clock {
-                    Clock::Processing => now_ms,
-                    Clock::Event => now_ms.max(state.last_event_ms),
-                },
+                event_time,
                 ingest_time_us: self.timebase.now_us(),
                 origin_seq: origin.0,
                 origin_index: origin.1,
@@ -321,7 +327,7 @@ impl WindowStage {
                 }],
                 absence: Some(AbsenceNote {
                     last_seen_ms: last_seen,
-                    silent_ms: now_ms - last_seen,
+                    silent_ms: event_time.max(last_seen) - last_seen,
                     resolved,
                 }),
                 ..Analysis::default()
@@ -361,7 +367,9 @@ impl WindowStage {
             .keys
             .iter()
             .filter(|(k, s)| {
+                // A key whose absence fired stays: its return resolves the alert.
                 !declared.contains(k)
+                    && !s.fired.contains(&true)
                     && s.last_event_ms < max_event.saturating_sub(ttl)
                     && s.last_seen_wall_ms < now_wall.saturating_sub(ttl)
             })
@@ -389,6 +397,14 @@ impl Stage for WindowStage {
         if self.max_event_ms != i64::MIN && t < self.max_event_ms.saturating_sub(self.lateness_ms) {
             self.late_event(input, &env, out);
             return Ok(());
+        }
+        if self.timebase.is_events()
+            && !self.absences.is_empty()
+            && t - self.timebase.now_ms() >= 1_000
+        {
+            // Replayed time jumps to this event: the timers due before it fire first, as the
+            // wall clock's would have between the two events.
+            self.tick(t - 1, out);
         }
         self.max_event_ms = self.max_event_ms.max(t);
         self.timebase.observe(t);
