@@ -397,6 +397,12 @@ async fn a_backtest_raises_what_live_raised_compares_versions_and_leaves_live_al
     )
     .await;
     let ab = &ab["comparison"];
+    // Without labels or a plot, events are counted without being looked at.
+    assert_eq!(
+        (ab["a"]["events"].as_u64(), ab["b"]["events"].as_u64()),
+        (Some(480), Some(480))
+    );
+    assert_eq!(ab["a"]["first_event_ms"], T0);
     let only = |side: &str| -> BTreeSet<(String, i64)> {
         ab[side]
             .as_array()
@@ -571,7 +577,11 @@ async fn labels_are_scored_absence_runs_in_event_time_and_bad_requests_are_refus
         .await,
     );
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("draft.yaml:10:19: rules[0].when"), "{}", e.message());
+    assert!(
+        e.message().contains("draft.yaml:10:19: rules[0].when"),
+        "{}",
+        e.message()
+    );
     let e = refused(
         c.start(v1::StartBacktestRequest {
             pipeline: "pay".into(),

@@ -8,6 +8,7 @@
 //! 3. latency: events at a fixed rate, publish → alert received, as an HDR histogram.
 
 mod alert_burst;
+mod backtest_bench;
 mod baseline;
 mod generate;
 mod pipeline;
@@ -39,6 +40,16 @@ pub enum Command {
         keys: usize,
         #[arg(long, default_value_t = 4)]
         partitions: u32,
+    },
+    /// A backtest of the card-payments pipeline over N events, against a plain JetStream read
+    /// of the same stream in the same run.
+    Backtest {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Also measure the live pipeline's throughput (--events of the main options is
+        /// theirs) alone and while backtests run.
+        #[arg(long)]
+        live_impact: bool,
     },
     /// The window stage's own work at growing key counts (no JetStream), with a raw hop
     /// baseline measured in the same run.
@@ -157,6 +168,19 @@ async fn main() -> anyhow::Result<()> {
             let burst = alert_burst::run(server.url(), *detections, *keys, *partitions).await?;
             server.stop().await?;
             println!("{}", burst.markdown());
+            return Ok(());
+        }
+        Some(Command::Backtest {
+            events,
+            live_impact,
+        }) => {
+            let dir = tempfile::tempdir()?;
+            let server = Natsd::start_in(dir.path()).await?;
+            eprintln!("backtest: {events} card payments ...");
+            let bench =
+                backtest_bench::run(server.url(), *events, live_impact.then_some(&args)).await?;
+            server.stop().await?;
+            println!("{}", bench.markdown());
             return Ok(());
         }
         None => {}

@@ -112,3 +112,23 @@ fn the_readme_detectors_example_compiles() {
     );
     assert_eq!(p.rules.len(), 1);
 }
+
+#[test]
+fn the_readme_labelled_windows_parse() {
+    let json = blocks(&readme(), "json");
+    let windows = json
+        .iter()
+        .find(|b| b.contains("\"label\""))
+        .expect("a labelled windows example");
+    match anom_operators::backtest::Labels::windows_from_json(windows)
+        .unwrap_or_else(|e| panic!("{e}"))
+    {
+        anom_operators::backtest::Labels::Windows(w) => {
+            assert_eq!(w.len(), 2);
+            assert_eq!(w[0].key.as_deref(), Some("card-017"));
+            assert_eq!(w[1].key, None);
+            assert_eq!(w[1].end_ms - w[1].start_ms, 3_600_000);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -82,10 +82,11 @@ struct Run {
     /// Labels from the events: this field is true on anomalous ones.
     #[arg(long)]
     label_field: Option<String>,
-    /// Plot this key (default: the one with the most alerts).
+    /// Plot this key's series in the report, with its detections and alerts.
     #[arg(long)]
     plot_key: Option<String>,
-    /// Plot this field or aggregate (default: the first numeric field).
+    /// Plot this field or aggregate (default: the first numeric field; alone: of the key with
+    /// the most alerts).
     #[arg(long)]
     plot_field: Option<String>,
     /// At most this many events a second (default: as fast as it goes).

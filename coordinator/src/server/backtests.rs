@@ -265,7 +265,8 @@ impl v1::backtests_server::Backtests for BacktestService {
                 )));
             }
         }
-        let plot = Some(PlotSpec {
+        // A plot looks at every event (a decode each): only when asked for.
+        let plot = (!req.plot_key.is_empty() || !req.plot_field.is_empty()).then(|| PlotSpec {
             key: Some(req.plot_key).filter(|k| !k.is_empty()),
             field: Some(req.plot_field).filter(|f| !f.is_empty()),
         });

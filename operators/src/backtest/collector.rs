@@ -248,8 +248,15 @@ fn millis(rfc3339: &str) -> Option<i64> {
 }
 
 impl Tap for Collector {
-    fn event(&mut self, env: &Envelope) {
+    fn wants_events(&self) -> bool {
+        self.labels.is_some() || self.plot.is_some()
+    }
+
+    fn seen(&mut self) {
         self.events += 1;
+    }
+
+    fn event(&mut self, env: &Envelope) {
         let t = env.meta.event_time;
         self.first_ms = Some(self.first_ms.map_or(t, |f| f.min(t)));
         self.last_ms = Some(self.last_ms.map_or(t, |l| l.max(t)));

@@ -42,8 +42,14 @@ pub enum Depth {
 
 /// What a run tells its caller, as it happens.
 pub trait Tap {
-    /// An event as the rules (or, at [`Depth::Enriched`], the detectors) see it: validated,
-    /// with its aggregates and scores.
+    /// Whether [`Tap::event`] is wanted: decoding each event once more costs time.
+    fn wants_events(&self) -> bool {
+        true
+    }
+    /// An event reached the rules (or, at [`Depth::Enriched`], the end).
+    fn seen(&mut self) {}
+    /// That event as the rules (or the detectors) see it: validated, with its aggregates and
+    /// scores.
     fn event(&mut self, _env: &Envelope) {}
     /// An event the rules stage let alert (a rule hit or a detector flag), or an absence.
     fn detection(&mut self, _env: &Envelope) {}
@@ -79,6 +85,7 @@ pub struct Engine {
     /// Inputs waiting per hop and partition.
     queues: [Vec<Queue>; 4],
     out: Emitter,
+    start_ms: i64,
     last_tick_ms: i64,
     batches: u64,
     next_seq: u64,
@@ -138,6 +145,7 @@ impl Engine {
             rules: rules::Rules::new(pipeline.clone()),
             queues: [queue(), queue(), queue(), queue()],
             out: Emitter::new("backtest", "backtest"),
+            start_ms,
             last_tick_ms: start_ms,
             batches: 0,
             next_seq: 0,
@@ -181,6 +189,11 @@ impl Engine {
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
+    }
+
+    /// Where the run's event time started (its first event).
+    pub fn start_ms(&self) -> i64 {
+        self.start_ms
     }
 
     /// Event time so far: the newest event time seen.
@@ -320,8 +333,11 @@ impl Engine {
             ("valid", Some(k)) if self.pipeline.is_keyed() => Some((Hop::Window, k)),
             ("valid", Some(k)) | ("enriched", Some(k)) => {
                 if self.depth == Depth::Enriched {
-                    if let Ok(env) = rules::open(p, &o.payload) {
-                        tap.event(&env);
+                    tap.seen();
+                    if tap.wants_events() {
+                        if let Ok(env) = rules::open(p, &o.payload) {
+                            tap.event(&env);
+                        }
                     }
                     None
                 } else if p.has_detectors() {
@@ -362,8 +378,11 @@ impl Engine {
         };
         if let Some((hop, k)) = hop {
             if hop == Hop::Rules {
-                if let Ok(env) = rules::open(p, &o.payload) {
-                    tap.event(&env);
+                tap.seen();
+                if tap.wants_events() {
+                    if let Ok(env) = rules::open(p, &o.payload) {
+                        tap.event(&env);
+                    }
                 }
             }
             // Live, each stage reads its own stream: its inputs' sequences only grow (the

@@ -230,8 +230,9 @@ fn html_body(out: &mut String, r: &Report) {
         &["", ""],
         summary(r).into_iter().map(|(k, v)| vec![k.to_string(), v]),
     );
-    if let Some(s) = &r.plot {
-        out.push_str(&plot::svg(s));
+    match &r.plot {
+        Some(s) => out.push_str(&plot::svg(s)),
+        None => out.push_str("<p>No plot: run with <code>--plot-key KEY</code> (and <code>--plot-field FIELD</code>) to plot a key's series with its detections.</p>"),
     }
     out.push_str("<h2>Rules and detectors</h2>");
     html_table(

@@ -199,9 +199,13 @@ fn process(
         .zip(&versions)
         .map(|((mut engine, mut collector), (version, _))| {
             engine.finish(&mut collector);
+            let report = collector.report();
             Report {
                 version: version.clone(),
-                ..collector.report()
+                // Without labels or a plot, events are counted, not looked at.
+                first_event_ms: report.first_event_ms.or(Some(engine.start_ms())),
+                last_event_ms: report.last_event_ms.or(Some(engine.now_ms())),
+                ..report
             }
         })
         .collect())
