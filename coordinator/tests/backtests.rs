@@ -565,6 +565,54 @@ async fn labels_are_scored_absence_runs_in_event_time_and_bad_requests_are_refus
         assert_eq!(quiet[0]["resolved_ms"], T0 + 54 * MIN, "{}", r["alerts"]);
     }
 
+    // The command: progress on stderr, the report where asked, the list.
+    let html = s.env.dir.path().join("report.html");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .args(["backtest", "--coordinator", &format!("http://{}", s.addr)])
+        .args([
+            "--pipeline",
+            "pay",
+            "--version",
+            "1",
+            "--label-field",
+            "fraud",
+        ])
+        .args(["--plot-key", "k", "--out"])
+        .arg(&html)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("12 messages") && stderr.contains("alerts: 3"),
+        "{stderr}"
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("<svg") && page.contains("Window score"),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("alert fired at").count(),
+        3,
+        "big twice and quiet, on key k"
+    );
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .args([
+            "backtest",
+            "list",
+            "--coordinator",
+            &format!("http://{}", s.addr),
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains(" done ")).count(),
+        3,
+        "{listed}"
+    );
+
     // A draft that does not compile, labels that do not parse, a version that does not exist,
     // a plot field that is not there: refused with what was expected.
     let refused = |r: Result<tonic::Response<v1::BacktestStatus>, tonic::Status>| r.unwrap_err();

@@ -243,7 +243,7 @@ async fn start(c: &mut BacktestsClient<Channel>, run: Run) -> anyhow::Result<()>
         );
     }
     eprintln!(
-        "backtest {id}: {} events in {:.1} s ({:.0}/s), alerts: {}",
+        "backtest {id}: {} messages in {:.1} s ({:.0}/s), alerts: {}",
         last.read,
         last.finished_at.map_or(0.0, |f| {
             let c = last.created_at.unwrap_or_default();

@@ -414,23 +414,24 @@ impl v1::backtests_server::Backtests for BacktestService {
                 r.message()
             )]))));
         };
-        // Every change, at most four a second, until the final one.
-        let stream = futures::stream::unfold((rx, false), |(mut rx, ended)| async move {
-            if ended {
-                return None;
-            }
-            let r = rx.borrow_and_update().clone();
-            if r.is_final() {
-                return Some((Ok(r.message()), (rx, true)));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            if rx.changed().await.is_err() {
-                // The run's task is gone; its last word is in the channel.
-                let r = rx.borrow().clone();
-                return Some((Ok(r.message()), (rx, true)));
-            }
-            Some((Ok(r.message()), (rx, false)))
-        });
+        // The current status, then every change (at most four a second) until the final one.
+        let stream =
+            futures::stream::unfold((rx, true, false), |(mut rx, first, ended)| async move {
+                if ended {
+                    return None;
+                }
+                if !first {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    if rx.changed().await.is_err() {
+                        // The run's task is gone; its last word is in the channel.
+                        let r = rx.borrow().clone();
+                        return Some((Ok(r.message()), (rx, false, true)));
+                    }
+                }
+                let r = rx.borrow_and_update().clone();
+                let done = r.is_final();
+                Some((Ok(r.message()), (rx, false, done)))
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
