@@ -160,8 +160,8 @@ impl Engine {
         })
     }
 
-    /// The event time of the first valid event of `batch` (where a run's event time starts),
-    /// or, when none is valid, when the first was stored.
+    /// The earliest event time among the valid events of `batch` (where a run's event time
+    /// starts), or, when none is valid, when the first was stored.
     pub fn first_event_ms(pipeline: &Arc<Pipeline>, batch: &[Raw]) -> Option<i64> {
         let mut validate = Validate::new(pipeline.clone());
         let mut out = Emitter::new("backtest", "backtest");
@@ -173,18 +173,16 @@ impl Engine {
                 stream_seq: raw.stream_seq,
                 published_us: raw.published_us,
             };
-            out.clear();
-            if validate.process(&input, &mut out).is_ok() {
-                let valid = out
-                    .outputs()
-                    .iter()
-                    .find_map(|o| rules::open(pipeline, &o.payload).ok());
-                if let Some(env) = valid {
-                    return Some(env.meta.event_time);
-                }
-            }
+            let _ = validate.process(&input, &mut out);
         }
-        batch.first().map(|r| r.published_us / 1000)
+        validate.end_batch(&mut out);
+        let first = out
+            .outputs()
+            .iter()
+            .filter_map(|o| rules::open(pipeline, &o.payload).ok())
+            .map(|env| env.meta.event_time)
+            .min();
+        first.or(batch.first().map(|r| r.published_us / 1000))
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -224,6 +222,13 @@ impl Engine {
             for o in self.out.take() {
                 self.route(o, raw.published_us, tap);
             }
+        }
+        // Validate may finish a batch at its end (derived fields computed for the batch).
+        self.out.clear();
+        self.validate.end_batch(&mut self.out);
+        let ingest_us = batch.last().map_or(0, |r| r.published_us);
+        for o in self.out.take() {
+            self.route(o, ingest_us, tap);
         }
         self.drain(tap);
         // Every partition has seen the whole batch: time is up to its newest event for all.
