@@ -28,6 +28,7 @@ pub mod stage;
 pub mod subjects;
 pub mod suggest;
 pub mod topology;
+pub mod udf;
 pub mod unit;
 pub mod value;
 pub mod worker;
