@@ -216,7 +216,7 @@ fn a_signature_mismatch_is_a_clear_definition_error() {
     assert_eq!(
         e,
         format!(
-            "line 11 column 5: udfs[0]: udf `route_id` takes (int) -> string but library {lib} takes (string) -> string"
+            "line 12: udfs[0]: udf `route_id` takes (int) -> string but library {lib} takes (string) -> string"
         )
     );
 }

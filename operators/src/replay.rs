@@ -88,6 +88,8 @@ impl Replay {
         if self.validate.process(&input, &mut self.out).is_err() {
             return;
         }
+        // Pipelines with UDF-derived fields emit at the end of a batch.
+        self.validate.end_batch(&mut self.out);
         for o in self.out.outputs() {
             let Some(k) = o
                 .subject

@@ -388,7 +388,12 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
     // UDFs: loaded and checked once; every use becomes a derived field (see `udfs`).
     let mut udf_problems = Vec::new();
     let loaded = udfs::load(&def.udfs, &mut udf_problems);
-    let declared_udfs: Vec<&str> = def.udfs.iter().map(|u| u.name.as_str()).collect();
+    let declared_udfs: Vec<(&str, crate::udf::UdfType)> = def
+        .udfs
+        .iter()
+        .map(|u| (u.name.as_str(), u.returns))
+        .collect();
+    let udf_names: Vec<&str> = declared_udfs.iter().map(|(name, _)| *name).collect();
     let mut derives = Vec::new();
     let mut detector_scores = vec![None; def.detectors.len()];
     let derive_uses = udfs::derive_uses(&def.derive.0, &mut udf_problems);
@@ -433,7 +438,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
     let mut calls = Vec::new();
     let called: Vec<String> = texts
         .iter()
-        .map(|t| udfs::extract_calls(t, &loaded, &mut calls))
+        .map(|t| udfs::extract_calls(t, &udf_names, &mut calls))
         .collect();
     if let Some(schema) = &mut schema {
         for call in &calls {
@@ -635,7 +640,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
                 }
                 let before = known.len();
                 let text = inline::extract(
-                    &udfs::extract_calls(&leaf.text, &loaded, &mut calls.clone()),
+                    &udfs::extract_calls(&leaf.text, &udf_names, &mut calls.clone()),
                     &mut counter.clone(),
                     &mut known,
                 );

@@ -116,11 +116,12 @@ fn field_type(t: UdfType) -> FieldType {
 
 /// Rewrites the UDF calls in a condition into hidden field names of the same width.
 /// `known` collects the calls across rules (one hidden field per distinct call).
-pub fn extract_calls(when: &str, udfs: &[Arc<Udf>], known: &mut Vec<HiddenCall>) -> String {
+/// `udfs` names every declared UDF.
+pub fn extract_calls(when: &str, udfs: &[&str], known: &mut Vec<HiddenCall>) -> String {
     if udfs.is_empty() {
         return when.to_string();
     }
-    let names: Vec<String> = udfs.iter().map(|u| regex::escape(&u.name)).collect();
+    let names: Vec<String> = udfs.iter().map(|u| regex::escape(u)).collect();
     let pattern = Regex::new(&format!(
         r"\b(?:{})\s*\(\s*(?:[A-Za-z_][A-Za-z0-9_]*(?:\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*)?\s*\)",
         names.join("|")
@@ -260,24 +261,30 @@ pub fn detector_uses(
 }
 
 /// Compiles one use against the schema (fields and the derived fields before it), appending
-/// its field to the schema. `declared` names every declared UDF, loaded or not.
+/// its field to the schema. `declared` names every declared UDF, loaded or not, with its
+/// declared result type.
 pub fn compile_use(
     u: &Use,
     udfs: &[Arc<Udf>],
-    declared: &[&str],
+    declared: &[(&str, UdfType)],
     schema: &mut Schema,
     errors: &mut Vec<(String, String)>,
 ) -> Option<Derive> {
     let Some(udf) = udfs.iter().find(|f| f.name == u.udf) else {
-        if declared.contains(&u.udf.as_str()) {
-            return None; // declared but not loaded: reported at `udfs:`
+        if let Some((_, returns)) = declared.iter().find(|(name, _)| *name == u.udf) {
+            // Declared but not loaded (reported at `udfs:`): the field still exists, so that
+            // what uses it is checked without a cascade of "unknown field" errors.
+            if schema.index_of(&u.name).is_none() {
+                schema.push_derived(&u.name, field_type(*returns));
+            }
+            return None;
         }
         errors.push((
             u.path.clone(),
             format!(
                 "unknown udf `{}`{}",
                 u.udf,
-                crate::suggest::did_you_mean(&u.udf, udfs.iter().map(|f| f.name.as_str()))
+                crate::suggest::did_you_mean(&u.udf, declared.iter().map(|(name, _)| *name))
             ),
         ));
         return None;
@@ -469,7 +476,7 @@ detectors:
         assert_eq!(
             e,
             [format!(
-                "line 10 column 5: udfs[0]: udf `route_id` takes (int) -> string but library {lib} takes (string) -> string"
+                "line 10: udfs[0]: udf `route_id` takes (int) -> string but library {lib} takes (string) -> string"
             )]
         );
     }
@@ -526,20 +533,8 @@ detectors:
     #[test]
     fn calls_in_conditions_keep_error_columns_and_quoted_text_alone() {
         let mut known = Vec::new();
-        let p = Pipeline::from_yaml(&yaml("string", "")).unwrap();
-        let udfs: Vec<_> = p.derives.iter().map(|d| d.udf.clone()).collect();
-        assert!(udfs.is_empty());
-        let loaded = vec![std::sync::Arc::new(
-            crate::udf::Udf::load(
-                "route_id",
-                &plugin("route_id"),
-                &[crate::udf::UdfType::String],
-                crate::udf::UdfType::String,
-            )
-            .unwrap(),
-        )];
         let when = "fileName != 'route_id(x)' and route_id(fileName) == route and route_id( fileName ) != 'A'";
-        let out = super::extract_calls(when, &loaded, &mut known);
+        let out = super::extract_calls(when, &["route_id"], &mut known);
         assert_eq!(out.len(), when.len());
         assert_eq!(known.len(), 2);
         assert_eq!(known[0].call, "route_id(fileName)");
