@@ -58,6 +58,41 @@ static CALL: LazyLock<Regex> = LazyLock::new(|| {
         .expect("the call pattern is valid")
 });
 
+/// Names a condition already gives a meaning to: built-in functions, aggregates, keywords.
+const RESERVED: &[&str] = &[
+    "contains",
+    "starts_with",
+    "ends_with",
+    "matches",
+    "lower",
+    "upper",
+    "len",
+    "abs",
+    "min",
+    "max",
+    "coalesce",
+    "is_null",
+    "is_present",
+    "count",
+    "sum",
+    "avg",
+    "stddev",
+    "last",
+    "distinct",
+    "p50",
+    "p90",
+    "p99",
+    "rate",
+    "prev",
+    "and",
+    "or",
+    "not",
+    "in",
+    "true",
+    "false",
+    "null",
+];
+
 /// Loads every declared UDF (each library once per process) and checks its signature.
 /// Relative library paths are read from the working directory: the same for `anom check`,
 /// a worker, or a coordinator's agent compiling the definition it was sent as text.
@@ -69,6 +104,13 @@ pub fn load(defs: &[UdfDef], errors: &mut Vec<(String, String)>) -> Vec<Arc<Udf>
             errors.push((
                 format!("{path}.name"),
                 format!("`{}` is not a valid UDF name: expected letters, digits and `_`, not starting with a digit", d.name),
+            ));
+            continue;
+        }
+        if RESERVED.contains(&d.name.as_str()) {
+            errors.push((
+                format!("{path}.name"),
+                format!("`{}` is the name of a built-in function or aggregate: give the UDF another name", d.name),
             ));
             continue;
         }
@@ -528,6 +570,13 @@ detectors:
         ] {
             assert!(joined.contains(expected), "missing `{expected}` in:\n{joined}");
         }
+        let e = errors(&yaml("string", "").replacen("name: route_id", "name: lower", 1));
+        assert!(
+            e.iter().any(|m| m.ends_with(
+                "udfs[0].name: `lower` is the name of a built-in function or aggregate: give the UDF another name"
+            )),
+            "{e:?}"
+        );
     }
 
     #[test]
