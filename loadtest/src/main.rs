@@ -97,6 +97,11 @@ pub struct Args {
     /// score (`alert_on: rules`), so the expected alerts stay the rules'.
     #[arg(long)]
     pub detectors: bool,
+    /// Add a derived field computed by a UDF plugin: the route_id example
+    /// (`scripts/build-udfs`, or `cargo build --release -p anom-udf-route-id`), given as the
+    /// path of its library; the validate stage calls it once per batch.
+    #[arg(long)]
+    pub udf: Option<std::path::PathBuf>,
     /// After the throughput run, raise the rate in 10% steps (5 s each) until latency (p99 over
     /// 50 ms), pace or alerts break; then report latency, CPU, memory and detection quality at
     /// 50% and 90% of the highest rate that held.

@@ -13,7 +13,20 @@ use tokio_util::sync::CancellationToken;
 use crate::Args;
 
 /// The benchmark pipeline: the routes example's shape, plus the send time for latency.
-fn definition(partitions: u32, keyed: bool, detectors: bool) -> String {
+fn definition(
+    partitions: u32,
+    keyed: bool,
+    detectors: bool,
+    udf: Option<&std::path::Path>,
+) -> String {
+    // Generated file names are `file-<n>.csv`: route_id gives FILE, never panics.
+    let udf = match udf {
+        Some(library) => format!(
+            "udfs:\n  - {{ name: route_id, library: {}, args: [string], returns: string }}\nderive:\n  file_route: route_id(fileName)\n",
+            library.display()
+        ),
+        None => String::new(),
+    };
     let detectors = if detectors {
         "detectors:
   - { name: duration_z, kind: robust_zscore, field: durationMs }
@@ -44,7 +57,7 @@ schema:
   bytes:      int
   sentUs:     int
   finishedAt: {{ type: timestamp, required: true }}
-{aggregates}{detectors}rules:
+{udf}{aggregates}{detectors}rules:
   - name: failed
     when: status == 'FAILED'
     severity: critical
@@ -119,8 +132,13 @@ async fn start(
     url: &str,
     args: &Args,
 ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
-    let pipeline = Pipeline::from_yaml(&definition(args.partitions, args.keyed, args.detectors))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = Pipeline::from_yaml(&definition(
+        args.partitions,
+        args.keyed,
+        args.detectors,
+        args.udf.as_deref(),
+    ))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
     let state = tempfile::tempdir()?;
     if args.detectors {

@@ -71,7 +71,8 @@ impl Report {
                 .as_ref()
                 .map_or("n/a".to_string(), |b| format!("{:.2}", t.rate() / b.rate()));
             out.push_str(&format!(
-                "| pipeline validate → {}{}rules → alert ({} alerts) | {} | {:.2} | {:.0} | {ratio} |\n",
+                "| pipeline validate{} → {}{}rules → alert ({} alerts) | {} | {:.2} | {:.0} | {ratio} |\n",
+                if self.args.udf.is_some() { " (+ UDF derive route_id)" } else { "" },
                 if self.args.keyed { "window (4 aggregates) → " } else { "" },
                 if self.args.detectors { "score (3 detectors, 1 ONNX forest) → " } else { "" },
                 t.alerts,

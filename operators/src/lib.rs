@@ -29,6 +29,7 @@ pub mod subjects;
 pub mod suggest;
 pub mod timebase;
 pub mod topology;
+pub mod udf;
 pub mod unit;
 pub mod value;
 pub mod worker;

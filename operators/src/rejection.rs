@@ -22,6 +22,9 @@ pub enum RejectKind {
     Delivery,
     /// A model could not score the event.
     Model,
+    /// A user-defined function failed for the event: it panicked, returned null, or a
+    /// detector's score outside [0, 1].
+    Udf,
 }
 
 impl RejectKind {
@@ -35,6 +38,7 @@ impl RejectKind {
             RejectKind::Envelope => "envelope",
             RejectKind::Delivery => "delivery",
             RejectKind::Model => "model",
+            RejectKind::Udf => "udf",
         }
     }
 }

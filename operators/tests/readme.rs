@@ -1,5 +1,9 @@
 //! The README's examples are real: its pipeline compiles and its expressions type-check.
 
+#[allow(dead_code)]
+#[path = "support/udfs.rs"]
+mod udfs;
+
 use anom_operators::expr;
 use anom_operators::pipeline::Pipeline;
 
@@ -19,7 +23,7 @@ fn blocks(text: &str, lang: &str) -> Vec<String> {
 #[test]
 fn the_readme_keyed_example_compiles_with_the_payments_schema() {
     let yaml = blocks(&readme(), "yaml");
-    assert_eq!(yaml.len(), 4);
+    assert_eq!(yaml.len(), 5);
     let payments = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../pipelines/payments.yaml"
@@ -131,4 +135,23 @@ fn the_readme_labelled_windows_parse() {
         }
         other => panic!("{other:?}"),
     }
+
+fn the_readme_udf_example_compiles_with_the_example_plugins() {
+    let yaml = blocks(&readme(), "yaml");
+    let routes = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../pipelines/routes.yaml"
+    ))
+    .unwrap();
+    let header = routes.split("aggregates:").next().unwrap();
+    let mut udfs_part = yaml[4].clone();
+    for lib in ["route_id", "transfer_score"] {
+        let written = format!("pipelines/udfs/lib/libudf_{lib}.so");
+        assert!(udfs_part.contains(&written), "{written}");
+        udfs_part = udfs_part.replace(&written, &udfs::plugin(lib).display().to_string());
+    }
+    let p = Pipeline::from_yaml(&format!("{header}{udfs_part}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.derives.len(), 3);
+    assert_eq!(p.rules.len(), 1);
+    assert_eq!(p.detectors[0].kind_name(), "udf");
 }

@@ -73,6 +73,32 @@ pub struct PipelineDef {
     /// How rule hits and detector flags become alerts.
     #[serde(default)]
     pub decision: DecisionDef,
+    /// User-defined functions: compiled plugins (Arroyo `#[udf]` cdylibs, see docs/udfs.md)
+    /// that `derive:` fields, rule conditions and `kind: udf` detectors call.
+    #[serde(default)]
+    pub udfs: Vec<UdfDef>,
+    /// Fields computed from each event by a UDF after validation, before windows:
+    /// `name: udf(field, ...)`, arguments being fields or earlier derived fields. Rules,
+    /// aggregates, detectors and messages use them like any field. An event whose UDF call
+    /// panics or returns null is dead-lettered.
+    #[serde(default)]
+    pub derive: OrderedMap<String>,
+}
+
+/// A user-defined function: a plugin library and the signature it must have.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdfDef {
+    /// The name conditions and `derive:` call it by (letters, digits and `_`).
+    pub name: String,
+    /// The compiled library (`libmy_udf.so`): absolute, or relative to the working directory
+    /// of the process that loads the pipeline. Loaded once per process.
+    pub library: String,
+    /// Argument types in order: string, int, float or bool (`&str`, `i64`, `f64`, `bool` in
+    /// the plugin). Checked against the library when the pipeline loads.
+    pub args: Vec<crate::udf::UdfType>,
+    /// Result type: string, int, float or bool.
+    pub returns: crate::udf::UdfType,
 }
 
 /// A detector: scores each event of a key against what is usual for it, or with a model.
@@ -83,7 +109,7 @@ pub struct DetectorDef {
     /// by this name (`when: amount_unusual > 0.99 and amount > 100`).
     pub name: String,
     /// `robust_zscore`, `ewma`, `cusum`, `seasonal`, `holt_winters`, `half_space_trees`
-    /// (built in, per key) or `onnx` (a model file).
+    /// (built in, per key), `onnx` (a model file) or `udf` (a user-defined function).
     pub kind: String,
     /// The numeric field or aggregate a univariate detector watches.
     #[serde(default)]
@@ -96,6 +122,10 @@ pub struct DetectorDef {
     /// the pipeline files). A new file at that path is loaded and swapped in while running.
     #[serde(default)]
     pub model: Option<String>,
+    /// `udf`: the UDF (declared under `udfs:`) that scores each event in [0, 1] from
+    /// `features`; a score outside [0, 1] dead-letters the event.
+    #[serde(default)]
+    pub udf: Option<String>,
     /// `onnx`: what the model outputs. `score` (default): a number per row, the first float
     /// output unless `score_output` names one; `label_score`: a label (the first int output,
     /// or `label_output`) that says anomalous when it equals `anomaly_label`, and a score;

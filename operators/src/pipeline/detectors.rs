@@ -37,6 +37,9 @@ pub enum DetectorKind {
     Online(Arc<Detector>),
     /// An ONNX model, loaded by the worker.
     Model(ModelRef),
+    /// A user-defined function: the validate stage computes its score into a hidden field
+    /// (the detector's only input) and dead-letters events it cannot score in [0, 1].
+    Udf(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,15 +65,18 @@ impl DetectorSpec {
         match &self.kind {
             DetectorKind::Online(d) => d.kind().name(),
             DetectorKind::Model(_) => "onnx",
+            DetectorKind::Udf(_) => "udf",
         }
     }
 }
 
-/// Compiles `defs` against the row scope (fields and aggregates). Problems come back as
-/// (path, message) pairs.
+/// Compiles `defs` against the row scope (fields and aggregates). `udf_scores` gives, per
+/// detector, the row index of a `kind: udf` detector's score (`None` for other kinds, or
+/// when its UDF use failed and was reported). Problems come back as (path, message) pairs.
 pub fn compile(
     defs: &[DetectorDef],
     scope: &RowScope,
+    udf_scores: &[Option<usize>],
 ) -> Result<Vec<DetectorSpec>, Vec<(String, String)>> {
     let mut specs = Vec::new();
     let mut errors = Vec::new();
@@ -90,6 +96,68 @@ pub fn compile(
         }
         names.push(&d.name);
 
+        if d.kind == "udf" {
+            // Its UDF use was compiled with the derived fields (problems reported there).
+            let Some(Some(index)) = udf_scores.get(i) else {
+                continue;
+            };
+            for (key, set) in [
+                ("field", d.field.is_some()),
+                ("model", d.model.is_some()),
+                ("warmup", d.warmup.is_some()),
+                ("params", !d.params.is_null()),
+            ] {
+                if set {
+                    error(
+                        &format!(".{key}"),
+                        format!("`{key}` does not apply to udf detectors"),
+                    );
+                }
+            }
+            let threshold = match d.threshold {
+                Some(t) if (0.0..=1.0).contains(&t) => t,
+                Some(t) => {
+                    error(
+                        ".threshold",
+                        format!("a udf detector scores in [0, 1]: expected a threshold in that range, found {t}"),
+                    );
+                    continue;
+                }
+                None => {
+                    error(
+                        ".threshold",
+                        "expected the score at which an event is anomalous (`threshold: 0.8`)"
+                            .into(),
+                    );
+                    continue;
+                }
+            };
+            let udf = d.udf.clone().unwrap_or_default();
+            let text = d.message.clone().unwrap_or_else(|| {
+                format!("{{key}}: {udf}({}) scored high", d.features.join(", "))
+            });
+            let message = match Template::compile(&text, scope) {
+                Ok(t) => t,
+                Err(e) => {
+                    error(".message", e.to_string());
+                    continue;
+                }
+            };
+            specs.push(DetectorSpec {
+                name: d.name.clone(),
+                inputs: vec![*index],
+                input_names: vec![format!("{udf}({})", d.features.join(", "))],
+                threshold,
+                anomalous: d.anomalous,
+                severity: d.severity,
+                message,
+                labels: d.labels.clone(),
+                signature: format!("udf|{udf}|{}", d.features.join(",")),
+                kind: DetectorKind::Udf(udf),
+            });
+            continue;
+        }
+
         let model = d.kind == "onnx";
         let kind = if model {
             None
@@ -97,7 +165,7 @@ pub fn compile(
             match Kind::parse(&d.kind) {
                 Ok(k) => Some(k),
                 Err(_) => {
-                    let known = Kind::ALL.iter().map(|k| k.name()).chain(["onnx"]);
+                    let known = Kind::ALL.iter().map(|k| k.name()).chain(["onnx", "udf"]);
                     error(
                         ".kind",
                         format!(
@@ -106,7 +174,7 @@ pub fn compile(
                             Kind::ALL
                                 .iter()
                                 .map(|k| k.name())
-                                .chain(["onnx"])
+                                .chain(["onnx", "udf"])
                                 .collect::<Vec<_>>()
                                 .join(", "),
                             crate::suggest::did_you_mean(&d.kind, known)

@@ -77,7 +77,7 @@ pub fn extract(when: &str, counter: &mut usize, known: &mut Vec<Inline>) -> Stri
 
 /// Byte ranges of the string literals (`'…'`, `"…"`, with `\` escapes) and quoted field
 /// names (`` `…` ``) in `text`, quotes included, as the expression lexer reads them.
-fn quoted_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
+pub(super) fn quoted_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
     let mut ranges = Vec::new();
     let mut chars = text.char_indices();
     while let Some((start, c)) = chars.next() {

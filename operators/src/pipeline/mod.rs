@@ -12,6 +12,7 @@ pub mod schema;
 pub mod scope;
 pub mod sinks;
 pub mod template;
+pub mod udfs;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,6 +65,9 @@ pub struct Pipeline {
     pub detectors: Vec<DetectorSpec>,
     /// Which causes raise alerts.
     pub alert_on: AlertOn,
+    /// Fields the validate stage computes with UDFs, in order (a derive may read earlier
+    /// ones): `derive:` entries, UDF calls in conditions, `kind: udf` detectors' scores.
+    pub derives: Vec<udfs::Derive>,
     pub allowed_lateness: Duration,
     pub timezone: String,
     pub state: StateDef,
@@ -324,7 +328,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         .iter()
         .map(|(k, v)| (k.clone(), v.0.clone()))
         .collect();
-    let schema = match schema::compile(&field_defs, def.unknown_fields) {
+    let mut schema = match schema::compile(&field_defs, def.unknown_fields) {
         Ok(s) => Some(s),
         Err(problems) => {
             for (path, message) in problems {
@@ -384,6 +388,36 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
             None,
         );
     }
+    // UDFs: loaded and checked once; every use becomes a derived field (see `udfs`).
+    let mut udf_problems = Vec::new();
+    let loaded = udfs::load(&def.udfs, &mut udf_problems);
+    let declared_udfs: Vec<(&str, crate::udf::UdfType)> = def
+        .udfs
+        .iter()
+        .map(|u| (u.name.as_str(), u.returns))
+        .collect();
+    let udf_names: Vec<&str> = declared_udfs.iter().map(|(name, _)| *name).collect();
+    let mut derives = Vec::new();
+    let mut detector_scores = vec![None; def.detectors.len()];
+    let derive_uses = udfs::derive_uses(&def.derive.0, &mut udf_problems);
+    let detector_uses = udfs::detector_uses(&def.detectors, &mut udf_problems);
+    if let Some(schema) = &mut schema {
+        for u in &derive_uses {
+            if let Some(d) =
+                udfs::compile_use(u, &loaded, &declared_udfs, schema, &mut udf_problems)
+            {
+                derives.push(d);
+            }
+        }
+        for (i, u) in &detector_uses {
+            if let Some(d) =
+                udfs::compile_use(u, &loaded, &declared_udfs, schema, &mut udf_problems)
+            {
+                detector_scores[*i] = Some(d.field);
+                derives.push(d);
+            }
+        }
+    }
     // Structured conditions become expressions here, once; from now on they are text like
     // any other, but each leaf is also kept on its own to report problems at its keys.
     let structured: Vec<Option<(String, Vec<condition::Leaf>)>> = def
@@ -403,6 +437,31 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
                 .map_or_else(|| r.when.to_expr(), |(t, _)| t.clone())
         })
         .collect();
+    // UDF calls in conditions become hidden derived fields, computed in batches by validate.
+    let mut calls = Vec::new();
+    let called: Vec<String> = texts
+        .iter()
+        .map(|t| udfs::extract_calls(t, &udf_names, &mut calls))
+        .collect();
+    if let Some(schema) = &mut schema {
+        for call in &calls {
+            let rule = called
+                .iter()
+                .position(|t| t.contains(&call.name))
+                .unwrap_or(0);
+            let Some(u) = udfs::call_use(call, format!("rules[{rule}].when")) else {
+                continue;
+            };
+            if let Some(d) =
+                udfs::compile_use(&u, &loaded, &declared_udfs, schema, &mut udf_problems)
+            {
+                derives.push(d);
+            }
+        }
+    }
+    for (path, message) in udf_problems {
+        error(path, message, None);
+    }
     // The aggregates of `aggregate_compare` leaves are checked against the schema first, so
     // that their problems name the leaf's keys; a rule with such a problem goes no further.
     let mut rule_failed = vec![false; def.rules.len()];
@@ -421,7 +480,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
     // Inline aggregates (`sum(amount) over 1d > 2000`) become hidden ones; see `inline`.
     let mut inlines = Vec::new();
     let mut counter = 0;
-    let rewritten: Vec<String> = texts
+    let rewritten: Vec<String> = called
         .iter()
         .zip(&rule_failed)
         .map(|(text, failed)| match failed {
@@ -528,12 +587,14 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         .map(|schema| RowScope::new(schema, &aggregates));
     // Detectors read fields and aggregates; rules and messages can also use their scores.
     let detectors = match &scope {
-        Some(scope) => detectors::compile(&def.detectors, scope).unwrap_or_else(|problems| {
-            for (path, message) in problems {
-                error(path, message, None);
-            }
-            Vec::new()
-        }),
+        Some(scope) => {
+            detectors::compile(&def.detectors, scope, &detector_scores).unwrap_or_else(|problems| {
+                for (path, message) in problems {
+                    error(path, message, None);
+                }
+                Vec::new()
+            })
+        }
         None => Vec::new(),
     };
     let scope = scope.map(|s| s.with_detectors(&detectors));
@@ -559,8 +620,11 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
     };
     // Messages name an inline aggregate by its text, not by the hidden name standing for it.
     let unhide = |message: String| {
-        inlines.iter().fold(message, |m, i| {
+        let message = inlines.iter().fold(message, |m, i| {
             m.replace(&format!("`{}`", i.name), &format!("`{}`", i.spec))
+        });
+        calls.iter().fold(message, |m, c| {
+            m.replace(&format!("`{}`", c.name), &format!("`{}`", c.call))
         })
     };
     for (i, (r, when)) in def.rules.iter().zip(&rewritten).enumerate() {
@@ -578,7 +642,11 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
                     continue;
                 }
                 let before = known.len();
-                let text = inline::extract(&leaf.text, &mut counter.clone(), &mut known);
+                let text = inline::extract(
+                    &udfs::extract_calls(&leaf.text, &udf_names, &mut calls.clone()),
+                    &mut counter.clone(),
+                    &mut known,
+                );
                 if known.len() > before || uses_failed(&text) {
                     // Its aggregate is invalid (reported above) or belongs to a rule that
                     // failed: there is nothing to compile it against.
@@ -740,6 +808,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         scope,
         detectors,
         alert_on: def.decision.alert_on,
+        derives,
         allowed_lateness: def.allowed_lateness,
         timezone: def.timezone.clone(),
         state: def.state.clone(),

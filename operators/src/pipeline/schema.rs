@@ -203,6 +203,23 @@ impl Schema {
         self.fields.get(index)
     }
 
+    /// Appends a field the validate stage computes (`derive:`) rather than reads from events;
+    /// returns its index in rows.
+    pub fn push_derived(&mut self, name: &str, ty: FieldType) -> usize {
+        let index = self.fields.len();
+        self.fields.push(Field {
+            name: name.to_string(),
+            ty,
+            required: false,
+            default: Value::Null,
+            min: None,
+            max: None,
+            allowed: None,
+        });
+        self.by_name.insert(name.to_string(), index);
+        index
+    }
+
     /// Fills defaults and checks required fields once all of an event's fields are read.
     pub fn finish_row(&self, row: &mut [Value]) -> Result<(), String> {
         for (field, value) in self.fields.iter().zip(row.iter_mut()) {

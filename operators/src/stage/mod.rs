@@ -5,6 +5,8 @@
 //!   ─[rules]→ anom.<p>.detections.<k> ─[alert]→ anom.<p>.alerts ─[sinks]
 //!      └──────────── refused inputs, with reasons ───────────→ anom.<p>.dlq
 //! ```
+//! Validate also computes the fields UDF plugins derive (`derive:`, UDF calls in conditions,
+//! `kind: udf` detectors), in batches, before anything is partitioned downstream.
 //! The window stage runs only for pipelines with aggregates or absence rules, the score
 //! stage only for pipelines with detectors; each stage reads the output of the last one
 //! before it that runs.

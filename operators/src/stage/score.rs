@@ -219,7 +219,7 @@ impl ScoreStage {
                 .map(|(d, from)| match (&d.kind, from) {
                     (DetectorKind::Online(_), Some(j)) => old.detectors.get(*j).cloned().flatten(),
                     (DetectorKind::Online(det), None) => Some(det.new_state()),
-                    (DetectorKind::Model(_), _) => None,
+                    (DetectorKind::Model(_) | DetectorKind::Udf(_), _) => None,
                 })
                 .collect();
             let open = from
@@ -247,7 +247,7 @@ impl ScoreStage {
                 .iter()
                 .map(|d| match &d.kind {
                     DetectorKind::Online(det) => Some(det.new_state()),
-                    DetectorKind::Model(_) => None,
+                    DetectorKind::Model(_) | DetectorKind::Udf(_) => None,
                 })
                 .collect(),
             open: vec![false; self.pipeline.detectors.len()],
@@ -278,7 +278,7 @@ impl ScoreStage {
             let spec = &p.detectors[slot.detector];
             let meaning = match &spec.kind {
                 DetectorKind::Model(m) => m,
-                DetectorKind::Online(_) => continue,
+                DetectorKind::Online(_) | DetectorKind::Udf(_) => continue,
             };
             let width = spec.inputs.len();
             let rows: Vec<usize> = (0..self.waiting.len())
@@ -564,6 +564,27 @@ impl Stage for ScoreStage {
                         flagged,
                         explanation,
                         contributions,
+                    });
+                }
+                // Scored by the validate stage, which dead-lettered events it could not score.
+                DetectorKind::Udf(_) => {
+                    let Some(&score) = self.x.first().filter(|v| v.is_finite()) else {
+                        continue;
+                    };
+                    self.scored[i].inc();
+                    let flagged = state.opens(i, spec.flags(score));
+                    let explanation = if flagged {
+                        self.flagged[i].inc();
+                        format!("{} = {score:.3}", spec.input_names[0])
+                    } else {
+                        String::new()
+                    };
+                    env.analysis.scores.push(DetectorScore {
+                        detector: i as u32,
+                        score,
+                        flagged,
+                        explanation,
+                        contributions: Vec::new(),
                     });
                 }
                 DetectorKind::Model(_) => features.push(if complete {

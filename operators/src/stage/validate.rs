@@ -1,7 +1,14 @@
 //! validate: raw events → typed rows in envelopes, routed to their key's partition.
 //! Anything that does not fit the schema goes to the dead-letter subject with its reason.
+//!
+//! A pipeline with derived fields (UDFs, see [`crate::udf`]) holds its valid events until the
+//! end of the batch, computes each derived field with one plugin call for all of them, and
+//! dead-letters the events a UDF failed on.
 
+use std::ops::Range;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::envelope::{Analysis, Envelope, Meta, ENVELOPE_VERSION};
 use crate::event::{self, Decoded};
@@ -17,6 +24,21 @@ pub struct Validate {
     pipeline: Arc<Pipeline>,
     /// Subjects of the partitions, computed once.
     partition_subjects: Vec<String>,
+    /// Valid events waiting for their derived fields, in input order.
+    pending: Vec<Pending>,
+}
+
+/// An event held until `end_batch`, with what is needed to dead-letter it alone.
+struct Pending {
+    subject: Arc<str>,
+    stream_seq: u64,
+    /// The whole input, shared by its events.
+    payload: Bytes,
+    /// This event's bytes in `payload`.
+    range: Range<usize>,
+    index: u32,
+    line: Option<usize>,
+    env: Envelope,
 }
 
 impl Validate {
@@ -27,7 +49,52 @@ impl Validate {
         Validate {
             pipeline,
             partition_subjects,
+            pending: Vec::new(),
         }
+    }
+
+    fn msg_id(&self, seq: u64, index: u32) -> String {
+        format!("{}:{NAME}:{seq}:{index}", self.pipeline.name)
+    }
+
+    /// Computes every derived field of the pending events, one UDF call per derive for all of
+    /// them; returns why each event failed, if it did.
+    fn derive(&mut self) -> Vec<Option<Rejection>> {
+        let p = &*self.pipeline;
+        let pending = &mut self.pending;
+        let mut failed: Vec<Option<Rejection>> = vec![None; pending.len()];
+        for d in &p.derives {
+            let alive: Vec<usize> = (0..pending.len())
+                .filter(|&i| failed[i].is_none())
+                .collect();
+            if alive.is_empty() {
+                break;
+            }
+            let columns: Vec<_> = d
+                .args
+                .iter()
+                .zip(&d.udf.args)
+                .map(|(&a, &ty)| {
+                    crate::udf::batch::column(ty, alive.iter().map(|&i| &pending[i].env.data[a]))
+                })
+                .collect();
+            let results = crate::udf::run(&d.udf, &columns, alive.len());
+            for (&i, result) in alive.iter().zip(results) {
+                let reason = match result {
+                    Ok(Value::Float(x)) if d.score && !(0.0..=1.0).contains(&x) => format!(
+                        "{}: udf `{}` scored {x}, outside [0, 1]",
+                        d.source, d.udf.name
+                    ),
+                    Ok(v) => {
+                        pending[i].env.data[d.field] = v;
+                        continue;
+                    }
+                    Err(e) => format!("{}: {e}", d.source),
+                };
+                failed[i] = Some(Rejection::new(RejectKind::Udf, reason));
+            }
+        }
+        failed
     }
 
     fn envelope(
@@ -89,6 +156,47 @@ impl Stage for Validate {
     fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
         let p = &*self.pipeline;
         let format = event::sniff(input.header(headers::CONTENT_TYPE), input.payload);
+        if !p.derives.is_empty() {
+            let mut shared: Option<(Arc<str>, Bytes)> = None;
+            let base = input.payload.as_ptr() as usize;
+            let mut held = Vec::new();
+            event::decode_all(
+                &p.schema,
+                input.payload,
+                format,
+                p.max_event_bytes,
+                |d: Decoded<'_>| match d.row.and_then(|row| self.envelope(input, d.index, row)) {
+                    Ok((_, env)) => {
+                        let (subject, payload) = shared.get_or_insert_with(|| {
+                            (
+                                Arc::from(input.subject),
+                                Bytes::copy_from_slice(input.payload),
+                            )
+                        });
+                        // An event's bytes are a slice of the input (else: all of it).
+                        let start = (d.bytes.as_ptr() as usize).wrapping_sub(base);
+                        let range = match start.checked_add(d.bytes.len()) {
+                            Some(end) if end <= payload.len() => start..end,
+                            _ => 0..payload.len(),
+                        };
+                        held.push(Pending {
+                            subject: subject.clone(),
+                            stream_seq: input.stream_seq,
+                            payload: payload.clone(),
+                            range,
+                            index: d.index,
+                            line: d.line,
+                            env,
+                        });
+                    }
+                    Err(rejection) => {
+                        out.reject(input, &p.name, d.bytes, d.index, d.line, &rejection)
+                    }
+                },
+            );
+            self.pending.extend(held);
+            return Ok(());
+        }
         event::decode_all(
             &p.schema,
             input.payload,
@@ -104,6 +212,34 @@ impl Stage for Validate {
             },
         );
         Ok(())
+    }
+
+    fn end_batch(&mut self, out: &mut Emitter) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let failed = self.derive();
+        let p = self.pipeline.clone();
+        for (e, failure) in std::mem::take(&mut self.pending).into_iter().zip(failed) {
+            match failure {
+                Some(rejection) => {
+                    let input = Input {
+                        subject: &e.subject,
+                        payload: &e.payload,
+                        headers: None,
+                        stream_seq: e.stream_seq,
+                        published_us: e.env.meta.ingest_time_us,
+                    };
+                    let part = &e.payload[e.range.clone()];
+                    out.reject(&input, &p.name, part, e.index, e.line, &rejection);
+                }
+                None => out.emit(
+                    self.partition_subjects[e.env.meta.partition as usize].clone(),
+                    self.msg_id(e.stream_seq, e.index),
+                    e.env.encode(),
+                ),
+            }
+        }
     }
 }
 
@@ -230,6 +366,58 @@ mod tests {
         assert_eq!(header(&out[0], headers::REASON_KIND), "schema");
         assert!(header(&out[0], headers::REASON)
             .contains("unknown field `amout`, did you mean `amount`?"));
+    }
+
+    #[test]
+    fn derived_fields_are_computed_per_batch_and_an_event_a_udf_fails_on_is_dead_lettered() {
+        let lib = crate::udf::plugins::plugin("route_id");
+        let p = Arc::new(
+            Pipeline::from_yaml(&format!(
+                "name: t\nkey: user\nschema:\n  user: string\n  file: string\nudfs:\n  - {{ name: route_id, library: {}, args: [string], returns: string }}\nderive:\n  route: route_id(file)\n",
+                lib.display()
+            ))
+            .unwrap(),
+        );
+        let mut stage = Validate::new(p.clone());
+        let mut out = Emitter::new(NAME, "t-validate");
+        let inputs: [&[u8]; 2] = [
+            b"{\"user\":\"a\",\"file\":\"sftp-bank-a-0001.csv\"}\n{\"user\":\"b\",\"file\":\"README\"}\n{\"user\":\"c\"}",
+            b"{\"user\":\"d\",\"file\":\"api-payroll-7.csv\"}",
+        ];
+        for (i, payload) in inputs.iter().enumerate() {
+            let input = Input {
+                subject: "anom.t.in",
+                payload,
+                headers: None,
+                stream_seq: 10 + i as u64,
+                published_us: 0,
+            };
+            stage.process(&input, &mut out).unwrap();
+        }
+        // Nothing leaves before the batch ends: the UDF runs once for all events.
+        assert!(out.outputs().is_empty());
+        stage.end_batch(&mut out);
+        let out = out.outputs().to_vec();
+        assert_eq!(out.len(), 4);
+        let route = |o: &Output| Envelope::decode(&o.payload).unwrap().data[2].clone();
+        assert_eq!(route(&out[0]), Value::from("SFTP-BANK-A"));
+        assert_eq!(out[0].msg_id, "t:validate:10:0");
+        assert_eq!(out[1].subject, "anom.t.dlq");
+        assert_eq!(header(&out[1], headers::REASON_KIND), "udf");
+        assert_eq!(
+            header(&out[1], headers::REASON),
+            "route_id(file): udf `route_id` panicked"
+        );
+        assert_eq!(header(&out[1], headers::SOURCE_LINE), "2");
+        assert_eq!(&out[1].payload[..], b"{\"user\":\"b\",\"file\":\"README\"}");
+        // No file: the UDF gets a null it does not take and returns null.
+        assert_eq!(
+            header(&out[2], headers::REASON),
+            "route_id(file): udf `route_id` returned null"
+        );
+        assert_eq!(out[2].msg_id, "t-validate:dlq:10:2");
+        assert_eq!(route(&out[3]), Value::from("API-PAYROLL"));
+        assert_eq!(out[3].msg_id, "t:validate:11:0");
     }
 
     #[test]
