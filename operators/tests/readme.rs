@@ -135,7 +135,9 @@ fn the_readme_labelled_windows_parse() {
         }
         other => panic!("{other:?}"),
     }
+}
 
+#[test]
 fn the_readme_udf_example_compiles_with_the_example_plugins() {
     let yaml = blocks(&readme(), "yaml");
     let routes = std::fs::read_to_string(concat!(
