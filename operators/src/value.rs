@@ -52,6 +52,17 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value as a number where it is one: numbers, timestamps (ms) and booleans (0/1).
+    pub fn as_number(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Timestamp(t) => Some(*t as f64),
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            _ => None,
+        }
+    }
+
     pub fn value_type(&self) -> ValueType {
         match self {
             Value::Null => ValueType::Null,

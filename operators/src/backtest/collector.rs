@@ -135,7 +135,7 @@ impl Collector {
         } else {
             env.enrichment.get(index - width)
         }?;
-        super::number(v)
+        v.as_number()
     }
 
     /// The report, once the run is over.
@@ -300,11 +300,7 @@ impl Tap for Collector {
             }
         }
         for s in &env.analysis.scores {
-            let flagged = s.flagged
-                || p.detectors
-                    .get(s.detector as usize)
-                    .is_some_and(|d| d.flags(s.score));
-            if flagged {
+            if crate::stage::rules::detector_holds(p, s) {
                 if let Some(c) = self.causes.get_mut(p.rules.len() + s.detector as usize) {
                     c.detections += 1;
                 }

@@ -62,16 +62,5 @@ pub fn numeric_row(pipeline: &Pipeline, env: &Envelope) -> Vec<Option<f64>> {
     row.resize(pipeline.schema.len(), Value::Null);
     row.extend(env.enrichment.iter().cloned());
     pipeline.scope.retype(&mut row);
-    row.iter().map(number).collect()
-}
-
-/// A value as a number, where it is one.
-pub fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Int(i) => Some(*i as f64),
-        Value::Float(f) => Some(*f),
-        Value::Timestamp(t) => Some(*t as f64),
-        Value::Bool(b) => Some(f64::from(u8::from(*b))),
-        _ => None,
-    }
+    row.iter().map(Value::as_number).collect()
 }

@@ -48,16 +48,21 @@ pub(crate) fn active_causes(p: &Pipeline, env: &Envelope) -> u128 {
     }
     if p.alert_on.detectors_alert() {
         for s in &env.analysis.scores {
-            let holds = s.flagged
-                || p.detectors
-                    .get(s.detector as usize)
-                    .is_some_and(|d| d.flags(s.score));
-            if holds {
+            if detector_holds(p, s) {
                 bits |= bit(p.rules.len() + s.detector as usize);
             }
         }
     }
     bits
+}
+
+/// Whether a detector's reading holds: it flagged the event, or the score is still across
+/// its threshold.
+pub(crate) fn detector_holds(p: &Pipeline, s: &DetectorScore) -> bool {
+    s.flagged
+        || p.detectors
+            .get(s.detector as usize)
+            .is_some_and(|d| d.flags(s.score))
 }
 
 /// The key and the values of the pipeline's alert labels, hashed.

@@ -530,7 +530,7 @@ impl Stage for ScoreStage {
             self.x.extend(
                 spec.inputs
                     .iter()
-                    .map(|&j| row.get(j).and_then(number).unwrap_or(f64::NAN)),
+                    .map(|&j| row.get(j).and_then(Value::as_number).unwrap_or(f64::NAN)),
             );
             let complete = self.x.iter().all(|v| v.is_finite());
             match &spec.kind {
@@ -632,16 +632,5 @@ impl Stage for ScoreStage {
 
     fn checkpoint_due(&self) -> bool {
         self.dirty.len() >= self.max_dirty
-    }
-}
-
-/// A value as a detector input: numbers, timestamps (ms) and booleans (0/1); NaN otherwise.
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Int(i) => Some(*i as f64),
-        Value::Float(f) => Some(*f),
-        Value::Timestamp(t) => Some(*t as f64),
-        Value::Bool(b) => Some(f64::from(u8::from(*b))),
-        _ => None,
     }
 }
