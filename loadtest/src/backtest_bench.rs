@@ -78,6 +78,18 @@ pub async fn load(url: &str, events: usize) -> anyhow::Result<Arc<Pipeline>> {
     Ok(pipeline)
 }
 
+/// The whole stream through the payments pipeline, as `anom backtest` would run it.
+fn spec(pipeline: &Arc<Pipeline>) -> Spec {
+    Spec {
+        versions: vec![("bench".into(), pipeline.clone())],
+        range: Range::default(),
+        labels: None,
+        plot: None,
+        batch: 1000,
+        max_rate: None,
+    }
+}
+
 async fn plain_read(js: &jetstream::Context) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut reader = Reader::open(js, "payments", Range::default(), 1000).await?;
@@ -97,14 +109,7 @@ pub async fn run(url: &str, events: usize, live: Option<&crate::Args>) -> anyhow
     let started = Instant::now();
     let outcome = backtest::run(
         &js,
-        Spec {
-            versions: vec![("bench".into(), pipeline.clone())],
-            range: Range::default(),
-            labels: None,
-            plot: None,
-            batch: 1000,
-            max_rate: None,
-        },
+        spec(&pipeline),
         models,
         metrics,
         |_| {},
@@ -162,14 +167,7 @@ async fn live_impact(
             let models = Arc::new(ModelRegistry::new(".".into(), metrics.clone()));
             let mut runs = 0;
             while !stop.is_cancelled() {
-                let spec = Spec {
-                    versions: vec![("bench".into(), pipeline.clone())],
-                    range: Range::default(),
-                    labels: None,
-                    plot: None,
-                    batch: 1000,
-                    max_rate: None,
-                };
+                let spec = spec(&pipeline);
                 let r = backtest::run(
                     &js,
                     spec,

@@ -31,6 +31,19 @@ pub struct Raw {
     pub published_us: i64,
 }
 
+impl Raw {
+    /// The raw event as validate's input.
+    pub fn input(&self) -> Input<'_> {
+        Input {
+            subject: &self.subject,
+            payload: &self.payload,
+            headers: self.headers.as_ref(),
+            stream_seq: self.stream_seq,
+            published_us: self.published_us,
+        }
+    }
+}
+
 /// How far the events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Depth {
@@ -166,13 +179,7 @@ impl Engine {
         let mut validate = Validate::new(pipeline.clone());
         let mut out = Emitter::new("backtest", "backtest");
         for raw in batch {
-            let input = Input {
-                subject: &raw.subject,
-                payload: &raw.payload,
-                headers: raw.headers.as_ref(),
-                stream_seq: raw.stream_seq,
-                published_us: raw.published_us,
-            };
+            let input = raw.input();
             let _ = validate.process(&input, &mut out);
         }
         validate.end_batch(&mut out);
@@ -207,13 +214,7 @@ impl Engine {
     /// each stage in turn; timers fire as event time passes whole seconds.
     pub fn feed(&mut self, batch: &[Raw], tap: &mut impl Tap) {
         for raw in batch {
-            let input = Input {
-                subject: &raw.subject,
-                payload: &raw.payload,
-                headers: raw.headers.as_ref(),
-                stream_seq: raw.stream_seq,
-                published_us: raw.published_us,
-            };
+            let input = raw.input();
             self.out.clear();
             if let Err(r) = self.validate.process(&input, &mut self.out) {
                 tap.rejected(r.kind.as_str());
