@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anom_operators::pipeline::Pipeline;
-use anom_operators::unit::{UnitId, UnitStage};
 use anom_operators::worker::{Plan, UnitAssignment, Worker, WorkerConfig};
+use anom_pipeline::unit::{UnitId, UnitStage};
+use anom_pipeline::Pipeline;
 use anom_proto::v1;
 use anom_proto::v1::cluster_client::ClusterClient;
 use futures::StreamExt;

@@ -1,8 +1,6 @@
 //! `anom`: run Anom locally (`anom up`), run a worker, publish events, watch alerts.
 
-mod agent;
 mod cmd;
-mod server;
 
 use std::process::ExitCode;
 
@@ -57,7 +55,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ANOM_LOG").unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(
-                    "warn,async_nats=error,anom=info,anom_operators=info",
+                    "warn,async_nats=error,anom=info,anom_operators=info,anom_runtime=info,anom_pipeline=info,anom_ml=info,anom_udf=info",
                 )
             }),
         )

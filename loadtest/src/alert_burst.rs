@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anom_operators::alert::Alert;
+use anom_lang::value::Value;
+use anom_operators::alerting::record::Alert;
 use anom_operators::alerting::store::{self, Buckets, ALERTS_BUCKET};
-use anom_operators::envelope::{Analysis, Envelope, Meta, RuleHit, Verdict, ENVELOPE_VERSION};
-use anom_operators::pipeline::{Pipeline, Severity};
 use anom_operators::stage::validate::partition_of;
-use anom_operators::value::Value;
 use anom_operators::worker::{Worker, WorkerConfig};
+use anom_pipeline::envelope::{Analysis, Envelope, Meta, RuleHit, Verdict, ENVELOPE_VERSION};
+use anom_pipeline::{Pipeline, Severity};
 use async_nats::jetstream;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;

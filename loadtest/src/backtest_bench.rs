@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anom_operators::backtest::{self, source::Reader, Range, Spec};
-use anom_operators::metrics::Metrics;
-use anom_operators::model::ModelRegistry;
-use anom_operators::pipeline::Pipeline;
-use anom_operators::topology::{self, StreamOptions};
+use anom_operators::model_registry::ModelRegistry;
+use anom_pipeline::Pipeline;
+use anom_runtime::metrics::Metrics;
+use anom_runtime::streams::{self, StreamOptions};
 use async_nats::jetstream;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -62,7 +62,7 @@ pub async fn load(url: &str, events: usize) -> anyhow::Result<Arc<Pipeline>> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/payments.yaml");
     let pipeline = Arc::new(Pipeline::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?);
     let js = jetstream::new(async_nats::connect(url).await?);
-    topology::ensure(&js, &[(*pipeline).clone()], &StreamOptions::default()).await?;
+    streams::ensure(&js, &[(*pipeline).clone()], &StreamOptions::default()).await?;
     let mut acks = std::collections::VecDeque::new();
     for e in payments(events, 10_000) {
         acks.push_back(js.publish("anom.payments.in", e).await?);
@@ -151,7 +151,7 @@ async fn live_impact(
 ) -> anyhow::Result<(f64, f64)> {
     let live = |args: crate::Args| async move {
         let dir = tempfile::tempdir()?;
-        let server = anom_operators::natsd::Natsd::start_in(dir.path()).await?;
+        let server = anom_runtime::natsd::Natsd::start_in(dir.path()).await?;
         let t = crate::pipeline::throughput(server.url(), &args).await?;
         server.stop().await?;
         anyhow::Ok(t.rate())

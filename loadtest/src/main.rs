@@ -17,7 +17,7 @@ mod window_bench;
 
 use std::time::Duration;
 
-use anom_operators::natsd::Natsd;
+use anom_runtime::natsd::Natsd;
 use clap::Parser;
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -78,7 +78,7 @@ pub struct Args {
     #[arg(long, default_value_t = 25_000)]
     pub latency_rate: u64,
     /// Length of the latency run.
-    #[arg(long, default_value = "10s", value_parser = anom_operators::duration::parse)]
+    #[arg(long, default_value = "10s", value_parser = anom_lang::duration::parse)]
     pub latency_duration: Duration,
     /// Partitions of the benchmark pipeline.
     #[arg(long, default_value_t = 4)]

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anom_operators::pipeline::Pipeline;
 use anom_operators::worker::{Worker, WorkerConfig};
+use anom_pipeline::Pipeline;
 use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -102,7 +102,7 @@ pub fn sample_event(i: usize, sent_us: i64, alert_every: usize, keys: usize) -> 
 
 /// A 100-tree Isolation Forest over (durationMs, bytes) of the generated events.
 fn write_forest(path: &std::path::Path, args: &Args) -> anyhow::Result<()> {
-    use anom_operators::forest::{ForestParams, IsolationForest};
+    use anom_ml::forest::{ForestParams, IsolationForest};
     let rows: Vec<f32> = (0..20_000)
         .flat_map(|i| {
             let e: serde_json::Value =

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anom_operators::checkpoint::StateStore;
-use anom_operators::envelope::{Analysis, Envelope, Meta, ENVELOPE_VERSION};
-use anom_operators::pipeline::Pipeline;
-use anom_operators::runtime::{Emitter, Input, Stage};
+use anom_lang::value::Value;
 use anom_operators::stage::window::WindowStage;
-use anom_operators::value::Value;
+use anom_pipeline::envelope::{Analysis, Envelope, Meta, ENVELOPE_VERSION};
+use anom_pipeline::Pipeline;
+use anom_runtime::checkpoint::StateStore;
+use anom_runtime::{Emitter, Input, Stage};
 use hdrhistogram::Histogram;
 
 #[derive(Debug)]
@@ -84,7 +84,7 @@ fn envelope(p: &Pipeline, i: usize, keys: usize) -> Vec<u8> {
 pub fn run(keys: usize, events_per_key: usize) -> anyhow::Result<WindowRun> {
     let p = payments()?;
     let dir = tempfile::tempdir()?;
-    let db = anom_operators::checkpoint::open_db(dir.path())?;
+    let db = anom_runtime::checkpoint::open_db(dir.path())?;
     let store = StateStore::open(&db, "bench-window-0")?;
     let events = keys * events_per_key;
     let payloads: Vec<Vec<u8>> = (0..events).map(|i| envelope(&p, i, keys)).collect();

@@ -2,7 +2,7 @@
 //! after warm-up (the steady state a key spends its life in). Values follow a noisy daily cycle
 //! with an occasional spike, timestamps advance a minute per value.
 
-use anom_operators::detector::{Detector, Kind};
+use anom_ml::detector::{Detector, Kind};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::Value;
 

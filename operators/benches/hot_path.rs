@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use anom_operators::envelope::Envelope;
-use anom_operators::metrics::Metrics;
-use anom_operators::pipeline::Pipeline;
-use anom_operators::runtime::{Emitter, Input, Stage};
 use anom_operators::stage::{alert::AlertStage, rules::Rules, validate::Validate};
+use anom_pipeline::envelope::Envelope;
+use anom_pipeline::Pipeline;
+use anom_runtime::metrics::Metrics;
+use anom_runtime::{Emitter, Input, Stage};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 fn routes() -> Arc<Pipeline> {

@@ -1,4 +1,4 @@
-//! Scoring throughput of ONNX models through `anom_operators::model` at batch sizes 1, 64
+//! Scoring throughput of ONNX models through `anom_ml::model` at batch sizes 1, 64
 //! and 1024: the 100-tree × 8-feature Isolation Forest `anom train` would write (fitted here,
 //! no Python needed), and — when ANOM_BENCH_MODELS names a directory written by
 //! scripts/ml/sklearn_reference.py — scikit-learn's IsolationForest (100 trees) and MLP
@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use anom_operators::forest::{ForestParams, IsolationForest};
-use anom_operators::model::Model;
+use anom_ml::forest::{ForestParams, IsolationForest};
+use anom_ml::model::Model;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const FEATURES: usize = 8;

@@ -9,16 +9,15 @@
 //! Per-event time = reported time / batch size (criterion's throughput is per event).
 
 #[allow(dead_code)]
-#[path = "../tests/support/udfs.rs"]
-mod udfs;
+use anom_testkit::plugins as udfs;
 
 use std::sync::Arc;
 
-use anom_operators::pipeline::Pipeline;
-use anom_operators::runtime::{Emitter, Input, Stage};
+use anom_lang::value::Value;
 use anom_operators::stage::validate::Validate;
-use anom_operators::udf::{batch::column, run, Udf, UdfType};
-use anom_operators::value::Value;
+use anom_pipeline::Pipeline;
+use anom_runtime::{Emitter, Input, Stage};
+use anom_udf::{batch::column, run, Udf, UdfType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const BATCHES: [usize; 3] = [1, 64, 1024];

@@ -4,7 +4,7 @@
 //! Alone (`Worker::start`), it creates the streams and runs every unit of its pipelines. Under
 //! a coordinator (`Worker::join`), it runs what [`Worker::apply`] is given: units are started,
 //! stopped (finishing their batch, committing and snapshotting their state) and restarted on a
-//! new pipeline version, each fenced by its owner record (see [`crate::fence`]).
+//! new pipeline version, each fenced by its owner record (see [`anom_runtime::fence`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,16 +18,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alerting::store::{self as alert_store, Buckets, StoreError};
-use crate::fence::{Fence, Owners};
-use crate::metrics::Metrics;
-use crate::model::ModelRegistry;
-use crate::pipeline::Pipeline;
-use crate::runtime::{run_stage, Runtime, RuntimeOptions, SnapshotPolicy};
+use crate::model_registry::ModelRegistry;
 use crate::sink::AnySink;
-use crate::snapshot::Snapshots;
 use crate::stage;
-use crate::topology::{self, StreamOptions};
-use crate::unit::{self, UnitId, UnitStage};
+use anom_pipeline::unit::{self, UnitId, UnitStage};
+use anom_pipeline::Pipeline;
+use anom_runtime::fence::{Fence, Owners};
+use anom_runtime::metrics::Metrics;
+use anom_runtime::snapshot::Snapshots;
+use anom_runtime::streams::{self, StreamOptions};
+use anom_runtime::{run_stage, Runtime, RuntimeOptions, SnapshotPolicy};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -76,7 +76,7 @@ pub enum WorkerError {
         source: async_nats::ConnectError,
     },
     #[error(transparent)]
-    Topology(#[from] topology::TopologyError),
+    Streams(#[from] streams::StreamError),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -89,7 +89,7 @@ pub enum WorkerError {
     #[error("keyed state in {dir}: {source}")]
     State {
         dir: PathBuf,
-        source: crate::checkpoint::CheckpointError,
+        source: anom_runtime::checkpoint::CheckpointError,
     },
     #[error("cluster state in NATS: {0}")]
     Cluster(String),
@@ -229,7 +229,7 @@ impl Worker {
         shutdown: CancellationToken,
     ) -> Result<Worker, WorkerError> {
         let mut worker = Worker::connect(config, shutdown).await?;
-        topology::ensure(
+        streams::ensure(
             &worker.rt.js,
             &worker.config.pipelines,
             &worker.config.streams,
@@ -294,7 +294,7 @@ impl Worker {
             Some(addr) => {
                 let m = metrics.clone();
                 Some(
-                    crate::metrics::serve_with(
+                    anom_runtime::metrics::serve_with(
                         move || m.encode(),
                         ready.clone(),
                         addr,
@@ -312,11 +312,12 @@ impl Worker {
             options: config.runtime.clone(),
             shutdown: shutdown.clone(),
         };
-        let db =
-            crate::checkpoint::open_db(&config.state_dir).map_err(|source| WorkerError::State {
+        let db = anom_runtime::checkpoint::open_db(&config.state_dir).map_err(|source| {
+            WorkerError::State {
                 dir: config.state_dir.clone(),
                 source,
-            })?;
+            }
+        })?;
         let config_models_dir = config.models_dir.clone();
         let metrics_for_models = metrics.clone();
         Ok(Worker {
@@ -486,7 +487,7 @@ impl Worker {
                 let snapshots = match &self.cluster {
                     Some(c) if a.unit.stage.is_keyed() => {
                         let name = stage::durable_name(&a.unit);
-                        let store = crate::checkpoint::StateStore::open(&self.db, &name)
+                        let store = anom_runtime::checkpoint::StateStore::open(&self.db, &name)
                             .map_err(state_error)?;
                         match c.snapshots.restore_if_newer(&name, &store).await {
                             Ok(Some(seq)) => {

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use anom_operators::duration;
+use anom_lang::duration;
 use anom_proto::v1;
 use anom_proto::v1::alerts_client::AlertsClient;
 use tonic::transport::Channel;
 
 use super::pipeline::time;
-use crate::server::control::now_ms;
-use crate::server::pipelines::timestamp;
+use anom::server::pipelines::timestamp;
+use anom_runtime::timebase::wall_ms;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -126,7 +126,7 @@ enum SilenceCommand {
 }
 
 fn client(url: &str) -> anyhow::Result<AlertsClient<Channel>> {
-    Ok(AlertsClient::new(crate::agent::channel(url)?))
+    Ok(AlertsClient::new(anom::agent::channel(url)?))
 }
 
 fn fail(status: tonic::Status) -> anyhow::Error {
@@ -262,7 +262,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let from = since
                 .map(|s| {
-                    super::parse_time(&s, now_ms()).map_err(|e| anyhow::anyhow!("--since: {e}"))
+                    super::parse_time(&s, wall_ms()).map_err(|e| anyhow::anyhow!("--since: {e}"))
                 })
                 .transpose()?
                 .and_then(timestamp);

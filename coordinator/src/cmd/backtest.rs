@@ -14,8 +14,8 @@ use tonic::transport::Channel;
 
 use super::parse_time;
 use super::pipeline::time;
-use crate::server::control::now_ms;
-use crate::server::pipelines::timestamp;
+use anom::server::pipelines::timestamp;
+use anom_runtime::timebase::wall_ms;
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -110,7 +110,7 @@ struct Output {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut c = BacktestsClient::new(crate::agent::channel(&args.coordinator)?);
+    let mut c = BacktestsClient::new(anom::agent::channel(&args.coordinator)?);
     match args.command {
         Some(Command::List { pipeline }) => list(&mut c, pipeline).await,
         Some(Command::Show { id, output }) => report(&mut c, &id, &output).await,
@@ -148,7 +148,7 @@ async fn start(c: &mut BacktestsClient<Channel>, run: Run) -> anyhow::Result<()>
     let Some(pipeline) = run.pipeline.clone() else {
         anyhow::bail!("expected --pipeline NAME (or a subcommand: list, show, cancel)");
     };
-    let now = now_ms();
+    let now = wall_ms();
     let at = |t: &Option<String>| {
         t.as_deref()
             .map(|t| parse_time(t, now))
@@ -221,7 +221,7 @@ async fn start(c: &mut BacktestsClient<Channel>, run: Run) -> anyhow::Result<()>
                         "{} events, {:.0}/s, ETA {}",
                         s.read,
                         s.messages_per_s,
-                        anom_operators::duration::format(Duration::from_secs_f64(s.eta_seconds.max(0.0)))
+                        anom_lang::duration::format(Duration::from_secs_f64(s.eta_seconds.max(0.0)))
                     ));
                     last = s;
                 }

@@ -19,7 +19,7 @@ pub struct AssignmentsArgs {
 }
 
 pub async fn workers(args: WorkersArgs) -> anyhow::Result<()> {
-    let mut c = ClusterClient::new(crate::agent::channel(&args.coordinator)?);
+    let mut c = ClusterClient::new(anom::agent::channel(&args.coordinator)?);
     let r = c
         .list_workers(v1::ListWorkersRequest {})
         .await
@@ -49,7 +49,7 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<()> {
 }
 
 pub async fn assignments(args: AssignmentsArgs) -> anyhow::Result<()> {
-    let mut c = ClusterClient::new(crate::agent::channel(&args.coordinator)?);
+    let mut c = ClusterClient::new(anom::agent::channel(&args.coordinator)?);
     let r = c
         .list_assignments(v1::ListAssignmentsRequest {
             pipeline: args.pipeline,

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anom_operators::topology::StreamOptions;
+use anom_runtime::streams::StreamOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{Coordinator, CoordinatorConfig};
+use anom::server::{Coordinator, CoordinatorConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, env = "ANOM_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
     /// A worker without a heartbeat for this long loses its units.
-    #[arg(long, env = "ANOM_LEASE_TTL", default_value = "6s", value_parser = anom_operators::duration::parse)]
+    #[arg(long, env = "ANOM_LEASE_TTL", default_value = "6s", value_parser = anom_lang::duration::parse)]
     lease_ttl: Duration,
     /// Replicas of every stream and bucket (3 on a 3-node NATS cluster).
     #[arg(long, env = "ANOM_REPLICAS", default_value_t = 1)]

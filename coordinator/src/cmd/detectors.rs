@@ -23,7 +23,7 @@ enum Command {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Eval { seed, points } => {
-            let report = anom_operators::detector::eval::evaluate(seed, points);
+            let report = anom_ml::detector::eval::evaluate(seed, points);
             print!("{report}");
         }
     }

@@ -15,8 +15,8 @@ pub mod worker;
 
 use std::path::Path;
 
-use anom_operators::model::check_models;
-use anom_operators::pipeline::{load_dir, Pipeline};
+use anom_operators::model_registry::check_models;
+use anom_pipeline::{load_dir, Pipeline};
 
 /// Default NATS URL of every command that talks to a server.
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
@@ -40,7 +40,7 @@ pub fn load_pipelines(path: &Path, models_dir: &Path) -> anyhow::Result<Vec<Pipe
             let Ok(p) = Pipeline::from_yaml(&text) else {
                 continue;
             };
-            let mut errors = anom_operators::pipeline::located(check_models(&p, models_dir), &text);
+            let mut errors = anom_pipeline::located(check_models(&p, models_dir), &text);
             for e in &mut errors.0 {
                 e.file = Some(file.clone());
                 problems.push(e.to_string());
@@ -70,7 +70,7 @@ pub fn parse_time(text: &str, now_ms: i64) -> anyhow::Result<i64> {
     if let Ok(t) = text.parse::<jiff::Timestamp>() {
         return Ok(t.as_millisecond());
     }
-    match anom_operators::duration::parse(text) {
+    match anom_lang::duration::parse(text) {
         Ok(age) => Ok(now_ms - age.as_millis() as i64),
         Err(_) => anyhow::bail!(
             "expected a time as RFC 3339 (2026-11-01T00:00:00Z) or an age (7d, 12h), found `{text}`"

@@ -61,7 +61,7 @@ enum Command {
 }
 
 async fn client(url: &str) -> anyhow::Result<PipelinesClient<Channel>> {
-    Ok(PipelinesClient::new(crate::agent::channel(url)?))
+    Ok(PipelinesClient::new(anom::agent::channel(url)?))
 }
 
 fn fail(status: tonic::Status) -> anyhow::Error {

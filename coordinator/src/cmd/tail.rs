@@ -1,7 +1,7 @@
 //! `anom tail alerts|dlq`: print alerts or dead letters as they arrive.
 
-use anom_operators::alert::{Alert, AlertStatus};
-use anom_operators::subjects::headers;
+use anom_operators::alerting::record::{Alert, AlertStatus};
+use anom_pipeline::subjects::headers;
 use anyhow::Context as _;
 use futures::StreamExt;
 

@@ -6,12 +6,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anom_ml::forest::{CardContext, ForestParams, IsolationForest, ModelCard};
 use anom_operators::backtest::source::{self, Position, Range};
 use anom_operators::backtest::{numeric_row, Depth, Engine, OnEvent};
-use anom_operators::envelope::Envelope;
-use anom_operators::forest::{CardContext, ForestParams, IsolationForest, ModelCard};
-use anom_operators::model::ModelRegistry;
-use anom_operators::pipeline::Pipeline;
+use anom_operators::model_registry::ModelRegistry;
+use anom_pipeline::envelope::Envelope;
+use anom_pipeline::Pipeline;
 use anom_proto::v1;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(file) => std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?,
         None => {
-            let mut c = v1::pipelines_client::PipelinesClient::new(crate::agent::channel(
+            let mut c = v1::pipelines_client::PipelinesClient::new(anom::agent::channel(
                 &args.coordinator,
             )?);
             c.get(v1::GetPipelineRequest {
@@ -105,7 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             anyhow::bail!(
                 "unknown field or aggregate `{f}` in pipeline `{}`{}",
                 pipeline.name,
-                anom_operators::suggest::did_you_mean(
+                anom_lang::suggest::did_you_mean(
                     f,
                     pipeline.scope.names().take(pipeline.enriched_width())
                 )
@@ -126,7 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to NATS at {}", args.nats))?;
     let js = async_nats::jetstream::new(client);
-    let metrics = Arc::new(anom_operators::metrics::Metrics::new());
+    let metrics = Arc::new(anom_runtime::metrics::Metrics::new());
     let models = ModelRegistry::new(args.models_dir.clone(), metrics.clone());
     let mut rows: Vec<f32> = Vec::new();
     let (mut events, mut skipped) = (0u64, 0u64);
@@ -239,7 +239,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let updated = with_detector(&yaml, &detector, &relative, &args.features, threshold)?;
     if args.apply {
         let mut c =
-            v1::pipelines_client::PipelinesClient::new(crate::agent::channel(&args.coordinator)?);
+            v1::pipelines_client::PipelinesClient::new(anom::agent::channel(&args.coordinator)?);
         let r = c
             .apply(v1::ApplyRequest {
                 definition: Some(v1::Definition {

@@ -7,18 +7,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anom_operators::alert::Alert;
-use anom_operators::natsd::{Natsd, NatsdOptions};
-use anom_operators::pipeline::Pipeline;
-use anom_operators::subjects::input_subject;
-use anom_operators::topology::StreamOptions;
+use anom_operators::alerting::record::Alert;
 use anom_operators::worker::WorkerConfig;
+use anom_pipeline::subjects::input_subject;
+use anom_pipeline::Pipeline;
+use anom_runtime::natsd::{Natsd, NatsdOptions};
+use anom_runtime::streams::StreamOptions;
 use anyhow::Context as _;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::AgentConfig;
-use crate::server::{Coordinator, CoordinatorConfig};
+use anom::agent::AgentConfig;
+use anom::server::{Coordinator, CoordinatorConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, default_value_t = 50.0)]
     demo_rate: f64,
     /// Stop after this long (default: run until Ctrl-C).
-    #[arg(long, value_parser = anom_operators::duration::parse)]
+    #[arg(long, value_parser = anom_lang::duration::parse)]
     exit_after: Option<Duration>,
 }
 
@@ -80,7 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.state_dir = args.data_dir.join("state");
     config.models_dir = super::pipelines_dir(&args.pipelines);
     config.worker_id = "local".into();
-    let worker = tokio::spawn(crate::agent::run(
+    let worker = tokio::spawn(anom::agent::run(
         AgentConfig {
             coordinator: grpc.clone(),
             worker: config,

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anom_operators::topology::StreamOptions;
 use anom_operators::worker::{Worker, WorkerConfig};
+use anom_runtime::streams::StreamOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, AgentConfig};
+use anom::agent::{self, AgentConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long, env = "ANOM_REPLICAS", default_value_t = 1)]
     replicas: usize,
     /// How often keyed state is snapshotted to NATS so another worker can take it over.
-    #[arg(long, default_value = "5s", value_parser = anom_operators::duration::parse)]
+    #[arg(long, default_value = "5s", value_parser = anom_lang::duration::parse)]
     snapshot_every: Duration,
 }
 

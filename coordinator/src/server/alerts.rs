@@ -13,14 +13,15 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anom_operators::alert::{rfc3339_ms, Alert, AlertStatus};
+use anom_operators::alerting::record::{rfc3339_ms, Alert, AlertStatus};
 use anom_operators::alerting::store::{
     self, alert_key, Buckets, StoreError, ALERTS_BUCKET, SILENCES_BUCKET,
 };
-use anom_operators::alerting::{matcher, silence, Action, Command, Matcher, Silence};
-use anom_operators::pipeline::{Pipeline, Severity};
+use anom_operators::alerting::{silence, Action, Command, Silence};
 use anom_operators::stage::validate::partition_of;
-use anom_operators::unit::{UnitId, UnitStage};
+use anom_pipeline::matcher::{self, Matcher};
+use anom_pipeline::unit::{UnitId, UnitStage};
+use anom_pipeline::{Pipeline, Severity};
 use anom_proto::v1;
 use anom_proto::v1::alerts_server::Alerts;
 use async_nats::jetstream::kv;
@@ -30,8 +31,9 @@ use serde_json::Value as Json;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
-use super::control::{now_ms, Control};
+use super::control::Control;
 use super::pipelines::not_found;
+use anom_runtime::timebase::wall_ms;
 
 /// How long Acknowledge and Resolve wait for the alert stage (less when the call's own
 /// deadline is shorter).
@@ -704,7 +706,7 @@ impl Alerts for AlertService {
         }
         let matchers = parse_matchers(&req.matchers)?;
         required("created_by", &req.created_by, "who creates the silence")?;
-        let now = now_ms();
+        let now = wall_ms();
         let starts = req.starts_at.as_ref().map_or(now, timestamp_ms);
         let ends = match (&req.ends_at, &req.duration) {
             (Some(end), None) => timestamp_ms(end),
@@ -781,7 +783,7 @@ impl Alerts for AlertService {
             self.known(&req.pipeline).await?;
             vec![req.pipeline]
         };
-        let now = now_ms();
+        let now = wall_ms();
         let mut silences: Vec<Silence> = Vec::new();
         for p in &pipelines {
             let all = read_bucket(&self.buckets.silences, SILENCES_BUCKET, p)
@@ -847,7 +849,7 @@ impl Alerts for AlertService {
                 .ok_or_else(missing)?;
             let mut silence: Silence = store::decode(SILENCES_BUCKET, &key, &entry.value)
                 .map_err(|e| Status::internal(e.to_string()))?;
-            let now = now_ms();
+            let now = wall_ms();
             if silence.is_expired(now) {
                 return Err(Status::failed_precondition(format!(
                     "silence `{}` already expired at {}",

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anom_operators::unit::UnitId;
+use anom_pipeline::unit::UnitId;
 
 /// A live worker as the spreading sees it.
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ pub fn spread(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anom_operators::unit::UnitStage;
+    use anom_pipeline::unit::UnitStage;
 
     fn units(partitions: u32) -> Vec<UnitId> {
         let mut v = vec![UnitId {

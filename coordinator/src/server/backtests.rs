@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use anom_operators::backtest::collector::PlotSpec;
 use anom_operators::backtest::run::Outcome;
 use anom_operators::backtest::{self, render, BacktestError, Labels, Position, Range, Spec};
-use anom_operators::metrics::Metrics;
-use anom_operators::model::ModelRegistry;
-use anom_operators::pipeline::Pipeline;
+use anom_operators::model_registry::ModelRegistry;
+use anom_pipeline::Pipeline;
 use anom_proto::v1;
+use anom_runtime::metrics::Metrics;
 use async_nats::jetstream::{self, kv, object_store};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::control::{now_ms, Control};
+use super::control::Control;
 use super::pipelines::{compile, definition_text, not_found, timestamp};
+use anom_runtime::timebase::wall_ms;
 
 pub const STATUS_BUCKET: &str = "ANOM_BACKTESTS";
 pub const REPORT_BUCKET: &str = "ANOM_BACKTEST_REPORTS";
@@ -260,8 +261,8 @@ impl v1::backtests_server::Backtests for BacktestService {
             if b <= a {
                 return Err(Status::invalid_argument(format!(
                     "range: expected `to` after `from`, found {} ≤ {}",
-                    anom_operators::alert::rfc3339_ms(b),
-                    anom_operators::alert::rfc3339_ms(a)
+                    anom_operators::alerting::record::rfc3339_ms(b),
+                    anom_operators::alerting::record::rfc3339_ms(a)
                 )));
             }
         }
@@ -299,7 +300,7 @@ impl v1::backtests_server::Backtests for BacktestService {
                 .map(|(v, _)| v.as_str())
                 .collect::<Vec<_>>()
                 .join(" vs "),
-            created_ms: now_ms(),
+            created_ms: wall_ms(),
             ..Record::default()
         };
         let (tx, rx) = watch::channel(record.clone());
@@ -356,7 +357,7 @@ impl v1::backtests_server::Backtests for BacktestService {
             )
             .await;
             let mut last = tx.borrow().clone();
-            last.finished_ms = Some(now_ms());
+            last.finished_ms = Some(wall_ms());
             match outcome {
                 Ok(outcome) => {
                     last.alerts = match &outcome {

@@ -5,15 +5,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anom_operators::unit::ROLES;
+use anom_pipeline::unit::ROLES;
 use anom_proto::v1;
 use anom_proto::v1::cluster_server::Cluster;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::control::{now_ms, Control, Member};
+use super::control::{Control, Member};
 use super::pipelines::timestamp;
 use super::store::WorkerRecord;
+use anom_runtime::timebase::wall_ms;
 
 pub struct ClusterService {
     pub control: Arc<Control>,
@@ -50,7 +51,7 @@ impl Cluster for ClusterService {
             capacity: req.capacity.max(1),
             metrics_addr: req.metrics_addr,
             hostname: req.hostname,
-            registered_at_ms: now_ms(),
+            registered_at_ms: wall_ms(),
         };
         let (changed, was_alive) = match state.workers.get(&record.id) {
             Some(m) => (
@@ -70,7 +71,7 @@ impl Cluster for ClusterService {
             Member {
                 record,
                 lease_until: now + control.lease_ttl,
-                last_heartbeat_ms: now_ms(),
+                last_heartbeat_ms: wall_ms(),
                 running_units: running,
             },
         );
@@ -98,7 +99,7 @@ impl Cluster for ClusterService {
         };
         let was_alive = member.alive(now);
         member.lease_until = now + control.lease_ttl;
-        member.last_heartbeat_ms = now_ms();
+        member.last_heartbeat_ms = wall_ms();
         member.running_units = req.running_units;
         if !was_alive {
             control.rebalance(&mut state, false, "worker back").await;

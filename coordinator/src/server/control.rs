@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anom_operators::fence::Owner;
-use anom_operators::pipeline::Pipeline;
-use anom_operators::unit::{self, UnitId, UnitStage};
+use anom_pipeline::unit::{self, UnitId, UnitStage};
+use anom_pipeline::Pipeline;
 use anom_proto::v1;
+use anom_runtime::fence::Owner;
 use async_nats::jetstream::kv;
 use tokio::sync::{watch, Mutex, MutexGuard};
 use tracing::{info, warn};
@@ -128,13 +128,7 @@ pub struct Control {
     changed: watch::Sender<u64>,
     pub lease_ttl: Duration,
     pub metrics: CoordinatorMetrics,
-    pub streams: anom_operators::topology::StreamOptions,
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    pub streams: anom_runtime::streams::StreamOptions,
 }
 
 impl Control {
@@ -144,10 +138,10 @@ impl Control {
         store: Store,
         js: async_nats::jetstream::Context,
         lease_ttl: Duration,
-        streams: anom_operators::topology::StreamOptions,
+        streams: anom_runtime::streams::StreamOptions,
     ) -> anyhow::Result<Arc<Control>> {
         let loaded = store.load()?;
-        let owners_kv = anom_operators::fence::owners_bucket(&js, streams.replicas)
+        let owners_kv = anom_runtime::fence::owners_bucket(&js, streams.replicas)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the unit owners bucket: {e}"))?;
         let mut compiled = HashMap::new();
@@ -222,7 +216,7 @@ impl Control {
         {
             let state = control.state.lock().await;
             let pipelines: Vec<Pipeline> = state.compiled.values().map(|p| (**p).clone()).collect();
-            anom_operators::topology::ensure(&control.js, &pipelines, &control.streams).await?;
+            anom_runtime::streams::ensure(&control.js, &pipelines, &control.streams).await?;
             control.observe(&state);
         }
         Ok(control)

@@ -21,6 +21,12 @@ pub struct CoordinatorMetrics {
     pub applies: Counter,
 }
 
+impl Default for CoordinatorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl CoordinatorMetrics {
     pub fn new() -> CoordinatorMetrics {
         let mut registry = Registry::with_prefix("anom_coordinator");

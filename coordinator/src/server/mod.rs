@@ -27,8 +27,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anom_operators::topology::StreamOptions;
 use anom_proto::v1;
+use anom_runtime::streams::StreamOptions;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -90,7 +90,7 @@ impl Coordinator {
                 let c = control.clone();
                 let ready = Arc::new(AtomicBool::new(true));
                 Some(
-                    anom_operators::metrics::serve_with(
+                    anom_runtime::metrics::serve_with(
                         move || c.metrics.encode(),
                         ready,
                         addr,

@@ -5,14 +5,15 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anom_operators::pipeline::{DefinitionErrors, Pipeline};
+use anom_pipeline::{DefinitionErrors, Pipeline};
 use anom_proto::v1;
 use anom_proto::v1::pipelines_server::Pipelines;
 use serde_json::Value as Json;
 use tonic::{Request, Response, Status};
 
-use super::control::{now_ms, Control};
+use super::control::Control;
 use super::store::{PipelineRecord, VersionRecord};
+use anom_runtime::timebase::wall_ms;
 
 pub struct PipelineService {
     pub control: Arc<Control>,
@@ -25,11 +26,11 @@ impl PipelineService {
         let Some(dir) = &self.models_dir else {
             return Ok(p);
         };
-        let problems = anom_operators::model::check_models(&p, dir);
+        let problems = anom_operators::model_registry::check_models(&p, dir);
         if problems.is_empty() {
             return Ok(p);
         }
-        let mut errors = anom_operators::pipeline::located(problems, text);
+        let mut errors = anom_pipeline::located(problems, text);
         for e in &mut errors.0 {
             e.file = Some(PathBuf::from(source));
         }
@@ -157,7 +158,7 @@ fn plan_summary(p: &Pipeline) -> v1::PlanSummary {
         rules: p.rules.iter().map(|r| r.name.clone()).collect(),
         aggregates: p.aggregates.iter().map(|a| a.name.clone()).collect(),
         sinks: p.sinks.iter().map(|s| s.name().to_string()).collect(),
-        units: anom_operators::unit::units(p).len() as u32,
+        units: anom_pipeline::unit::units(p).len() as u32,
     }
 }
 
@@ -257,7 +258,7 @@ impl Pipelines for PipelineService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let control = &self.control;
         let mut state = control.lock().await;
-        let now = now_ms();
+        let now = wall_ms();
         let digest = digest(&text);
         let existing = state.pipelines.get(&pipeline.name).cloned();
         if let Some(record) = &existing {
@@ -282,7 +283,7 @@ impl Pipelines for PipelineService {
                 }));
             }
         }
-        anom_operators::topology::ensure(
+        anom_runtime::streams::ensure(
             &control.js,
             std::slice::from_ref(&pipeline),
             &control.streams,
@@ -498,7 +499,7 @@ impl PipelineService {
             .cloned()
             .ok_or_else(|| not_found(&name))?;
         change(&mut record);
-        record.updated_at_ms = now_ms();
+        record.updated_at_ms = wall_ms();
         control
             .store
             .put_pipeline(&record)

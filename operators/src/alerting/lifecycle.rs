@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use crate::alert::{rfc3339_ms, Alert, AlertStatus, Tracking, Transition};
+use crate::alerting::record::{rfc3339_ms, Alert, AlertStatus, Tracking, Transition};
 
 use super::silence::millis;
 use super::store::{Action, Command};
@@ -313,7 +313,7 @@ impl Lifecycle {
                         id.clone(),
                         format!(
                             "no detection for {} (resolve_timeout)",
-                            crate::duration::format(timeout)
+                            anom_lang::duration::format(timeout)
                         ),
                     ));
                 }

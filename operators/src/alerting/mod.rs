@@ -11,14 +11,13 @@
 //! notifiers only read it. See docs/alerts.md.
 
 pub mod lifecycle;
-pub mod matcher;
 pub mod nflog;
 pub mod notification;
 pub mod notifier;
+pub mod record;
 pub mod silence;
 pub mod store;
 
-pub use matcher::{Matcher, MatcherError};
 pub use notification::{GroupStatus, Notification};
 pub use silence::Silence;
 pub use store::{Action, Buckets, Command};

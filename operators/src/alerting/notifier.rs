@@ -8,6 +8,7 @@
 //! a notification is logged as pending, sent with retries, and dead-lettered after its
 //! attempts. Deliveries run in their own tasks, one per group at a time.
 
+use anom_runtime::timebase::wall_ms;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,15 +24,15 @@ use super::nflog::{self, Entry};
 use super::notification::{GroupStatus, Notification};
 use super::silence::Silence;
 use super::store::{self, Buckets, NFLOG_BUCKET, SILENCES_BUCKET};
-use crate::alert::{rfc3339_ms, Alert, AlertStatus};
-use crate::fence::Fence;
-use crate::metrics::{Metrics, SinkLabels};
-use crate::pipeline::{Grouping, Pipeline, RateLimit, Retry, SinkDef};
-use crate::rejection::RejectKind;
-use crate::runtime::Runtime;
+use crate::alerting::record::{rfc3339_ms, Alert, AlertStatus};
 use crate::sink::{AnySink, Delivery};
-use crate::subjects::{dlq_subject, headers};
-use crate::unit::kv_safe;
+use anom_pipeline::rejection::RejectKind;
+use anom_pipeline::subjects::{dlq_subject, headers};
+use anom_pipeline::unit::kv_safe;
+use anom_pipeline::{Grouping, Pipeline, RateLimit, Retry, SinkDef};
+use anom_runtime::fence::Fence;
+use anom_runtime::metrics::{Metrics, SinkLabels};
+use anom_runtime::Runtime;
 
 /// How often groups are checked for a due flush.
 const TICK: Duration = Duration::from_millis(100);
@@ -120,7 +121,7 @@ pub async fn run(
         limiter: def.rate_limit().map(|limit| Limiter {
             tokens: f64::from(limit.count),
             limit,
-            at_ms: now_ms(),
+            at_ms: wall_ms(),
         }),
         pipeline,
         def,
@@ -251,7 +252,7 @@ impl Notifier {
         {
             return;
         }
-        let now = now_ms();
+        let now = wall_ms();
         let sink = self.def.name();
         for route in self.pipeline.alerting.route.matching(&alert.labels) {
             if !route.sinks.iter().any(|s| s == sink) {
@@ -273,7 +274,7 @@ impl Notifier {
     /// Forgets alerts ten minutes after they resolved and left every group (inhibition and
     /// late flushes are done with them by then).
     fn forget_resolved(&mut self) {
-        let now = now_ms();
+        let now = wall_ms();
         let grouped: HashSet<&String> = self.groups.values().flat_map(|g| &g.alerts).collect();
         let keep: HashSet<String> = self
             .alerts
@@ -318,7 +319,7 @@ impl Notifier {
                     .values()
                     .filter(|s| {
                         s.status.is_active()
-                            && crate::alerting::matcher::all_match(&rule.source, &s.labels)
+                            && anom_pipeline::matcher::all_match(&rule.source, &s.labels)
                     })
                     .collect()
             })
@@ -330,7 +331,7 @@ impl Notifier {
         done: &mpsc::Sender<(String, Entry)>,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<(), async_nats::Error> {
-        let now = now_ms();
+        let now = wall_ms();
         let due: Vec<String> = self
             .groups
             .iter()
@@ -595,12 +596,6 @@ fn group_hash(group_key: &str) -> String {
 
 fn updated_ms(a: &Alert) -> i64 {
     super::silence::millis(&a.updated_at).unwrap_or(0)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

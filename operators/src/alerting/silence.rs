@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::matcher::{self, Matcher};
+use anom_pipeline::matcher::{self, Matcher};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Silence {

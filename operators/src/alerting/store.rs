@@ -18,8 +18,8 @@ use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::alert::Alert;
-use crate::pipeline::Pipeline;
+use crate::alerting::record::Alert;
+use anom_pipeline::Pipeline;
 
 pub const ALERTS_BUCKET: &str = "ANOM_ALERTS";
 pub const SILENCES_BUCKET: &str = "ANOM_SILENCES";

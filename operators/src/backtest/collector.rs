@@ -9,10 +9,10 @@ use super::labels::{Labels, Marked};
 use super::report::{AlertRow, Cause, Confusion, Report, Series};
 use super::scoring;
 use super::Tap;
-use crate::alert::{Alert, AlertStatus};
-use crate::envelope::Envelope;
-use crate::pipeline::schema::FieldType;
-use crate::pipeline::Pipeline;
+use crate::alerting::record::{Alert, AlertStatus};
+use anom_pipeline::envelope::Envelope;
+use anom_pipeline::schema::FieldType;
+use anom_pipeline::Pipeline;
 
 /// Which key's series to plot, of which field or aggregate (defaults: the key with the most
 /// alerts, the first numeric field).

@@ -7,18 +7,20 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::alert::Alert;
-use crate::checkpoint::{open_db, StateStore};
-use crate::envelope::Envelope;
-use crate::metrics::Metrics;
-use crate::model::ModelRegistry;
-use crate::pipeline::Pipeline;
-use crate::runtime::{Emitter, Input, Output, Stage};
+use crate::alerting::record::Alert;
+use crate::model_registry::ModelRegistry;
 use crate::stage::{
     alert::AlertStage, rules, score::ScoreStage, validate::Validate, window::WindowStage,
 };
-use crate::subjects::headers;
-use crate::timebase::Timebase;
+use anom_pipeline::envelope::Envelope;
+use anom_pipeline::subjects::headers;
+use anom_pipeline::topology::Topology;
+use anom_pipeline::unit::UnitStage;
+use anom_pipeline::Pipeline;
+use anom_runtime::checkpoint::{open_db, StateStore};
+use anom_runtime::metrics::Metrics;
+use anom_runtime::timebase::Timebase;
+use anom_runtime::{Emitter, Input, Output, Stage};
 
 use super::BacktestError;
 
@@ -88,6 +90,8 @@ type Queue = Vec<(Output, u64, i64)>;
 
 pub struct Engine {
     pipeline: Arc<Pipeline>,
+    /// What feeds what: the same wiring live units have, in-process.
+    topology: Topology,
     depth: Depth,
     timebases: Vec<Timebase>,
     validate: Validate,
@@ -154,6 +158,7 @@ impl Engine {
         }
         let queue = || (0..parts).map(|_| Queue::new()).collect::<Vec<_>>();
         Ok(Engine {
+            topology: Topology::of(&pipeline),
             validate: Validate::new(pipeline.clone()),
             rules: rules::Rules::new(pipeline.clone()),
             queues: [queue(), queue(), queue(), queue()],
@@ -186,7 +191,7 @@ impl Engine {
         let first = out
             .outputs()
             .iter()
-            .filter_map(|o| rules::open(pipeline, &o.payload).ok())
+            .filter_map(|o| Envelope::open(pipeline, &o.payload).ok())
             .map(|env| env.meta.event_time)
             .min();
         first.or(batch.first().map(|r| r.published_us / 1000))
@@ -321,64 +326,54 @@ impl Engine {
         }
     }
 
-    /// Sends one output on: to the next stage's queue, or to the tap.
+    /// Sends one output on: to the stage the topology says reads its subject, or to the tap.
     fn route(&mut self, o: Output, ingest_us: i64, tap: &mut impl Tap) {
         let p = &*self.pipeline;
         let s = &p.subjects;
-        let Some((kind, rest)) = o
-            .subject
-            .strip_prefix("anom.")
-            .and_then(|r| r.strip_prefix(p.name.as_str()))
-            .and_then(|r| r.strip_prefix('.'))
-            .map(|r| r.split_once('.').unwrap_or((r, "")))
-        else {
-            return; // alert state writes ($KV.…) stay in the stage
-        };
-        let k = rest.parse::<usize>().ok();
-        let hop = match (kind, k) {
-            ("valid", Some(k)) if self.pipeline.is_keyed() => Some((Hop::Window, k)),
-            ("valid", Some(k)) | ("enriched", Some(k)) => {
-                if self.depth == Depth::Enriched {
-                    tap.seen();
-                    if tap.wants_events() {
-                        if let Ok(env) = rules::open(p, &o.payload) {
-                            tap.event(&env);
-                        }
-                    }
-                    None
-                } else if p.has_detectors() {
-                    Some((Hop::Score, k))
-                } else {
-                    Some((Hop::Rules, k))
-                }
+        if o.subject == s.alerts {
+            if let Ok(a) = serde_json::from_slice::<Alert>(&o.payload) {
+                tap.alert(a);
             }
-            ("scored", Some(k)) => Some((Hop::Rules, k)),
-            ("detections", Some(k)) => {
-                if let Ok(env) = rules::open(p, &o.payload) {
+            return;
+        }
+        if o.subject == s.dlq {
+            let kind = o
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::REASON_KIND))
+                .map_or("unknown", |v| v.as_str());
+            tap.rejected(kind);
+            return;
+        }
+        if o.subject == s.late {
+            tap.late();
+            return;
+        }
+        // Anything else no stage reads (alert state writes, $KV.…) stays in the stage.
+        let Some((stage, k)) = self.topology.reader(&o.subject) else {
+            return;
+        };
+        let k = k as usize;
+        let hop = match stage {
+            UnitStage::Window => Some((Hop::Window, k)),
+            UnitStage::Score | UnitStage::Rules if self.depth == Depth::Enriched => {
+                tap.seen();
+                if tap.wants_events() {
+                    if let Ok(env) = Envelope::open(p, &o.payload) {
+                        tap.event(&env);
+                    }
+                }
+                None
+            }
+            UnitStage::Score => Some((Hop::Score, k)),
+            UnitStage::Rules => Some((Hop::Rules, k)),
+            UnitStage::Alert => {
+                if let Ok(env) = Envelope::open(p, &o.payload) {
                     if env.analysis.absence.is_some() || rules::active_causes(p, &env) != 0 {
                         tap.detection(&env);
                     }
                 }
                 Some((Hop::Alert, k))
-            }
-            ("alerts", _) if o.subject == s.alerts => {
-                if let Ok(a) = serde_json::from_slice::<Alert>(&o.payload) {
-                    tap.alert(a);
-                }
-                None
-            }
-            ("dlq", _) => {
-                let kind = o
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(headers::REASON_KIND))
-                    .map_or("unknown", |v| v.as_str());
-                tap.rejected(kind);
-                None
-            }
-            ("late", _) => {
-                tap.late();
-                None
             }
             _ => None,
         };
@@ -386,7 +381,7 @@ impl Engine {
             if hop == Hop::Rules {
                 tap.seen();
                 if tap.wants_events() {
-                    if let Ok(env) = rules::open(p, &o.payload) {
+                    if let Ok(env) = Envelope::open(p, &o.payload) {
                         tap.event(&env);
                     }
                 }
@@ -404,7 +399,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::AlertStatus;
+    use crate::alerting::record::AlertStatus;
 
     const DEF: &str = "name: t\nkey: k\nevent_time: at\nschema:\n  k: string\n  x: float\n  at: timestamp\nrules:\n  - name: high\n    when: x > 5\nabsence:\n  - name: quiet\n    after: 20m\n";
 
@@ -446,7 +441,7 @@ mod tests {
         engine.finish(&mut tap);
         // Absences skip the rules stage: their records may come out before earlier rule hits.
         tap.0.sort_by(|a, b| a.2.cmp(&b.2));
-        let at = |m: i64| crate::alert::rfc3339_ms(m * 60_000);
+        let at = |m: i64| crate::alerting::record::rfc3339_ms(m * 60_000);
         assert_eq!(
             tap.0,
             vec![

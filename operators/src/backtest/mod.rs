@@ -24,11 +24,11 @@ pub use report::{Comparison, Report};
 pub use run::{run, Progress, Spec};
 pub use source::{Position, Range};
 
-use crate::checkpoint::CheckpointError;
-use crate::envelope::Envelope;
-use crate::pipeline::Pipeline;
 use crate::stage::score::ScoreError;
-use crate::value::Value;
+use anom_lang::value::Value;
+use anom_pipeline::envelope::Envelope;
+use anom_pipeline::Pipeline;
+use anom_runtime::checkpoint::CheckpointError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {

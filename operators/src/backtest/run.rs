@@ -13,9 +13,9 @@ use super::collector::{Collector, PlotSpec};
 use super::report::{Comparison, Report};
 use super::source::{Range, Reader};
 use super::{BacktestError, Depth, Engine, Labels, Raw};
-use crate::metrics::Metrics;
-use crate::model::ModelRegistry;
-use crate::pipeline::Pipeline;
+use crate::model_registry::ModelRegistry;
+use anom_pipeline::Pipeline;
+use anom_runtime::metrics::Metrics;
 
 /// What to run.
 pub struct Spec {

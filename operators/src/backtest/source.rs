@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{BacktestError, Raw};
-use crate::subjects::{history_stream, input_subject, INGEST_STREAM};
+use anom_pipeline::subjects::{history_stream, input_subject, INGEST_STREAM};
 
 /// One end of a range: a time the stream stored the event at (epoch ms) or a sequence of
 /// the stream read.

@@ -22,9 +22,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::render::{self, html_escape};
 use super::Delivery;
-use crate::alert::Alert;
+use crate::alerting::record::Alert;
 use crate::alerting::{GroupStatus, Notification};
-use crate::pipeline::{EmailDef, Severity, SmtpTls};
+use anom_pipeline::{EmailDef, Severity, SmtpTls};
 
 /// Alerts listed in one mail; the rest are counted.
 pub const MAX_ALERTS: usize = 100;
@@ -103,7 +103,7 @@ impl Email {
             Ok(Err(e)) => outcome(&e),
             Err(_) => Delivery::Retry(format!(
                 "timed out after {}",
-                crate::duration::format(self.timeout)
+                anom_lang::duration::format(self.timeout)
             )),
         }
     }

@@ -16,8 +16,8 @@ pub mod webhook;
 use std::time::Duration;
 
 use crate::alerting::Notification;
-use crate::pipeline::sinks::Secret;
-use crate::pipeline::SinkDef;
+use anom_pipeline::sinks::Secret;
+use anom_pipeline::SinkDef;
 
 /// Outcome of one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 
 use super::render::{self, truncate};
 use super::{http_client, http_delivery, Delivery};
-use crate::alert::{Alert, AlertStatus};
+use crate::alerting::record::{Alert, AlertStatus};
 use crate::alerting::Notification;
-use crate::pipeline::{PagerDutyDef, Severity};
+use anom_pipeline::{PagerDutyDef, Severity};
 
 /// PagerDuty's limits on a summary and a dedup key.
 const SUMMARY_CHARS: usize = 1024;

@@ -1,7 +1,7 @@
 //! Words shared by the sinks that format notifications for people (Slack, email,
 //! PagerDuty): an alert's status, its detection, and text cut to a receiver's limits.
 
-use crate::alert::{Alert, AlertStatus, Detection};
+use crate::alerting::record::{Alert, AlertStatus, Detection};
 
 /// `firing`, `acknowledged by ana` or `resolved`.
 pub fn status(a: &Alert) -> String {

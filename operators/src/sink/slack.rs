@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 
 use super::render::{self, truncate};
 use super::{http_client, http_delivery, Delivery};
-use crate::alert::Alert;
+use crate::alerting::record::Alert;
 use crate::alerting::{GroupStatus, Notification};
-use crate::pipeline::{Severity, SlackDef};
+use anom_pipeline::{Severity, SlackDef};
 
 /// Alerts listed in one message; Slack allows 50 blocks and long messages are unreadable.
 pub const MAX_ALERTS: usize = 10;

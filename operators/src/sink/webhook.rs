@@ -17,7 +17,7 @@ use sha2::Sha256;
 
 use super::{http_client, http_delivery, Delivery};
 use crate::alerting::Notification;
-use crate::pipeline::WebhookDef;
+use anom_pipeline::WebhookDef;
 
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "X-Anom-Signature";

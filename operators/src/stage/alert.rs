@@ -12,23 +12,23 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::alert::{rfc3339_ms, rfc3339_us, Alert, AlertStatus, Detection, Source};
 use crate::alerting::lifecycle::{At, Lifecycle, Timing};
+use crate::alerting::record::{rfc3339_ms, rfc3339_us, Alert, AlertStatus, Detection, Source};
 use crate::alerting::store::{alert_key, kv_subject, Command, ALERTS_BUCKET, COMMAND_HEADER};
-use crate::duration;
-use crate::envelope::{DetectorScore, Envelope};
-use crate::expr::CompiledExpr;
-use crate::metrics::{AlertLabels, Metrics, PipelineLabels};
-use crate::pipeline::template::Context;
-use crate::pipeline::{AlertOn, DetectorSpec, Pipeline, Rule, RuleKind, Severity};
-use crate::rejection::{RejectKind, Rejection};
-use crate::runtime::{Emitter, Input, Stage};
 use crate::stage::validate::partition_of;
-use crate::subjects::INGEST_STREAM;
-use crate::timebase::Timebase;
-use crate::value::Value;
+use anom_lang::duration;
+use anom_lang::expr::CompiledExpr;
+use anom_lang::value::Value;
+use anom_pipeline::envelope::{DetectorScore, Envelope};
+use anom_pipeline::rejection::{RejectKind, Rejection};
+use anom_pipeline::subjects::INGEST_STREAM;
+use anom_pipeline::template::Context;
+use anom_pipeline::{AlertOn, DetectorSpec, Pipeline, Rule, RuleKind, Severity};
+use anom_runtime::metrics::{AlertLabels, Metrics, PipelineLabels};
+use anom_runtime::timebase::Timebase;
+use anom_runtime::{Emitter, Input, Stage};
 
-pub const NAME: &str = "alert";
+pub const NAME: &str = anom_pipeline::unit::names::ALERT;
 
 pub struct AlertStage {
     pipeline: Arc<Pipeline>,
@@ -322,7 +322,7 @@ impl Stage for AlertStage {
         }
         let pipeline = self.pipeline.clone();
         let p = &*pipeline;
-        let env = super::rules::open(p, input.payload)?;
+        let env = Envelope::open(p, input.payload)?;
         let row = alert_row(p, &env);
         let key = env.meta.key.as_str();
         let event_ms = env.meta.event_time;

@@ -1,15 +1,7 @@
-//! The stages of the data plane, and the one registry that builds them for a pipeline.
-//!
-//! ```text
-//! anom.<p>.in ─[validate]→ anom.<p>.valid.<k> ─[window]→ anom.<p>.enriched.<k> ─[score]→ anom.<p>.scored.<k>
-//!   ─[rules]→ anom.<p>.detections.<k> ─[alert]→ anom.<p>.alerts ─[sinks]
-//!      └──────────── refused inputs, with reasons ───────────→ anom.<p>.dlq
-//! ```
-//! Validate also computes the fields UDF plugins derive (`derive:`, UDF calls in conditions,
-//! `kind: udf` detectors), in batches, before anything is partitioned downstream.
-//! The window stage runs only for pipelines with aggregates or absence rules, the score
-//! stage only for pipelines with detectors; each stage reads the output of the last one
-//! before it that runs.
+//! The stages of the data plane, and the one registry that builds them for a pipeline. What
+//! feeds what is the pipeline's [`Topology`]; each stage here only turns its input into its
+//! outputs. Validate also computes the fields UDF plugins derive (`derive:`, UDF calls in
+//! conditions, `kind: udf` detectors), in batches, before anything is partitioned downstream.
 
 pub mod alert;
 pub mod rules;
@@ -20,15 +12,15 @@ pub mod window;
 
 use std::sync::Arc;
 
-use crate::checkpoint::{CheckpointError, StateStore};
-use crate::fence::Fence;
-use crate::metrics::Metrics;
-use crate::model::ModelRegistry;
-use crate::pipeline::Pipeline;
-use crate::runtime::{Binding, SnapshotPolicy, Stage, StateBinding};
-use crate::subjects::INGEST_STREAM;
-use crate::timebase::Timebase;
-use crate::unit::{UnitId, UnitStage};
+use crate::model_registry::ModelRegistry;
+use anom_pipeline::topology::Topology;
+use anom_pipeline::unit::{UnitId, UnitStage};
+use anom_pipeline::Pipeline;
+use anom_runtime::checkpoint::{CheckpointError, StateStore};
+use anom_runtime::fence::Fence;
+use anom_runtime::metrics::Metrics;
+use anom_runtime::timebase::Timebase;
+use anom_runtime::{Binding, SnapshotPolicy, Stage, StateBinding};
 
 /// One stage to run: where it reads, what it is, and where its state lives (keyed stages).
 pub struct Planned {
@@ -42,7 +34,7 @@ pub struct Planned {
 #[derive(Default)]
 pub struct Prior {
     pub snapshots: Option<SnapshotPolicy>,
-    pub alerts: Vec<crate::alert::Alert>,
+    pub alerts: Vec<crate::alerting::record::Alert>,
 }
 
 /// The consumer (and state tree) base name of a unit: `<pipeline>-<stage>[-<partition>]`.
@@ -63,35 +55,18 @@ pub enum BuildError {
     Score(#[from] score::ScoreError),
 }
 
-/// Where the stage of one unit reads (validate, window, score, rules or alert; `None` for
-/// sinks and the unrouted watcher, which the worker runs).
+/// Where the stage of one unit reads, as the pipeline's [`Topology`] says (validate, window,
+/// score, rules or alert; `None` for sinks and the unrouted watcher, which the worker runs).
 pub fn binding(pipeline: &Pipeline, unit: &UnitId, fence: Fence) -> Option<Binding> {
-    let s = &pipeline.subjects;
-    let k = unit.partition;
-    let (score_stream, score_subject) = if pipeline.is_keyed() {
-        (s.enriched_stream.as_str(), s.enriched(k))
-    } else {
-        (s.valid_stream.as_str(), s.valid(k))
-    };
-    let (rules_stream, rules_subject) = if pipeline.has_detectors() {
-        (s.scored_stream.as_str(), s.scored(k))
-    } else {
-        (score_stream, score_subject.clone())
-    };
-    let (stage, stream, filter_subject) = match &unit.stage {
-        UnitStage::Validate => (validate::NAME, INGEST_STREAM, s.input.clone()),
-        UnitStage::Window => (window::NAME, s.valid_stream.as_str(), s.valid(k)),
-        UnitStage::Score => (score::NAME, score_stream, score_subject),
-        UnitStage::Rules => (rules::NAME, rules_stream, rules_subject),
-        UnitStage::Alert => (alert::NAME, s.detections_stream.as_str(), s.detections(k)),
-        UnitStage::Sink(_) | UnitStage::Unrouted => return None,
-    };
+    let input = Topology::of(pipeline)
+        .input(&unit.stage, unit.partition)?
+        .clone();
     Some(Binding {
         pipeline: pipeline.name.clone(),
-        stage,
-        stream: stream.to_string(),
+        stage: unit.stage.name(),
+        stream: input.stream,
         durable: durable_name(unit),
-        filter_subject,
+        filter_subject: input.subject,
         fence,
     })
 }

@@ -7,29 +7,78 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::envelope::{DetectorScore, Envelope, RuleHit, Verdict};
-use crate::pipeline::{AlertOn, Pipeline};
-use crate::rejection::{RejectKind, Rejection};
-use crate::runtime::{Emitter, Input, Stage};
-use crate::value::Value;
+use anom_lang::value::Value;
+use anom_pipeline::envelope::{DetectorScore, Envelope, RuleHit, Verdict};
+use anom_pipeline::rejection::Rejection;
+use anom_pipeline::{AlertOn, Pipeline};
+use anom_runtime::{Emitter, Input, Stage};
 
-pub const NAME: &str = "rules";
+pub const NAME: &str = anom_pipeline::unit::names::RULES;
 
 pub struct Rules {
     pipeline: Arc<Pipeline>,
-    /// Per alert subject (the key and the pipeline's alert labels, hashed): which causes held
-    /// on its last event (bit i: rule i; then one bit per detector). A subject not here is
-    /// unknown (this process just started), so its next event is forwarded in case it ends
-    /// an alert raised before.
-    active: HashMap<u64, u128>,
+    held: Held,
+}
+
+/// Per alert subject (the key and the pipeline's alert labels, hashed): which causes held on
+/// its last event. A subject not here is unknown (this process just started, or it was
+/// forgotten), so its next event is forwarded in case it ends an alert raised before.
+///
+/// Subjects silent for longer than the pipeline's state TTL (in event time) are forgotten,
+/// like the keys of the window and score stages: forgetting one costs at most one forwarded
+/// event, and the map stays bounded by the subjects seen within the TTL.
+struct Held {
+    last: HashMap<u64, Last>,
+    ttl_ms: i64,
+    /// The newest event time seen, and when the map was last swept (event time, ms).
+    newest_ms: i64,
+    swept_ms: i64,
+}
+
+/// What a subject's last event held, and when it happened.
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    /// Bit i: rule i; then one bit per detector (see [`active_causes`]).
+    causes: u128,
+    event_ms: i64,
+}
+
+/// How often (in event time) subjects past the TTL are swept.
+const SWEEP_EVERY_MS: i64 = 10_000;
+
+impl Held {
+    /// Records what `subject` holds now and returns what it held on its last event.
+    fn remember(&mut self, subject: u64, causes: u128, event_ms: i64) -> Option<u128> {
+        self.newest_ms = self.newest_ms.max(event_ms);
+        if self.swept_ms == i64::MIN {
+            self.swept_ms = self.newest_ms;
+        } else if self.newest_ms.saturating_sub(self.swept_ms) >= SWEEP_EVERY_MS {
+            self.swept_ms = self.newest_ms;
+            let horizon = self.newest_ms.saturating_sub(self.ttl_ms);
+            self.last.retain(|_, l| l.event_ms >= horizon);
+        }
+        self.last
+            .insert(subject, Last { causes, event_ms })
+            .map(|l| l.causes)
+    }
 }
 
 impl Rules {
     pub fn new(pipeline: Arc<Pipeline>) -> Rules {
         Rules {
+            held: Held {
+                last: HashMap::new(),
+                ttl_ms: i64::try_from(pipeline.state.ttl.as_millis()).unwrap_or(i64::MAX),
+                newest_ms: i64::MIN,
+                swept_ms: i64::MIN,
+            },
             pipeline,
-            active: HashMap::new(),
         }
+    }
+
+    /// How many subjects are remembered (for tests and metrics).
+    pub fn subjects(&self) -> usize {
+        self.held.last.len()
     }
 }
 
@@ -78,27 +127,10 @@ fn subject(p: &Pipeline, key: &str, data: &[Value]) -> u64 {
     h.digest()
 }
 
-/// Decodes an envelope this pipeline version can read; its `data` is typed per the schema.
-pub fn open(pipeline: &Pipeline, payload: &[u8]) -> Result<Envelope, Rejection> {
-    let mut env = Envelope::decode(payload)
-        .map_err(|e| Rejection::new(RejectKind::Envelope, e.to_string()))?;
-    if env.meta.version != pipeline.version {
-        return Err(Rejection::new(
-            RejectKind::Envelope,
-            format!(
-                "envelope was validated by version {} of pipeline `{}`, this worker runs version {}",
-                env.meta.version, pipeline.name, pipeline.version
-            ),
-        ));
-    }
-    pipeline.schema.retype(&mut env.data);
-    Ok(env)
-}
-
 impl Stage for Rules {
     fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
         let p = &*self.pipeline;
-        let mut env = open(p, input.payload)?;
+        let mut env = Envelope::open(p, input.payload)?;
         // Rules see one row: the event's fields, its key's aggregates, then the detectors'
         // scores (null for a detector that did not score it; see RowScope).
         let mut row = std::mem::take(&mut env.data);
@@ -125,9 +157,8 @@ impl Stage for Rules {
         env.data = row;
         env.analysis.verdict = decide(p, &env);
         let holds = active_causes(p, &env);
-        let before = self
-            .active
-            .insert(subject(p, &env.meta.key, &env.data), holds);
+        let subject = subject(p, &env.meta.key, &env.data);
+        let before = self.held.remember(subject, holds, env.meta.event_time);
         let ends_something = before.is_none_or(|b| b & !holds != 0);
         if env.analysis.verdict.is_some() || ends_something {
             out.emit(
@@ -245,6 +276,126 @@ alerts:
                 ("a", 50.0, "us"), // ends the us one
             ]),
             [true, false, true, true, true, false, true, false, true]
+        );
+    }
+
+    #[test]
+    fn subjects_silent_past_the_ttl_are_forgotten() {
+        let p = Pipeline::from_yaml(&format!("{YAML}state: {{ ttl: 1m }}\n")).unwrap();
+        let mut rules = Rules::new(Arc::new(p));
+        // A new subject every second of event time for 1,000 s.
+        for i in 0..1_000u64 {
+            rules.held.remember(i, 0, i as i64 * 1_000);
+        }
+        // Those within the TTL of the newest event stay, give or take one sweep interval.
+        let kept = rules.subjects();
+        assert!((60..=71).contains(&kept), "{kept} subjects kept");
+        // A forgotten subject is unknown again (its next event is forwarded); a recent one
+        // still knows what it held.
+        assert_eq!(rules.held.remember(0, 0, 1_000_000), None);
+        assert_eq!(rules.held.remember(999, 1, 1_000_000), Some(0));
+    }
+
+    // The detectors fixture of the pipeline crate's tests.
+    const HOSTS: &str = r#"
+name: hosts
+key: host
+schema:
+  host: { type: string, required: true }
+  latencyMs: float
+  cpu: float
+  region: string
+aggregates:
+  avg_latency_1h: avg(latencyMs) over 1h
+detectors:
+  - name: latency_unusual
+    kind: robust_zscore
+    field: latencyMs
+  - name: combo
+    kind: half_space_trees
+    features: [cpu, avg_latency_1h]
+    threshold: 0.95
+    severity: critical
+  - name: model
+    kind: onnx
+    model: models/m.onnx
+    features: [cpu, latencyMs]
+    output: label_score
+rules:
+  - name: unusual_and_slow
+    when: latency_unusual > 0.9 and latencyMs > 500
+"#;
+
+    #[test]
+    fn the_decision_step_follows_alert_on() {
+        use anom_pipeline::envelope::{
+            Analysis, DetectorScore, Envelope, Meta, RuleHit, ENVELOPE_VERSION,
+        };
+        use anom_pipeline::Severity;
+        let env = |hit: bool, flagged: bool| Envelope {
+            v: ENVELOPE_VERSION,
+            meta: Meta {
+                pipeline: "hosts".into(),
+                version: String::new(),
+                key: "h".into(),
+                partition: 0,
+                event_time: 0,
+                ingest_time_us: 0,
+                origin_seq: 1,
+                origin_index: 0,
+            },
+            data: vec![],
+            analysis: Analysis {
+                hits: if hit {
+                    vec![RuleHit {
+                        rule: 0,
+                        name: "unusual_and_slow".into(),
+                    }]
+                } else {
+                    vec![]
+                },
+                scores: vec![DetectorScore {
+                    detector: 1,
+                    score: if flagged { 0.99 } else { 0.2 },
+                    flagged,
+                    explanation: if flagged {
+                        "odd combination".into()
+                    } else {
+                        String::new()
+                    },
+                    contributions: vec![],
+                }],
+                ..Analysis::default()
+            },
+            enrichment: vec![],
+        };
+        let cases = [
+            ("any", [false, true, true, true]),
+            ("rules", [false, false, true, true]),
+            ("detectors", [false, true, false, true]),
+            ("both", [false, false, false, true]),
+        ];
+        for (mode, expected) in cases {
+            let p =
+                Pipeline::from_yaml(&format!("{HOSTS}decision: {{ alert_on: {mode} }}\n")).unwrap();
+            let got: Vec<bool> = [(false, false), (false, true), (true, false), (true, true)]
+                .iter()
+                .map(|&(hit, flagged)| decide(&p, &env(hit, flagged)).is_some())
+                .collect();
+            assert_eq!(got, expected, "alert_on: {mode}");
+        }
+        // Severity is the highest among the causes that alert; the explanation names them all.
+        let p = Pipeline::from_yaml(HOSTS).unwrap();
+        let v = decide(&p, &env(true, true)).unwrap();
+        assert_eq!(v.severity, Severity::Critical);
+        assert_eq!(
+            v.explanation,
+            "rule unusual_and_slow (`latency_unusual > 0.9 and latencyMs > 500`); combo (half_space_trees): odd combination"
+        );
+        let p = Pipeline::from_yaml(&format!("{HOSTS}decision: {{ alert_on: rules }}\n")).unwrap();
+        assert_eq!(
+            decide(&p, &env(true, true)).unwrap().severity,
+            Severity::Warning
         );
     }
 }

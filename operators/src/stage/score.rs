@@ -1,7 +1,7 @@
 //! score: runs the pipeline's detectors on every event, between window and rules.
 //!
-//! Built-in detectors keep per-key statistics (`crate::detector`), held in memory and
-//! checkpointed to sled like the window stage's aggregates; ONNX models (`crate::model`) are
+//! Built-in detectors keep per-key statistics (`anom_ml::detector`), held in memory and
+//! checkpointed to sled like the window stage's aggregates; ONNX models (`anom_ml::model`) are
 //! run once per batch over every event that needs them. Each event leaves with one
 //! [`DetectorScore`] per detector that scored it; the rules stage decides what alerts.
 
@@ -13,17 +13,17 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointError, StateDelta, StateStore, KEY_PREFIX, META_KEY};
-use crate::detector::{self, Reading};
-use crate::envelope::{DetectorScore, Envelope};
-use crate::metrics::{DetectorLabels, Metrics};
-use crate::model::{ModelRegistry, ModelScore, ScoringError, WatchedModel};
-use crate::pipeline::{DetectorKind, DetectorSpec, Pipeline};
-use crate::rejection::{RejectKind, Rejection};
-use crate::runtime::{Emitter, Held, Input, Stage};
-use crate::value::Value;
+use crate::model_registry::{ModelRegistry, ModelScore, ScoringError, WatchedModel};
+use anom_lang::value::Value;
+use anom_ml::detector::{self, Reading};
+use anom_pipeline::envelope::{DetectorScore, Envelope};
+use anom_pipeline::rejection::{RejectKind, Rejection};
+use anom_pipeline::{DetectorKind, DetectorSpec, Pipeline};
+use anom_runtime::checkpoint::{CheckpointError, StateDelta, StateStore, KEY_PREFIX, META_KEY};
+use anom_runtime::metrics::{DetectorLabels, Metrics};
+use anom_runtime::{Emitter, Held, Input, Stage};
 
-pub const NAME: &str = "score";
+pub const NAME: &str = anom_pipeline::unit::names::SCORE;
 
 /// Everything kept for one key: one state per built-in detector (by detector index; `None`
 /// for models).
@@ -389,7 +389,7 @@ impl ScoreStage {
 /// its typical value, as shares of the total (inputs that lowered it count as zero).
 fn contributions_of(
     model: &WatchedModel,
-    meaning: &crate::pipeline::ModelRef,
+    meaning: &anom_pipeline::ModelRef,
     spec: &DetectorSpec,
     features: &[f32],
     typical: &[RunningMean],
@@ -411,8 +411,8 @@ fn contributions_of(
         .iter()
         .map(|s| {
             let drop = match spec.anomalous {
-                crate::pipeline::Direction::Above => score - s.score,
-                crate::pipeline::Direction::Below => s.score - score,
+                anom_pipeline::Direction::Above => score - s.score,
+                anom_pipeline::Direction::Below => s.score - score,
             };
             drop.max(0.0)
         })
@@ -452,8 +452,8 @@ fn explain_model(
             spec.name,
             detector::num(s.score),
             match spec.anomalous {
-                crate::pipeline::Direction::Above => "threshold",
-                crate::pipeline::Direction::Below => "at or below",
+                anom_pipeline::Direction::Above => "threshold",
+                anom_pipeline::Direction::Below => "at or below",
             },
             detector::num(spec.threshold)
         ),
@@ -512,7 +512,7 @@ impl Stage for ScoreStage {
     fn process(&mut self, input: &Input<'_>, _out: &mut Emitter) -> Result<(), Rejection> {
         self.touched = true;
         let p = self.pipeline.clone();
-        let mut env = super::rules::open(&p, input.payload)?;
+        let mut env = Envelope::open(&p, input.payload)?;
         let t = env.meta.event_time;
         self.meta.max_event_ms = self.meta.max_event_ms.max(t);
         // Detectors read one row: the event's fields, then its key's aggregates.

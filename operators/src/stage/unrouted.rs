@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
-use crate::rejection::{RejectKind, Rejection};
-use crate::runtime::{run_stage, Binding, Emitter, Input, Runtime, Stage};
-use crate::subjects::{input_subject, pipeline_of, INGEST_STREAM, INGEST_SUBJECTS};
+use anom_pipeline::rejection::{RejectKind, Rejection};
+use anom_pipeline::subjects::{input_subject, pipeline_of, INGEST_STREAM, INGEST_SUBJECTS};
+use anom_runtime::metrics::Metrics;
+use anom_runtime::{run_stage, Binding, Emitter, Input, Runtime, Stage};
 
 pub const NAME: &str = "ingest";
 
@@ -30,7 +30,7 @@ impl Stage for Unrouted {
                 "no pipeline named `{}` is loaded (loaded: {}){}",
                 self.name,
                 known.join(", "),
-                crate::suggest::did_you_mean(&self.name, known.iter().copied())
+                anom_lang::suggest::did_you_mean(&self.name, known.iter().copied())
             ),
         );
         out.reject(input, &self.name, input.payload, 0, None, &rejection);
@@ -48,7 +48,7 @@ pub async fn watch(
     known: Vec<String>,
     metrics: Arc<Metrics>,
     every: Duration,
-    fence: crate::fence::Fence,
+    fence: anom_runtime::fence::Fence,
 ) {
     let mut watched: HashSet<String> = HashSet::new();
     let mut tasks = Vec::new();

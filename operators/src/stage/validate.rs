@@ -1,7 +1,7 @@
 //! validate: raw events → typed rows in envelopes, routed to their key's partition.
 //! Anything that does not fit the schema goes to the dead-letter subject with its reason.
 //!
-//! A pipeline with derived fields (UDFs, see [`crate::udf`]) holds its valid events until the
+//! A pipeline with derived fields (UDFs, see [`anom_udf`]) holds its valid events until the
 //! end of the batch, computes each derived field with one plugin call for all of them, and
 //! dead-letters the events a UDF failed on.
 
@@ -10,15 +10,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::envelope::{Analysis, Envelope, Meta, ENVELOPE_VERSION};
-use crate::event::{self, Decoded};
-use crate::pipeline::Pipeline;
-use crate::rejection::{RejectKind, Rejection};
-use crate::runtime::{Emitter, Input, Stage};
-use crate::subjects::headers;
-use crate::value::Value;
+use anom_lang::value::Value;
+use anom_pipeline::envelope::{Analysis, Envelope, Meta, ENVELOPE_VERSION};
+use anom_pipeline::event::{self, Decoded};
+use anom_pipeline::rejection::{RejectKind, Rejection};
+use anom_pipeline::subjects::headers;
+use anom_pipeline::Pipeline;
+use anom_runtime::{Emitter, Input, Stage};
 
-pub const NAME: &str = "validate";
+pub const NAME: &str = anom_pipeline::unit::names::VALIDATE;
 
 pub struct Validate {
     pipeline: Arc<Pipeline>,
@@ -75,10 +75,10 @@ impl Validate {
                 .iter()
                 .zip(&d.udf.args)
                 .map(|(&a, &ty)| {
-                    crate::udf::batch::column(ty, alive.iter().map(|&i| &pending[i].env.data[a]))
+                    anom_udf::batch::column(ty, alive.iter().map(|&i| &pending[i].env.data[a]))
                 })
                 .collect();
-            let results = crate::udf::run(&d.udf, &columns, alive.len());
+            let results = anom_udf::run(&d.udf, &columns, alive.len());
             for (&i, result) in alive.iter().zip(results) {
                 let reason = match result {
                     Ok(Value::Float(x)) if d.score && !(0.0..=1.0).contains(&x) => format!(
@@ -246,8 +246,8 @@ impl Stage for Validate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Output;
-    use crate::subjects::headers;
+    use anom_pipeline::subjects::headers;
+    use anom_runtime::Output;
 
     fn pipeline(extra: &str) -> Arc<Pipeline> {
         Arc::new(
@@ -370,7 +370,7 @@ mod tests {
 
     #[test]
     fn derived_fields_are_computed_per_batch_and_an_event_a_udf_fails_on_is_dead_lettered() {
-        let lib = crate::udf::plugins::plugin("route_id");
+        let lib = anom_testkit::plugins::plugin("route_id");
         let p = Arc::new(
             Pipeline::from_yaml(&format!(
                 "name: t\nkey: user\nschema:\n  user: string\n  file: string\nudfs:\n  - {{ name: route_id, library: {}, args: [string], returns: string }}\nderive:\n  route: route_id(file)\n",

@@ -3,7 +3,7 @@
 //! silent and resolve when it speaks again. Events later than the allowed lateness go to the
 //! pipeline's late subject, counted, and do not touch the state.
 //!
-//! State lives in memory for speed and is checkpointed to sled (`crate::checkpoint`): the
+//! State lives in memory for speed and is checkpointed to sled (`anom_runtime::checkpoint`): the
 //! keys changed since the previous checkpoint, committed with the source sequence, so a
 //! restart restores exactly the state that matches the redelivered inputs.
 
@@ -15,17 +15,17 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::AggState;
-use crate::checkpoint::{CheckpointError, StateDelta, StateStore, KEY_PREFIX, META_KEY};
-use crate::envelope::{AbsenceNote, Analysis, Envelope, Meta, RuleHit, ENVELOPE_VERSION};
-use crate::pipeline::{Clock, Pipeline, RuleKind};
-use crate::rejection::Rejection;
-use crate::runtime::{Emitter, Input, Stage};
-use crate::subjects::headers;
-use crate::timebase::Timebase;
-use crate::value::Value;
+use anom_lang::aggregate::AggState;
+use anom_lang::value::Value;
+use anom_pipeline::envelope::{AbsenceNote, Analysis, Envelope, Meta, RuleHit, ENVELOPE_VERSION};
+use anom_pipeline::rejection::Rejection;
+use anom_pipeline::subjects::headers;
+use anom_pipeline::{Clock, Pipeline, RuleKind};
+use anom_runtime::checkpoint::{CheckpointError, StateDelta, StateStore, KEY_PREFIX, META_KEY};
+use anom_runtime::timebase::Timebase;
+use anom_runtime::{Emitter, Input, Stage};
 
-pub const NAME: &str = "window";
+pub const NAME: &str = anom_pipeline::unit::names::WINDOW;
 
 /// Everything kept for one key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -250,10 +250,10 @@ impl WindowStage {
             headers::REASON,
             format!(
                 "event time {} is {} behind the partition's newest event {}; allowed lateness is {}",
-                crate::alert::rfc3339_ms(env.meta.event_time),
-                crate::duration::format(std::time::Duration::from_millis(behind.max(0) as u64)),
-                crate::alert::rfc3339_ms(self.max_event_ms),
-                crate::duration::format(self.pipeline.allowed_lateness),
+                crate::alerting::record::rfc3339_ms(env.meta.event_time),
+                anom_lang::duration::format(std::time::Duration::from_millis(behind.max(0) as u64)),
+                crate::alerting::record::rfc3339_ms(self.max_event_ms),
+                anom_lang::duration::format(self.pipeline.allowed_lateness),
             )
             .as_str(),
         );
@@ -392,7 +392,7 @@ impl Stage for WindowStage {
     fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
         // Even a late or refused input must be covered by a checkpoint to be acked.
         self.touched = true;
-        let mut env = super::rules::open(&self.pipeline, input.payload)?;
+        let mut env = Envelope::open(&self.pipeline, input.payload)?;
         let t = env.meta.event_time;
         if self.max_event_ms != i64::MIN && t < self.max_event_ms.saturating_sub(self.lateness_ms) {
             self.late_event(input, &env, out);
@@ -581,7 +581,7 @@ mod tests {
         key: &str,
         at: i64,
         seq: u64,
-    ) -> Vec<crate::runtime::Output> {
+    ) -> Vec<anom_runtime::Output> {
         let payload = envelope(p, key, at, seq);
         let input = Input {
             subject: "anom.t.valid.0",

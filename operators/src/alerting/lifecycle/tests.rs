@@ -1,6 +1,6 @@
 use super::*;
-use crate::alert::{Source, Tracking};
-use crate::pipeline::Severity;
+use crate::alerting::record::{Source, Tracking};
+use anom_pipeline::Severity;
 
 fn detection(id: &str, explanation: &str) -> Alert {
     Alert {

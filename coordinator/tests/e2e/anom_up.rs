@@ -1,0 +1,97 @@
+//! `anom up --demo` as a new user runs it: a local nats-server, the example pipelines, sample
+//! events flowing, alerts printed; Ctrl-C stops it cleanly.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_c() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_anom"))
+        .current_dir(crate::support::repo_root())
+        .args([
+            "up",
+            "--demo",
+            "--demo-rate",
+            "500",
+            "--nats-port",
+            "0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--exit-after",
+            "120s",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("ANOM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("anom up starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let pipelines: BTreeSet<String> = ["routes", "expenses", "iot", "payments", "hosts"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut alerted = BTreeSet::new();
+    let mut banner = String::new();
+    let seen = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(rest) = line.strip_prefix("ALERT ") {
+                // "<time> [<severity>] <pipeline>/<rule> <key>: <message>"
+                if let Some(p) = rest
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|s| s.split('/').next())
+                {
+                    alerted.insert(p.to_string());
+                }
+            }
+            if alerted == pipelines {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        seen,
+        "alerts from every example pipeline; saw {alerted:?}\n{banner}"
+    );
+    assert!(banner.contains("publish to anom.routes.in"), "{banner}");
+    assert!(banner.contains("alerts on anom.routes.alerts"), "{banner}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "anom up stops within 30 s of Ctrl-C; it printed:\n{rest}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit on Ctrl-C: {status:?}");
+    assert!(rest.contains("Anom stopped."), "{rest}");
+}

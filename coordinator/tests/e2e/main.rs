@@ -1,0 +1,18 @@
+//! The coordinator's end-to-end tests, one binary: each module starts what it needs (a real
+//! nats-server on a free loopback port, workers, coordinators, receivers) with temporary
+//! storage.
+
+mod alerting_e2e;
+mod alerts_api;
+mod anom_up;
+mod backtests;
+mod cli;
+mod control_plane;
+mod crash_recovery;
+mod detectors_e2e;
+mod keyed_e2e;
+mod multi_node;
+mod pipeline_e2e;
+mod prometheus;
+mod support;
+mod udf_e2e;
