@@ -204,7 +204,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let onnx = forest.to_onnx(
+    let onnx = export(
+        &forest,
         &args.features,
         &format!("anom train --pipeline {}", pipeline.name),
     )?;
@@ -312,6 +313,19 @@ fn with_detector(
         None => list.push(entry),
     }
     Ok(serde_norway::to_string(&doc)?)
+}
+
+/// The forest as an ONNX model file.
+#[cfg(feature = "onnx")]
+fn export(forest: &IsolationForest, features: &[String], note: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(forest.to_onnx(features, note)?)
+}
+
+#[cfg(not(feature = "onnx"))]
+fn export(_: &IsolationForest, _: &[String], _: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::bail!(
+        "anom train writes an ONNX model: this build of anom has no `onnx` feature (on by default)"
+    )
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 use super::*;
 use anom_lang::value::Value;
+use anom_testkit::fixtures::HOSTS;
 
 const ROUTES: &str = r#"
 name: routes
@@ -577,35 +578,6 @@ fn an_inline_aggregate_is_named_by_its_text_in_messages() {
         vec!["p.yaml:15:31: rules[0].when: column 21: cannot compare `sum(amount) over 1d` (float) with 'x' (string)".to_string()]
     );
 }
-
-const HOSTS: &str = r#"
-name: hosts
-key: host
-schema:
-  host: { type: string, required: true }
-  latencyMs: float
-  cpu: float
-  region: string
-aggregates:
-  avg_latency_1h: avg(latencyMs) over 1h
-detectors:
-  - name: latency_unusual
-    kind: robust_zscore
-    field: latencyMs
-  - name: combo
-    kind: half_space_trees
-    features: [cpu, avg_latency_1h]
-    threshold: 0.95
-    severity: critical
-  - name: model
-    kind: onnx
-    model: models/m.onnx
-    features: [cpu, latencyMs]
-    output: label_score
-rules:
-  - name: unusual_and_slow
-    when: latency_unusual > 0.9 and latencyMs > 500
-"#;
 
 #[test]
 fn detectors_compile_and_their_scores_follow_the_aggregates_in_rows() {

@@ -70,15 +70,12 @@ impl Validate {
             if alive.is_empty() {
                 break;
             }
-            let columns: Vec<_> = d
+            let rows: &[Pending] = pending;
+            let args = d
                 .args
                 .iter()
-                .zip(&d.udf.args)
-                .map(|(&a, &ty)| {
-                    anom_udf::batch::column(ty, alive.iter().map(|&i| &pending[i].env.data[a]))
-                })
-                .collect();
-            let results = anom_udf::run(&d.udf, &columns, alive.len());
+                .map(|&a| alive.iter().map(move |&i| &rows[i].env.data[a]));
+            let results = anom_udf::apply(&d.udf, args, alive.len());
             for (&i, result) in alive.iter().zip(results) {
                 let reason = match result {
                     Ok(Value::Float(x)) if d.score && !(0.0..=1.0).contains(&x) => format!(

@@ -1,9 +1,10 @@
 //! What Anom's tests share: a JetStream [`cluster`] of real nats-servers, a real HTTP
 //! [`receiver`], a real [`smtp`] server, the example UDF [`plugins`] built on demand, reading
-//! [`stream`]s back, and [`wait`]ing without timed assertions. A dev-dependency only: nothing
-//! here ships in a library or binary.
+//! [`stream`]s back, [`wait`]ing without timed assertions, and shared [`fixtures`]. A
+//! dev-dependency only: nothing here ships in a library or binary.
 
 pub mod cluster;
+pub mod fixtures;
 pub mod plugins;
 pub mod receiver;
 pub mod smtp;

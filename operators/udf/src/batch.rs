@@ -8,19 +8,9 @@ use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{make_array, Array, ArrayRef};
 use arrow_data::ArrayData;
 
-use super::library::{CallError, Udf};
 use super::UdfType;
+use super::{RowFailure, Udf};
 use anom_lang::value::Value;
-
-/// Why one row got no value.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RowFailure {
-    /// The call failed for this row alone (a panic in the function, a malformed result).
-    #[error("udf `{udf}` {error}")]
-    Call { udf: String, error: CallError },
-    #[error("udf `{udf}` returned null")]
-    Null { udf: String },
-}
 
 /// One column of `ty` from `values`. A value of another type is passed as null (the pipeline
 /// checked the argument types when it loaded, so this only happens to nulls).

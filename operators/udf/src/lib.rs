@@ -11,15 +11,102 @@
 //! conditions and as `kind: udf` detectors; all three become derived fields computed by the
 //! validate stage, in batches (see `pipeline::udfs`).
 
+#[cfg(feature = "plugins")]
 pub mod batch;
+#[cfg(feature = "plugins")]
 pub mod library;
 
 use std::fmt;
+use std::sync::Arc;
 
+use anom_lang::value::Value;
+#[cfg(feature = "plugins")]
 use arrow_schema::DataType;
 
-pub use batch::{run, RowFailure};
-pub use library::{Udf, UdfLibrary};
+#[cfg(feature = "plugins")]
+pub use batch::run;
+#[cfg(feature = "plugins")]
+pub use library::UdfLibrary;
+
+/// A declared UDF resolved to its library, its signature checked: what the hot path calls.
+#[derive(Debug, Clone)]
+pub struct Udf {
+    pub name: String,
+    pub args: Vec<UdfType>,
+    pub returns: UdfType,
+    pub library: Arc<UdfLibrary>,
+}
+
+/// Without the `plugins` feature no library can be loaded, so a [`Udf`] never exists.
+#[cfg(not(feature = "plugins"))]
+#[derive(Debug)]
+pub struct UdfLibrary {
+    never: std::convert::Infallible,
+}
+
+#[cfg(not(feature = "plugins"))]
+impl Udf {
+    /// This build cannot load plugins: every declared UDF is refused, saying why.
+    pub fn load(
+        _name: &str,
+        _path: &std::path::Path,
+        _args: &[UdfType],
+        _returns: UdfType,
+    ) -> Result<Udf, UdfError> {
+        Err(UdfError::NotBuilt)
+    }
+}
+
+/// Calls `udf` on `rows` rows: `args` holds, per argument in the UDF's order, that argument's
+/// value in every row. One outcome per row (see [`batch::run`] for how failures are split).
+pub fn apply<'a, I>(
+    udf: &Udf,
+    args: impl IntoIterator<Item = I>,
+    rows: usize,
+) -> Vec<Result<Value, RowFailure>>
+where
+    I: ExactSizeIterator<Item = &'a Value>,
+{
+    #[cfg(feature = "plugins")]
+    {
+        let columns: Vec<_> = udf
+            .args
+            .iter()
+            .zip(args)
+            .map(|(&ty, values)| batch::column(ty, values))
+            .collect();
+        run(udf, &columns, rows)
+    }
+    #[cfg(not(feature = "plugins"))]
+    {
+        let _ = (args, rows);
+        match udf.library.never {}
+    }
+}
+
+/// Why one row got no value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RowFailure {
+    /// The call failed for this row alone (a panic in the function, a malformed result).
+    #[error("udf `{udf}` {error}")]
+    Call { udf: String, error: CallError },
+    #[error("udf `{udf}` returned null")]
+    Null { udf: String },
+}
+
+/// Why one call failed as a whole.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// The function panicked (the plugin caught it and returned `RunResult::Err`).
+    #[error("panicked")]
+    Panicked,
+    #[error("returned an array that cannot be imported: {0}")]
+    Import(String),
+    #[error("returned {found} rows for {expected}")]
+    Rows { expected: usize, found: usize },
+    #[error("returned {found} instead of {expected}")]
+    Type { expected: String, found: String },
+}
 
 /// The types a UDF's arguments and result can have, named as the pipeline's field types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -47,6 +134,7 @@ impl UdfType {
         }
     }
 
+    #[cfg(feature = "plugins")]
     pub fn arrow(self) -> DataType {
         match self {
             UdfType::String => DataType::Utf8,
@@ -56,6 +144,7 @@ impl UdfType {
         }
     }
 
+    #[cfg(feature = "plugins")]
     pub fn from_arrow(t: &DataType) -> Option<UdfType> {
         UdfType::ALL.into_iter().find(|u| u.arrow() == *t)
     }
@@ -96,6 +185,8 @@ pub fn show_args(args: &[UdfType]) -> String {
 /// Why a plugin cannot be used as declared: reported as a definition error at load time.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum UdfError {
+    #[error("this build of Anom cannot load UDF plugins: it was built without the `udf` feature (on by default)")]
+    NotBuilt,
     #[error("library {path} not found")]
     NotFound { path: String },
     #[error("library {path} cannot be loaded: {reason}")]
@@ -113,5 +204,5 @@ pub enum UdfError {
     },
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "plugins"))]
 mod tests;

@@ -28,7 +28,7 @@ use arrow_array::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::{new_empty_array, new_null_array, Array};
 use arrow_data::ArrayData;
 
-use super::{show_args, UdfError, UdfType};
+use super::{show_args, CallError, Udf, UdfError, UdfType};
 
 /// One argument or result across the C data interface (`arroyo_udf_common::FfiArraySchema`).
 #[repr(C)]
@@ -74,20 +74,6 @@ impl fmt::Debug for UdfLibrary {
 /// pipelines (or versions of one) use it.
 static LOADED: LazyLock<Mutex<HashMap<PathBuf, Arc<UdfLibrary>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// Why one call failed as a whole.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum CallError {
-    /// The function panicked (the plugin caught it and returned `RunResult::Err`).
-    #[error("panicked")]
-    Panicked,
-    #[error("returned an array that cannot be imported: {0}")]
-    Import(String),
-    #[error("returned {found} rows for {expected}")]
-    Rows { expected: usize, found: usize },
-    #[error("returned {found} instead of {expected}")]
-    Type { expected: String, found: String },
-}
 
 impl UdfLibrary {
     /// Opens the plugin at `path` (once per process) and finds its entry point.
@@ -149,15 +135,6 @@ impl UdfLibrary {
             }
         }
     }
-}
-
-/// A declared UDF resolved to its library, its signature checked: what the hot path calls.
-#[derive(Debug, Clone)]
-pub struct Udf {
-    pub name: String,
-    pub args: Vec<UdfType>,
-    pub returns: UdfType,
-    pub library: Arc<UdfLibrary>,
 }
 
 impl Udf {

@@ -7,6 +7,7 @@
 
 mod card;
 mod isolation;
+#[cfg(feature = "onnx")]
 mod onnx;
 
 pub use card::{
@@ -14,7 +15,11 @@ pub use card::{
     ScoreDistribution, HISTOGRAM_BINS,
 };
 pub use isolation::{ForestError, ForestParams, IsolationForest};
-pub use onnx::{INPUT_NAME, OUTPUT_NAME};
 
-#[cfg(test)]
+/// Name of the exported graph's input: float [N, n_features].
+pub const INPUT_NAME: &str = "features";
+/// Name of the exported graph's output: float [N, 1], the anomaly score.
+pub const OUTPUT_NAME: &str = "score";
+
+#[cfg(all(test, feature = "onnx"))]
 mod tests;

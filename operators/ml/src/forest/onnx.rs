@@ -1,4 +1,5 @@
-//! Export as a standard ONNX-ML graph: TreeEnsembleRegressor → Mul → Pow.
+//! Export as a standard ONNX-ML graph: TreeEnsembleRegressor → Mul → Pow. Compiled with
+//! the `onnx` feature (on by default).
 
 use prost::Message;
 use tract_onnx::pb::attribute_proto::AttributeType;
@@ -11,10 +12,7 @@ use tract_onnx::pb::{
 
 use super::isolation::{ForestError, IsolationForest};
 
-/// Name of the graph's input: float [N, n_features].
-pub const INPUT_NAME: &str = "features";
-/// Name of the graph's output: float [N, 1], the anomaly score.
-pub const OUTPUT_NAME: &str = "score";
+use super::{INPUT_NAME, OUTPUT_NAME};
 
 const ML_DOMAIN: &str = "ai.onnx.ml";
 
