@@ -15,6 +15,7 @@ use anom_operators::alerting::record::Alert;
 use anom_operators::alerting::store::{self, Action, Buckets, Command, ALERTS_BUCKET};
 use anom_operators::alerting::Silence;
 use anom_pipeline::Pipeline;
+use anom_runtime::timebase::wall_ms;
 
 const SVC: &str = r#"
 name: svc
@@ -45,10 +46,6 @@ fn host(name: &str, cpu: f64, errors: i64) -> serde_json::Value {
 
 fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
-}
-
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
 }
 
 async fn put_silence(buckets: &Buckets, s: &Silence) {
@@ -98,11 +95,11 @@ async fn silences_and_inhibitions_hold_back_exactly_what_they_match() {
         id: "maintenance-h1".into(),
         pipeline: "svc".into(),
         matchers: vec!["rule=cpu_high".parse().unwrap(), "key=h1".parse().unwrap()],
-        starts_at: rfc3339(now_ms() - 60_000),
-        ends_at: rfc3339(now_ms() + 3_600_000),
+        starts_at: rfc3339(wall_ms() - 60_000),
+        ends_at: rfc3339(wall_ms() + 3_600_000),
         created_by: "ana".into(),
         comment: "kernel upgrade".into(),
-        created_at: rfc3339(now_ms()),
+        created_at: rfc3339(wall_ms()),
     };
     put_silence(&buckets, &silence).await;
     let events = [
@@ -127,7 +124,7 @@ async fn silences_and_inhibitions_hold_back_exactly_what_they_match() {
     assert_eq!(on_nats.len(), 4, "muted alerts still fire and are listed");
 
     // The silence ends: h1 is news for its group.
-    silence.ends_at = rfc3339(now_ms());
+    silence.ends_at = rfc3339(wall_ms());
     put_silence(&buckets, &silence).await;
     assert!(receiver.wait_for_ids(3, Duration::from_secs(20)).await);
     // h3's errors end: its critical alert resolves, and its cpu alert is no longer muted.
@@ -184,9 +181,9 @@ async fn an_alert_stage_starts_from_the_newest_state_even_when_an_older_write_la
             "id": id, "pipeline": "svc", "pipeline_version": pipeline.version,
             "rule": "cpu_high", "severity": "warning", "status": "firing", "key": "h1",
             "message": "m", "explanation": "e", "event_time": "", "ingest_time": "",
-            "raised_at": rfc3339(now_ms()), "labels": labels, "event": {},
+            "raised_at": rfc3339(wall_ms()), "labels": labels, "event": {},
             "source": {"stream": "ANOM_INGEST", "sequence": 1, "index": 0},
-            "starts_at": rfc3339(now_ms()), "updated_at": rfc3339(now_ms()),
+            "starts_at": rfc3339(wall_ms()), "updated_at": rfc3339(wall_ms()),
             "count": count, "version": version, "tracking": {"started": 0, "applied": 0},
         });
         buckets

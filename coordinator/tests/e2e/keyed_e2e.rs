@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::support::{
     alerts, publish_events as publish, read_stream, repo_root, start_worker, wait_for, Env,
 };
+use anom_runtime::timebase::wall_ms;
 
 /// Waits (up to 20 s) until `stream` holds at least `n` alerts.
 async fn alerts_reach(js: &async_nats::jetstream::Context, stream: &str, n: usize) -> bool {
@@ -198,17 +199,13 @@ fn feed(route: &str, at_ms: i64) -> serde_json::Value {
     serde_json::json!({"route": route, "at": jiff::Timestamp::from_millisecond(at_ms).unwrap().to_string()})
 }
 
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absence_fires_once_per_gap_for_declared_and_seen_keys_and_resolves_when_data_returns() {
     let env = Env::start().await;
     let dir = env.pipeline_dir("feeds", SILENCE);
     let worker = start_worker(&env, &dir).await;
     let js = env.js().await;
-    publish(&js, "anom.feeds.in", &[feed("SFTP-BANK-B", now_ms())]).await;
+    publish(&js, "anom.feeds.in", &[feed("SFTP-BANK-B", wall_ms())]).await;
 
     // Both keys go silent: the declared one never spoke, the other spoke once.
     assert!(
@@ -235,7 +232,7 @@ async fn absence_fires_once_per_gap_for_declared_and_seen_keys_and_resolves_when
     }
 
     // B speaks again: its absence resolves, and a new gap can fire again later.
-    publish(&js, "anom.feeds.in", &[feed("SFTP-BANK-B", now_ms())]).await;
+    publish(&js, "anom.feeds.in", &[feed("SFTP-BANK-B", wall_ms())]).await;
     assert!(
         wait_for(Duration::from_secs(20), || {
             let js = js.clone();

@@ -43,8 +43,10 @@ struct Last {
     event_ms: i64,
 }
 
-/// How often (in event time) subjects past the TTL are swept.
-const SWEEP_EVERY_MS: i64 = 10_000;
+/// Subjects past the TTL are swept every tenth of the TTL of event time, and at most every
+/// 10 s: a replay that runs through days in seconds sweeps a few dozen times per TTL, not on
+/// every other batch, and a subject overstays by at most a tenth of its TTL.
+const MIN_SWEEP_INTERVAL_MS: i64 = 10_000;
 
 impl Held {
     /// Records what `subject` holds now and returns what it held on its last event.
@@ -52,7 +54,9 @@ impl Held {
         self.newest_ms = self.newest_ms.max(event_ms);
         if self.swept_ms == i64::MIN {
             self.swept_ms = self.newest_ms;
-        } else if self.newest_ms.saturating_sub(self.swept_ms) >= SWEEP_EVERY_MS {
+        } else if self.newest_ms.saturating_sub(self.swept_ms)
+            >= MIN_SWEEP_INTERVAL_MS.max(self.ttl_ms / 10)
+        {
             self.swept_ms = self.newest_ms;
             let horizon = self.newest_ms.saturating_sub(self.ttl_ms);
             self.last.retain(|_, l| l.event_ms >= horizon);

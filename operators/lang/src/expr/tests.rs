@@ -929,3 +929,121 @@ fn regex_escapes_are_kept_as_written_in_strings() {
         Value::Bool(false)
     );
 }
+
+#[test]
+fn inline_aggregates_are_syntax_printed_as_written() {
+    let ast = parse("sum( amount ) over 1h every 5m > 2000 and prev(x) != x").unwrap();
+    let AstKind::Binary { left, .. } = &ast.kind else {
+        panic!("{ast:?}")
+    };
+    let AstKind::Binary { left: agg, .. } = &left.kind else {
+        panic!("{left:?}")
+    };
+    let AstKind::Aggregate { call, window, text } = &agg.kind else {
+        panic!("{agg:?}")
+    };
+    assert_eq!(window, "1h every 5m");
+    assert_eq!(text, "sum( amount ) over 1h every 5m");
+    assert_eq!(call.to_string(), "sum(amount)");
+    assert_eq!(agg.column, 1);
+    // Printed as written, and the print parses back to the same tree.
+    assert_eq!(
+        ast.to_string(),
+        "sum( amount ) over 1h every 5m > 2000 and prev(x) != x"
+    );
+    assert_eq!(parse(&ast.to_string()).unwrap(), ast);
+    for window in [
+        "5m",
+        "1h30m",
+        "250ms",
+        "tumbling 1h",
+        "session 30m",
+        "calendar day",
+        "calendar week tz Europe/Berlin",
+    ] {
+        let text = format!("count() over {window}");
+        let ast = parse(&format!("{text} > 3")).unwrap();
+        let AstKind::Binary { left, .. } = &ast.kind else {
+            panic!("{ast:?}")
+        };
+        assert!(
+            matches!(&left.kind, AstKind::Aggregate { text: t, window: w, .. } if *t == text && w == window),
+            "{left:?}"
+        );
+    }
+}
+
+#[test]
+fn over_without_a_window_is_not_an_aggregate() {
+    // A field may be called `over`; `over` not after a call, or without a window, is a name.
+    assert!(matches!(
+        parse("over > 1").unwrap().kind,
+        AstKind::Binary { .. }
+    ));
+    let e = parse("sum(x) over 5q > 1").unwrap_err().to_string();
+    assert!(e.contains("unexpected `q` right after the number 5"), "{e}");
+    assert_eq!(
+        parse("sum(x) over x > 1").unwrap_err().to_string(),
+        "column 8: expected an operator or the end of the expression, found `over` (is an operator missing?)"
+    );
+}
+
+#[test]
+fn an_aggregate_outside_a_pipeline_says_where_it_belongs() {
+    assert_eq!(
+        err("count() over 5m > 3"),
+        "column 1: `count() over 5m` is an aggregate, which only a pipeline's rules compute inline; declare it under `aggregates:` to use it here"
+    );
+}
+
+/// A scope that computes what is asked by text, as a pipeline's row scope does.
+struct Computing(TestScope, Vec<(&'static str, ValueType)>);
+
+impl Scope for Computing {
+    fn field(&self, name: &str) -> Option<FieldInfo<'_>> {
+        self.0.field(name)
+    }
+
+    fn field_names(&self) -> Vec<&str> {
+        self.0.field_names()
+    }
+
+    fn computed(&self, text: &str) -> Option<FieldInfo<'_>> {
+        let base = self.0.fields.len();
+        self.1
+            .iter()
+            .position(|(t, _)| *t == text)
+            .map(|i| FieldInfo {
+                index: base + i,
+                ty: self.1[i].1,
+                allowed: None,
+            })
+    }
+}
+
+#[test]
+fn computed_values_are_read_like_fields_and_named_as_written_in_errors() {
+    let scope = Computing(
+        scope(),
+        vec![
+            ("sum(durationMs) over 1d", ValueType::Int),
+            ("route_id(file)", ValueType::Str),
+        ],
+    );
+    let c = compile(
+        "sum(durationMs) over 1d > 10 and route_id(file) == 'A'",
+        &scope,
+    )
+    .unwrap();
+    let n = scope.0.fields.len();
+    let mut row = vec![Value::Null; n + 2];
+    row[n] = Value::Int(11);
+    row[n + 1] = s("A");
+    assert_eq!(c.eval(&row), Value::Bool(true));
+    assert_eq!(
+        compile("sum(durationMs) over 1d > 'x'", &scope)
+            .unwrap_err()
+            .to_string(),
+        "column 25: cannot compare `sum(durationMs) over 1d` (int) with 'x' (string)"
+    );
+}
