@@ -261,11 +261,21 @@ fn prefixed(key: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    async fn reopen(dir: &std::path::Path) -> sled::Db {
+        for _ in 0..100 {
+            match open_db(dir) {
+                Ok(db) => return db,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        open_db(dir).unwrap()
+    }
+
     #[tokio::test]
     async fn a_commit_stores_entries_and_sequence_together_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_db(dir.path()).unwrap();
             let store = StateStore::open(&db, "p-window-0").unwrap();
             assert_eq!(store.last_seq().unwrap(), 0);
             let delta = StateDelta {
@@ -285,7 +295,10 @@ mod tests {
             };
             store.commit(delta, 57).await.unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        // sled's threads may hold the file lock for a moment after the handle is dropped
+        // (seen once on a loaded machine: "could not acquire lock"); a worker restarting
+        // is a new process, so wait for the lock here rather than fail.
+        let db = reopen(dir.path()).await;
         let store = StateStore::open(&db, "p-window-0").unwrap();
         assert_eq!(store.last_seq().unwrap(), 57);
         let entries: Vec<_> = store.entries().map(|e| e.unwrap()).collect();
