@@ -297,3 +297,29 @@ fn keep_firing_for_holds_for_an_alert_loaded_after_a_restart() {
         AlertStatus::Resolved
     );
 }
+
+#[test]
+fn an_event_ingested_before_the_alerts_latest_cannot_end_it() {
+    let mut l = Lifecycle::new(Vec::new(), None, T0);
+    let from = |sequence| {
+        let mut a = detection("a", "x");
+        a.source.sequence = sequence;
+        a
+    };
+    let input = |seq| At {
+        event_ms: T0,
+        now_ms: T0,
+        seq,
+    };
+    l.detected(from(2479), Timing::default(), true, input(1));
+    l.take_changes(T0, true);
+    // A replayed older event, at a new position of the input: ignored.
+    l.cleared("a", "ok", Some(from(2429)), Timing::default(), input(2));
+    assert!(l.take_changes(T0, true).transitions.is_empty());
+    assert!(l.is_tracking("a"));
+    // The key's next event ends it.
+    l.cleared("a", "ok", Some(from(2529)), Timing::default(), input(3));
+    let c = l.take_changes(T0, true);
+    assert_eq!(statuses(&c), vec![("a".into(), AlertStatus::Resolved, 2)]);
+    assert_eq!(c.transitions[0].source.sequence, 2529);
+}
