@@ -1,12 +1,11 @@
-//! A local `nats-server` process with JetStream on, for `anom up`, `anom-loadtest` and tests (the test
-//! cluster is `anom_testkit::cluster`).
+//! A local `nats-server` process with JetStream on, for `anom up`, `anom-loadtest` and tests
+//! (the tests' JetStream cluster is `anom_testkit::cluster`).
 //!
 //! The binary is found, in order: `$ANOM_NATS_SERVER`, the project-local
 //! `.tools/bin/nats-server` that `scripts/install-nats-server.sh` installs (searched upwards
 //! from the current directory and from the running executable), then `PATH`.
 //! The server listens on loopback only. With port 0 it picks a free port itself and reports
 //! it through a ports file, so parallel tests never race for a port.
-//!
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

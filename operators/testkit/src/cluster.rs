@@ -1,7 +1,7 @@
 //! A JetStream cluster of local nats-servers, for tests of replicated streams and fail-over.
 //!
 //! [`Cluster`] starts several servers (`n0`, `n1`, ...) as one JetStream cluster named
-//! `anom`, for tests of replicated streams and fail-over. Each node has its own store under
+//! `anom`. Each node has its own store under
 //! `dir/n{i}/`, and its own client, route and monitoring ports on 127.0.0.1. Route ports must
 //! be known before the nodes start (each node is told the others' with `--routes`), so all
 //! ports are picked by binding `127.0.0.1:0` and releasing the listeners; if a port was taken
