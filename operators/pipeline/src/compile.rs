@@ -70,6 +70,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
     let mut rule_names = Vec::new();
     let mut rules = c.rules(
         &conditions,
+        &udfs,
         &rule_failed,
         &failed_inline,
         scope.as_ref(),
@@ -518,12 +519,13 @@ impl<'d> Compiler<'d, '_> {
     fn rules(
         &mut self,
         conditions: &Conditions,
+        udfs: &Udfs,
         rule_failed: &[bool],
         failed_inline: &[String],
         scope: Option<&RowScope>,
         rule_names: &mut Vec<String>,
     ) -> Vec<Rule> {
-        let udfs: Vec<&str> = self.def.udfs.iter().map(|u| u.name.as_str()).collect();
+        let udf_names = udfs.names();
         let uses_failed =
             |need: &lower::Needs| need.aggregates.iter().any(|a| failed_inline.contains(a));
         let mut rules = Vec::new();
@@ -548,7 +550,7 @@ impl<'d> Compiler<'d, '_> {
                             continue;
                         }
                     };
-                    let need = lower::needs(&leaf_ast, &udfs);
+                    let need = lower::needs(&leaf_ast, &udf_names);
                     if (rule_failed[i] && !need.aggregates.is_empty()) || uses_failed(&need) {
                         // Its aggregate is invalid (reported above) or belongs to a rule that
                         // failed: there is nothing to compile it against.

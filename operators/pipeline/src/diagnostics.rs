@@ -54,10 +54,6 @@ impl<'s> Diagnostics<'s> {
         });
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.found.is_empty()
-    }
-
     /// How many problems were reported so far (a pass compares before and after).
     pub fn count(&self) -> usize {
         self.found.len()

@@ -80,7 +80,7 @@ impl Rules {
         }
     }
 
-    /// How many subjects are remembered (for tests and metrics).
+    /// How many subjects are remembered (for tests).
     pub fn subjects(&self) -> usize {
         self.held.last.len()
     }
@@ -218,6 +218,7 @@ pub fn decide(p: &Pipeline, env: &Envelope) -> Option<Verdict> {
 mod tests {
     use super::*;
     use crate::stage::validate::Validate;
+    use anom_testkit::fixtures::HOSTS;
 
     const YAML: &str = r#"
 name: svc
@@ -299,8 +300,6 @@ alerts:
         assert_eq!(rules.held.remember(0, 0, 1_000_000), None);
         assert_eq!(rules.held.remember(999, 1, 1_000_000), Some(0));
     }
-
-    use anom_testkit::fixtures::HOSTS;
 
     #[test]
     fn the_decision_step_follows_alert_on() {
