@@ -3,6 +3,7 @@
 //! isolation [`forest`] that `anom train` fits and writes as ONNX. Pure: no I/O but reading
 //! model files.
 
+pub mod benchmark;
 pub mod detector;
 pub mod forest;
 pub mod model;

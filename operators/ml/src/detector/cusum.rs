@@ -79,6 +79,7 @@ impl Config {
         };
         let reading = Reading {
             score: squash(stat / self.h),
+            strength: stat / self.h,
             warm: true,
             expected: mean,
             deviation: deviation(run_mean, mean, sigma),
@@ -86,6 +87,7 @@ impl Config {
             limit: None,
             basis: Basis::Level { run },
             contributions: Vec::new(),
+            tail: None,
         };
         if stat >= self.h {
             // Signalled: the run's mean is the new normal.
@@ -107,7 +109,13 @@ mod tests {
     use serde_json::{json, Value};
 
     fn det(params: Value, warmup: u32) -> Detector {
-        Detector::new(Kind::Cusum, &params, Some(warmup), 1).unwrap()
+        Detector::new(
+            Kind::Cusum,
+            &super::super::uncalibrated(params),
+            Some(warmup),
+            1,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -49,6 +49,7 @@ impl Config {
             let side = if dev >= 0.0 { 1.0 } else { -1.0 };
             Reading {
                 score: squash(dev.abs() / self.limit),
+                strength: dev.abs() / self.limit,
                 warm: true,
                 expected: m.mean,
                 deviation: dev,
@@ -56,6 +57,7 @@ impl Config {
                 limit: Some(m.mean + side * self.limit * sigma),
                 basis: Basis::Ewma,
                 contributions: Vec::new(),
+                tail: None,
             }
         } else {
             Reading::cold(Unit::Sigma)
@@ -71,7 +73,13 @@ mod tests {
     use serde_json::{json, Value};
 
     fn det(params: Value, warmup: u32) -> Detector {
-        Detector::new(Kind::Ewma, &params, Some(warmup), 1).unwrap()
+        Detector::new(
+            Kind::Ewma,
+            &super::super::uncalibrated(params),
+            Some(warmup),
+            1,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -123,7 +131,8 @@ mod tests {
         );
         let e = Detector::new(Kind::Ewma, &json!({"lambda": 0.1}), None, 1).unwrap_err();
         assert!(
-            e.to_string().contains("valid parameters: alpha, limit"),
+            e.to_string()
+                .contains("valid parameters: calibration, learn, average, alpha, limit"),
             "{e}"
         );
     }

@@ -258,6 +258,7 @@ impl Config {
             };
             Reading {
                 score,
+                strength: bits / self.limit,
                 warm: true,
                 expected: 0.0,
                 deviation: bits,
@@ -265,6 +266,7 @@ impl Config {
                 limit: None,
                 basis: Basis::Mass,
                 contributions,
+                tail: None,
             }
         } else {
             Reading::cold(Unit::Bits)
@@ -372,7 +374,13 @@ mod tests {
     use serde_json::json;
 
     fn det(params: Value, warmup: Option<u32>, dims: usize) -> Detector {
-        Detector::new(Kind::HalfSpaceTrees, &params, warmup, dims).unwrap()
+        Detector::new(
+            Kind::HalfSpaceTrees,
+            &super::super::uncalibrated(params),
+            warmup,
+            dims,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -109,6 +109,7 @@ impl Config {
             let side = if dev >= 0.0 { 1.0 } else { -1.0 };
             Reading {
                 score: squash(dev.abs() / self.limit),
+                strength: dev.abs() / self.limit,
                 warm: true,
                 expected: fin(forecast),
                 deviation: dev,
@@ -116,6 +117,7 @@ impl Config {
                 limit: Some(fin(forecast + side * self.limit * sigma)),
                 basis: Basis::Forecast,
                 contributions: Vec::new(),
+                tail: None,
             }
         } else {
             Reading::cold(Unit::Sigma)
@@ -151,7 +153,13 @@ mod tests {
     const HOUR: i64 = 3_600_000;
 
     fn det(params: Value, warmup: Option<u32>) -> Detector {
-        Detector::new(Kind::HoltWinters, &params, warmup, 1).unwrap()
+        Detector::new(
+            Kind::HoltWinters,
+            &super::super::uncalibrated(params),
+            warmup,
+            1,
+        )
+        .unwrap()
     }
 
     #[test]

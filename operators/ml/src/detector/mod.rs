@@ -18,11 +18,15 @@
 //! the state is left untouched and the reading is cold (score 0). A state that does not fit the
 //! detector (another kind, or parameters changed since it was saved) is reset.
 
+pub mod auto;
+pub mod calibrate;
 pub mod cusum;
+pub mod episode;
 pub mod eval;
 pub mod ewma;
 pub mod half_space_trees;
 pub mod holt_winters;
+pub mod labelled;
 pub mod robust_zscore;
 pub mod seasonal;
 mod stats;
@@ -32,8 +36,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The default alert threshold of every kind: the score of a value at the kind's limit.
-pub const DEFAULT_THRESHOLD: f64 = 0.99;
+/// The default alert threshold of every calibrated kind: a tail probability of 10^−5 for
+/// the key (see [`calibrate`]).
+pub const DEFAULT_THRESHOLD: f64 = 0.5;
+/// The default threshold with `calibration: none`: the score of a value at the kind's limit.
+pub const RAW_THRESHOLD: f64 = 0.99;
 
 /// Maps `r`, a native statistic divided by its limit, to a score in `[0, 1]`:
 /// `1 − 100^(−r²)`. Monotone in `|r|`; 0 at `r = 0`, 0.99 at `r = 1`, 0.9 at `r = √½`.
@@ -57,6 +64,7 @@ pub fn unsquash(score: f64) -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    Auto,
     RobustZscore,
     Ewma,
     Cusum,
@@ -66,7 +74,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
+        Kind::Auto,
         Kind::RobustZscore,
         Kind::Ewma,
         Kind::Cusum,
@@ -77,6 +86,7 @@ impl Kind {
 
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Auto => "auto",
             Kind::RobustZscore => "robust_zscore",
             Kind::Ewma => "ewma",
             Kind::Cusum => "cusum",
@@ -296,6 +306,8 @@ pub enum Unit {
     Sigma,
     /// log2 of how much rarer the point's region is than a typical point's (half-space trees).
     Bits,
+    /// The value's own units.
+    Value,
 }
 
 impl Unit {
@@ -304,6 +316,7 @@ impl Unit {
             Unit::Mads => " MADs",
             Unit::Sigma => "σ",
             Unit::Bits => " bits",
+            Unit::Value => "",
         }
     }
 }
@@ -327,6 +340,8 @@ pub enum Basis {
     Forecast,
     /// The mass of the point's region in the reference window (half-space trees).
     Mass,
+    /// The range of values the key has shown: `expected` is its edge on the value's side.
+    Range,
 }
 
 /// The result of one [`Detector::update`].
@@ -334,6 +349,10 @@ pub enum Basis {
 pub struct Reading {
     /// In `[0, 1]`; 0 while warming up. Compare to the detector's threshold.
     pub score: f64,
+    /// The kind's own statistic divided by its alarm level (`limit`, or `h`): 1 at the limit.
+    /// What calibration learns the distribution of; 0 when cold.
+    #[serde(default)]
+    pub strength: f64,
     /// The state had seen enough events to judge this one.
     pub warm: bool,
     /// The baseline the value was compared to (univariate), in the value's units; 0 when cold.
@@ -347,12 +366,16 @@ pub struct Reading {
     /// Multivariate: each dimension's share of the anomaly, summing to 1; empty for univariate
     /// kinds and for unremarkable readings (half-space trees: score below 0.5).
     pub contributions: Vec<f64>,
+    /// Calibrated: how rare the reading is for this key (a tail probability).
+    #[serde(default)]
+    pub tail: Option<f64>,
 }
 
 impl Reading {
     fn cold(unit: Unit) -> Reading {
         Reading {
             score: 0.0,
+            strength: 0.0,
             warm: false,
             expected: 0.0,
             deviation: 0.0,
@@ -360,13 +383,23 @@ impl Reading {
             limit: None,
             basis: Basis::WarmingUp,
             contributions: Vec::new(),
+            tail: None,
         }
     }
 }
 
-/// One key's state, for any kind. Serialize it with `rmp_serde::to_vec` (structs as arrays).
+/// One key's state, for any kind: the kind's statistics and, when calibrated, the
+/// distribution of the key's readings. Serialize it with `rmp_serde::to_vec` (structs as
+/// arrays).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum State {
+pub struct State {
+    kind: KindState,
+    calibration: Option<calibrate::State>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum KindState {
+    Auto(auto::State),
     RobustZscore(robust_zscore::State),
     Ewma(ewma::State),
     Cusum(cusum::State),
@@ -377,6 +410,7 @@ pub enum State {
 
 #[derive(Debug, Clone)]
 enum Imp {
+    Auto(auto::Config),
     RobustZscore(robust_zscore::Config),
     Ewma(ewma::Config),
     Cusum(cusum::Config),
@@ -392,6 +426,8 @@ pub struct Detector {
     kind: Kind,
     dims: usize,
     imp: Imp,
+    /// `None` with `calibration: none`: scores are the kind's squashed statistic.
+    calibration: Option<calibrate::Config>,
 }
 
 impl Detector {
@@ -423,7 +459,24 @@ impl Detector {
             }
         }
         let mut p = Params::new(kind, params)?;
+        // `auto` calibrates each of its views itself.
+        let calibration = match kind {
+            Kind::Auto => "auto",
+            _ => p.choice("calibration", "likelihood", &["likelihood", "none"])?,
+        };
+        let calibration = match calibration {
+            "none" | "auto" => None,
+            _ => {
+                let d = calibrate::Config::default();
+                Some(calibrate::Config {
+                    learn: p.int("learn", u64::from(d.learn), 0, 1_000_000)? as u32,
+                    average: p.int("average", d.average as u64, 1, 1_000)? as usize,
+                    memory: d.memory,
+                })
+            }
+        };
         let imp = match kind {
+            Kind::Auto => Imp::Auto(auto::Config::new(&mut p, warmup)?),
             Kind::RobustZscore => Imp::RobustZscore(robust_zscore::Config::new(&mut p, warmup)?),
             Kind::Ewma => Imp::Ewma(ewma::Config::new(&mut p, warmup)?),
             Kind::Cusum => Imp::Cusum(cusum::Config::new(&mut p, warmup)?),
@@ -434,7 +487,12 @@ impl Detector {
             }
         };
         p.finish()?;
-        Ok(Detector { kind, dims, imp })
+        Ok(Detector {
+            kind,
+            dims,
+            imp,
+            calibration,
+        })
     }
 
     pub fn kind(&self) -> Kind {
@@ -445,30 +503,51 @@ impl Detector {
         self.dims
     }
 
+    /// [`DEFAULT_THRESHOLD`] when calibrated, else [`RAW_THRESHOLD`].
     pub fn default_threshold(&self) -> f64 {
-        DEFAULT_THRESHOLD
+        if self.calibrated() {
+            DEFAULT_THRESHOLD
+        } else {
+            RAW_THRESHOLD
+        }
+    }
+
+    /// Whether scores are calibrated tail probabilities (else the kind's squashed statistic).
+    pub fn calibrated(&self) -> bool {
+        self.calibration.is_some() || self.kind == Kind::Auto
     }
 
     pub fn new_state(&self) -> State {
-        match &self.imp {
-            Imp::RobustZscore(c) => State::RobustZscore(c.new_state()),
-            Imp::Ewma(c) => State::Ewma(c.new_state()),
-            Imp::Cusum(c) => State::Cusum(c.new_state()),
-            Imp::Seasonal(c) => State::Seasonal(c.new_state()),
-            Imp::HoltWinters(c) => State::HoltWinters(c.new_state()),
-            Imp::HalfSpaceTrees(c) => State::HalfSpaceTrees(c.new_state()),
+        let kind = match &self.imp {
+            Imp::Auto(c) => KindState::Auto(c.new_state()),
+            Imp::RobustZscore(c) => KindState::RobustZscore(c.new_state()),
+            Imp::Ewma(c) => KindState::Ewma(c.new_state()),
+            Imp::Cusum(c) => KindState::Cusum(c.new_state()),
+            Imp::Seasonal(c) => KindState::Seasonal(c.new_state()),
+            Imp::HoltWinters(c) => KindState::HoltWinters(c.new_state()),
+            Imp::HalfSpaceTrees(c) => KindState::HalfSpaceTrees(c.new_state()),
+        };
+        State {
+            kind,
+            calibration: self.calibration.map(|_| calibrate::State::default()),
         }
     }
 
     /// Whether `state` was made by this detector with its current parameters.
     pub fn fits(&self, state: &State) -> bool {
-        match (&self.imp, state) {
-            (Imp::RobustZscore(c), State::RobustZscore(s)) => c.fits(s),
-            (Imp::Ewma(_), State::Ewma(_)) => true,
-            (Imp::Cusum(_), State::Cusum(_)) => true,
-            (Imp::Seasonal(c), State::Seasonal(s)) => c.fits(s),
-            (Imp::HoltWinters(c), State::HoltWinters(s)) => c.fits(s),
-            (Imp::HalfSpaceTrees(c), State::HalfSpaceTrees(s)) => c.fits(s),
+        let kind = match (&self.imp, &state.kind) {
+            (Imp::Auto(c), KindState::Auto(s)) => c.fits(s),
+            (Imp::RobustZscore(c), KindState::RobustZscore(s)) => c.fits(s),
+            (Imp::Ewma(_), KindState::Ewma(_)) => true,
+            (Imp::Cusum(_), KindState::Cusum(_)) => true,
+            (Imp::Seasonal(c), KindState::Seasonal(s)) => c.fits(s),
+            (Imp::HoltWinters(c), KindState::HoltWinters(s)) => c.fits(s),
+            (Imp::HalfSpaceTrees(c), KindState::HalfSpaceTrees(s)) => c.fits(s),
+            _ => false,
+        };
+        kind && match (&self.calibration, &state.calibration) {
+            (Some(c), Some(s)) => s.fits(c),
+            (None, None) => true,
             _ => false,
         }
     }
@@ -487,15 +566,28 @@ impl Detector {
         if !self.fits(state) {
             *state = self.new_state();
         }
-        let mut r = match (&self.imp, state) {
-            (Imp::RobustZscore(c), State::RobustZscore(s)) => c.update(s, x[0]),
-            (Imp::Ewma(c), State::Ewma(s)) => c.update(s, x[0]),
-            (Imp::Cusum(c), State::Cusum(s)) => c.update(s, x[0]),
-            (Imp::Seasonal(c), State::Seasonal(s)) => c.update(s, x[0], t_ms),
-            (Imp::HoltWinters(c), State::HoltWinters(s)) => c.update(s, x[0], t_ms),
-            (Imp::HalfSpaceTrees(c), State::HalfSpaceTrees(s)) => c.update(s, x),
+        let mut r = match (&self.imp, &mut state.kind) {
+            (Imp::Auto(c), KindState::Auto(s)) => c.update(s, x[0], t_ms),
+            (Imp::RobustZscore(c), KindState::RobustZscore(s)) => c.update(s, x[0]),
+            (Imp::Ewma(c), KindState::Ewma(s)) => c.update(s, x[0]),
+            (Imp::Cusum(c), KindState::Cusum(s)) => c.update(s, x[0]),
+            (Imp::Seasonal(c), KindState::Seasonal(s)) => c.update(s, x[0], t_ms),
+            (Imp::HoltWinters(c), KindState::HoltWinters(s)) => c.update(s, x[0], t_ms),
+            (Imp::HalfSpaceTrees(c), KindState::HalfSpaceTrees(s)) => c.update(s, x),
             _ => unreachable!("the state was reset to fit above"),
         };
+        if let (Some(c), Some(s), true) = (&self.calibration, &mut state.calibration, r.warm) {
+            match c.update(s, r.strength) {
+                Some(score) => {
+                    r.score = score;
+                    r.tail = Some(calibrate::tail_of_score(score));
+                }
+                None => {
+                    r.score = 0.0;
+                    r.warm = false;
+                }
+            }
+        }
         // The detectors' arithmetic is finite for finite input; this is the last guard.
         if !r.score.is_finite() {
             r.score = 0.0;
@@ -530,7 +622,7 @@ pub fn explain(detector: &Detector, reading: &Reading, names: &[&str], values: &
         .limit
         .map(|l| format!(", limit {}", num(l)))
         .unwrap_or_default();
-    match reading.basis {
+    let text = match reading.basis {
         Basis::WarmingUp => format!("{name} {}: no baseline yet", num(value)),
         Basis::RecentMedian => {
             format!(
@@ -603,6 +695,18 @@ pub fn explain(detector: &Detector, reading: &Reading, names: &[&str], values: &
                 format!("{combo} is a usual combination")
             }
         }
+        Basis::Range => format!(
+            "{name} {} is {} {side} anything this key has shown ({} {expected})",
+            num(value),
+            num(d.abs()),
+            if d >= 0.0 { "highest" } else { "lowest" }
+        ),
+    };
+    match reading.tail {
+        // Calibrated: how rare that is for this key.
+        Some(tail) if tail > 0.0 => format!("{text}; about 1 in {} for this key", num(1.0 / tail)),
+        Some(_) => format!("{text}; rarer than 1 in 10,000,000,000 for this key"),
+        None => text,
     }
 }
 
@@ -675,6 +779,17 @@ fn group(x: f64, _decimals: usize) -> String {
         out.insert(0, '-');
     }
     out
+}
+
+/// `params` with `calibration: none`, for tests of a kind's own statistic.
+#[cfg(test)]
+pub(crate) fn uncalibrated(params: Value) -> Value {
+    let mut map = match params {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    map.insert("calibration".into(), Value::from("none"));
+    Value::Object(map)
 }
 
 #[cfg(test)]
@@ -762,7 +877,7 @@ mod tests {
         let mut s = z.new_state();
         let r = e.update(&mut s, &[1.0], 0);
         assert!(!r.warm);
-        assert!(matches!(s, State::Ewma(_)));
+        assert!(matches!(s.kind, KindState::Ewma(_)));
     }
 
     #[test]
@@ -770,6 +885,7 @@ mod tests {
         let d = Detector::new(Kind::Ewma, &Value::Null, None, 1).unwrap();
         let r = Reading {
             score: 1.0,
+            strength: 1.0,
             warm: true,
             expected: 150.0,
             deviation: 3.2,
@@ -777,6 +893,7 @@ mod tests {
             limit: Some(480.0),
             basis: Basis::Ewma,
             contributions: vec![],
+            tail: None,
         };
         assert_eq!(
             explain(&d, &r, &["amount"], &[5000.0]),
@@ -785,6 +902,7 @@ mod tests {
         let h = Detector::new(Kind::HalfSpaceTrees, &Value::Null, None, 3).unwrap();
         let r = Reading {
             score: 1.0,
+            strength: 1.0,
             warm: true,
             expected: 0.0,
             deviation: 4.0,
@@ -792,6 +910,7 @@ mod tests {
             limit: None,
             basis: Basis::Mass,
             contributions: vec![0.71, 0.2, 0.09],
+            tail: None,
         };
         assert_eq!(
             explain(&h, &r, &["cpu", "mem", "net"], &[97.0, 12.0, 3.0]),

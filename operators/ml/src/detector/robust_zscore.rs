@@ -76,6 +76,7 @@ impl Config {
             let side = if dev >= 0.0 { 1.0 } else { -1.0 };
             Reading {
                 score: squash(dev.abs() / self.limit),
+                strength: dev.abs() / self.limit,
                 warm: true,
                 expected: median,
                 deviation: dev,
@@ -83,6 +84,7 @@ impl Config {
                 limit: Some(median + side * self.limit * scale),
                 basis: Basis::RecentMedian,
                 contributions: Vec::new(),
+                tail: None,
             }
         } else {
             Reading::cold(Unit::Mads)
@@ -166,7 +168,13 @@ mod tests {
     use serde_json::{json, Value};
 
     fn det(params: Value, warmup: u32) -> Detector {
-        Detector::new(Kind::RobustZscore, &params, Some(warmup), 1).unwrap()
+        Detector::new(
+            Kind::RobustZscore,
+            &super::super::uncalibrated(params),
+            Some(warmup),
+            1,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -132,6 +132,7 @@ impl Config {
             let side = if dev >= 0.0 { 1.0 } else { -1.0 };
             Reading {
                 score: squash(dev.abs() / self.limit),
+                strength: dev.abs() / self.limit,
                 warm: true,
                 expected,
                 deviation: dev,
@@ -139,6 +140,7 @@ impl Config {
                 limit: Some(fin(expected + side * self.limit * sigma)),
                 basis,
                 contributions: Vec::new(),
+                tail: None,
             }
         } else {
             Reading::cold(Unit::Sigma)
@@ -164,7 +166,13 @@ mod tests {
     const MONDAY: i64 = 1_704_067_200_000;
 
     fn det(params: Value, warmup: u32) -> Detector {
-        Detector::new(Kind::Seasonal, &params, Some(warmup), 1).unwrap()
+        Detector::new(
+            Kind::Seasonal,
+            &super::super::uncalibrated(params),
+            Some(warmup),
+            1,
+        )
+        .unwrap()
     }
 
     #[test]
