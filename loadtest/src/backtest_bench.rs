@@ -87,6 +87,7 @@ fn spec(pipeline: &Arc<Pipeline>) -> Spec {
         plot: None,
         batch: 1000,
         max_rate: None,
+        budget_per_day: None,
     }
 }
 
@@ -215,7 +216,7 @@ async fn engine_batches(
             &models,
             &metrics,
         )?;
-        let mut tap = backtest::collector::Collector::new(pipeline.clone(), None, None);
+        let mut tap = backtest::collector::Collector::new(pipeline.clone(), None, None, None);
         let mut hist = Histogram::<u64>::new(3)?;
         for b in &batches {
             let t = Instant::now();

@@ -92,6 +92,10 @@ struct Run {
     /// At most this many events a second (default: as fast as it goes).
     #[arg(long)]
     max_rate: Option<f64>,
+    /// An alert budget (`5/day`, `2/h`, `10/week`): the report suggests, for each detector,
+    /// the most sensitive threshold that keeps within it.
+    #[arg(long, value_parser = parse_budget)]
+    budget: Option<f64>,
     /// Start it and print its id without waiting.
     #[arg(long)]
     detach: bool,
@@ -183,6 +187,7 @@ async fn start(c: &mut BacktestsClient<Channel>, run: Run) -> anyhow::Result<()>
             plot_key: run.plot_key.clone().unwrap_or_default(),
             plot_field: run.plot_field.clone().unwrap_or_default(),
             max_rate: run.max_rate.unwrap_or(0.0),
+            budget_per_day: run.budget.unwrap_or(0.0),
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
@@ -272,7 +277,7 @@ async fn report(c: &mut BacktestsClient<Channel>, id: &str, output: &Output) -> 
             _ => "markdown".into(),
         }
     });
-    let r = c
+    let mut chunks = c
         .get_report(v1::GetReportRequest {
             id: id.to_string(),
             format,
@@ -280,13 +285,27 @@ async fn report(c: &mut BacktestsClient<Channel>, id: &str, output: &Output) -> 
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
-    match &output.out {
-        Some(path) => {
-            std::fs::write(path, &r.content)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("report: {}", path.display());
-        }
-        None => print!("{}", r.content),
+    // Written as it arrives: a report of any size never sits whole in memory twice.
+    let mut sink: Box<dyn std::io::Write> = match &output.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut last = false;
+    while let Some(chunk) = chunks
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+    {
+        sink.write_all(chunk.content.as_bytes())?;
+        last = chunk.last;
+    }
+    sink.flush()?;
+    anyhow::ensure!(last, "the report of {id} ended before its last chunk");
+    if let Some(path) = &output.out {
+        eprintln!("report: {}", path.display());
     }
     Ok(())
 }
@@ -320,4 +339,47 @@ async fn list(c: &mut BacktestsClient<Channel>, pipeline: Option<String>) -> any
         );
     }
     Ok(())
+}
+
+/// `5/day`, `2/h`, `10/week` (or a bare number: per day) as alerts per day.
+fn parse_budget(text: &str) -> Result<f64, String> {
+    let (n, per) = text.split_once('/').unwrap_or((text, "day"));
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of alerts such as 5/day, found `{text}`"))?;
+    let days = match per.trim() {
+        "d" | "day" => 1.0,
+        "h" | "hour" => 1.0 / 24.0,
+        "w" | "week" => 7.0,
+        other => {
+            return Err(format!(
+                "expected alerts per day, h or week (5/day), found `/{other}`"
+            ))
+        }
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!(
+            "expected a positive number of alerts, found `{text}`"
+        ));
+    }
+    Ok(n / days)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_budget;
+
+    #[test]
+    fn budgets_read_as_alerts_per_day() {
+        assert_eq!(parse_budget("5/day"), Ok(5.0));
+        assert_eq!(parse_budget("2/h"), Ok(48.0));
+        assert_eq!(parse_budget("14/week"), Ok(2.0));
+        assert_eq!(parse_budget("3"), Ok(3.0));
+        assert!(parse_budget("5/month").unwrap_err().contains("`/month`"));
+        assert!(parse_budget("lots/day")
+            .unwrap_err()
+            .contains("expected a number"));
+        assert!(parse_budget("0/day").is_err());
+    }
 }

@@ -238,6 +238,12 @@ impl v1::backtests_server::Backtests for BacktestService {
                     .await?,
             );
         }
+        if !(req.budget_per_day.is_finite() && req.budget_per_day >= 0.0) {
+            return Err(Status::invalid_argument(format!(
+                "budget_per_day: expected a number of alerts per day (0: none), found {}",
+                req.budget_per_day
+            )));
+        }
         let labels = match (req.labels_field.as_str(), req.labels_windows_json.as_str()) {
             ("", "") => None,
             (field, "") => Some(Labels::Field(field.to_string())),
@@ -330,6 +336,7 @@ impl v1::backtests_server::Backtests for BacktestService {
             plot,
             batch: 1000,
             max_rate: Some(req.max_rate).filter(|r| *r > 0.0),
+            budget_per_day: Some(req.budget_per_day).filter(|b| *b > 0.0),
         };
         let (js, statuses, reports, running) = (
             self.control.js.clone(),
@@ -397,6 +404,7 @@ impl v1::backtests_server::Backtests for BacktestService {
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::BacktestStatus, Status>> + Send>>;
+    type GetReportStream = Pin<Box<dyn Stream<Item = Result<v1::BacktestReport, Status>> + Send>>;
 
     async fn watch(
         &self,
@@ -485,7 +493,7 @@ impl v1::backtests_server::Backtests for BacktestService {
     async fn get_report(
         &self,
         request: Request<v1::GetReportRequest>,
-    ) -> Result<Response<v1::BacktestReport>, Status> {
+    ) -> Result<Response<Self::GetReportStream>, Status> {
         let req = request.into_inner();
         let r = self.stored(&req.id).await?;
         if r.state != "done" {
@@ -533,10 +541,55 @@ impl v1::backtests_server::Backtests for BacktestService {
                 )))
             }
         };
-        Ok(Response::new(v1::BacktestReport {
-            id: r.id,
-            format: format.to_string(),
-            content,
-        }))
+        let chunks = chunks(&content, REPORT_CHUNK);
+        let n = chunks.len();
+        let messages: Vec<Result<v1::BacktestReport, Status>> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                Ok(v1::BacktestReport {
+                    id: r.id.clone(),
+                    format: format.to_string(),
+                    content: text.to_string(),
+                    chunk: i as u32,
+                    last: i + 1 == n,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
+    }
+}
+
+/// Bytes of report per message: well under gRPC's default 4 MiB limit.
+const REPORT_CHUNK: usize = 1 << 20;
+
+/// `text` cut into pieces of at most `max` bytes on character boundaries (at least one piece).
+fn chunks(text: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = rest.split_at(cut);
+        out.push(head);
+        rest = tail;
+    }
+    out.push(rest);
+    out
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::chunks;
+
+    #[test]
+    fn chunks_cut_on_character_boundaries_and_join_back() {
+        let text = "aé".repeat(1000); // 3,000 bytes, 2-byte characters at odd offsets
+        let parts = chunks(&text, 100);
+        assert!(parts.iter().all(|p| p.len() <= 100 && !p.is_empty()));
+        assert_eq!(parts.concat(), text);
+        assert_eq!(chunks("", 100), vec![""]);
     }
 }

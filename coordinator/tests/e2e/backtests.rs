@@ -129,15 +129,33 @@ async fn backtest(
         last = s.unwrap();
     }
     assert_eq!(last.state, "done", "{last:?}");
-    let report = c
+    let report = report_text(c, &last.id, "json").await.unwrap();
+    (last, serde_json::from_str(&report).unwrap())
+}
+
+/// A report, its chunks joined (each at most 1 MiB, the last one marked).
+async fn report_text(
+    c: &mut BacktestsClient<Channel>,
+    id: &str,
+    format: &str,
+) -> Result<String, tonic::Status> {
+    let mut chunks = c
         .get_report(v1::GetReportRequest {
-            id: last.id.clone(),
-            format: "json".into(),
+            id: id.to_string(),
+            format: format.into(),
         })
-        .await
-        .unwrap()
+        .await?
         .into_inner();
-    (last, serde_json::from_str(&report.content).unwrap())
+    let (mut text, mut n, mut last) = (String::new(), 0, false);
+    while let Some(chunk) = chunks.message().await? {
+        assert!(!last, "a chunk after the last");
+        assert_eq!(chunk.chunk, n);
+        assert!(chunk.content.len() <= 1 << 20);
+        text.push_str(&chunk.content);
+        (n, last) = (n + 1, chunk.last);
+    }
+    assert!(last, "no last chunk");
+    Ok(text)
 }
 
 fn firings(report: &serde_json::Value) -> BTreeSet<(String, String, i64)> {
@@ -370,15 +388,7 @@ async fn a_backtest_raises_what_live_raised_compares_versions_and_leaves_live_al
 
     // People's formats.
     for (format, needle) in [("markdown", "| big | rule |"), ("html", "<svg")] {
-        let text = c
-            .get_report(v1::GetReportRequest {
-                id: status.id.clone(),
-                format: format.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .content;
+        let text = report_text(&mut c, &status.id, format).await.unwrap();
         assert!(text.contains(needle), "{format}: {text}");
     }
 
@@ -685,12 +695,6 @@ async fn labels_are_scored_absence_runs_in_event_time_and_bad_requests_are_refus
         .unwrap()
         .into_inner();
     assert_eq!(cancelled.state, "cancelled");
-    let e = c
-        .get_report(v1::GetReportRequest {
-            id: started.id,
-            format: "json".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = report_text(&mut c, &started.id, "json").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
 }

@@ -9,7 +9,8 @@
 //!   `σ(y) = 2 / (1 + e^(5y)) − 1`; only the window's first alert counts;
 //! - an alert outside every window costs `A_FP · σ(p)` (negative): `p = 1` (full cost, σ ≈ −0.99)
 //!   before the series' first window, otherwise `p = (i − right) / (width − 1)` of the window
-//!   before it, so an alert just after a window costs little; `σ = −1` from `p > 3`;
+//!   before it, so an alert just after a window costs little; `σ = −1` from `p > 3` (and
+//!   after a one-row window);
 //! - a window with no alert costs `A_FN`.
 //!
 //! Summed over series, the raw score is normalised so that a detector that never alerts
@@ -125,7 +126,10 @@ pub fn score_series(times: &[i64], windows: &[(i64, i64)], alerts: &[i64]) -> Ou
                 let before = rows.iter().rev().find(|&&(_, r)| r < i);
                 let p = match before {
                     None => 1.0,
-                    Some(&(l, r)) => (i - r) as f64 / ((r - l) as f64).max(1.0),
+                    // NAB divides by the window's width less one: after a one-row window,
+                    // every false alert costs the full weight.
+                    Some(&(l, r)) if l == r => f64::INFINITY,
+                    Some(&(l, r)) => (i - r) as f64 / (r - l) as f64,
                 };
                 out.raw += A_FP * sigmoid(p);
             }

@@ -108,8 +108,10 @@ pub struct DetectorDef {
     /// Identifier, unique among fields, aggregates, rules and detectors; rules use the score
     /// by this name (`when: amount_unusual > 0.99 and amount > 100`).
     pub name: String,
-    /// `robust_zscore`, `ewma`, `cusum`, `seasonal`, `holt_winters`, `half_space_trees`
-    /// (built in, per key), `onnx` (a model file) or `udf` (a user-defined function).
+    /// `auto` (the default: what to use when you do not know your data), `robust_zscore`,
+    /// `ewma`, `cusum`, `seasonal`, `holt_winters`, `half_space_trees` (built in, per key),
+    /// `onnx` (a model file) or `udf` (a user-defined function).
+    #[serde(default = "default_detector_kind")]
     pub kind: String,
     /// The numeric field or aggregate a univariate detector watches.
     #[serde(default)]
@@ -151,6 +153,10 @@ pub struct DetectorDef {
     /// Events a key must have seen before its built-in detector scores (each kind has a default).
     #[serde(default)]
     pub warmup: Option<u32>,
+    /// After an alert of a key, how long (in event time) its next episodes stay silent:
+    /// `12h` by default for built-in kinds, `0s` for models and UDFs.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub cooldown: Option<Duration>,
     /// The detector's own settings (see docs/detectors.md); every one has a default.
     #[serde(default)]
     pub params: serde_json::Value,
@@ -163,6 +169,14 @@ pub struct DetectorDef {
     /// Labels copied onto every alert of this detector.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    anom_lang::duration::deserialize(d).map(Some)
+}
+
+fn default_detector_kind() -> String {
+    "auto".into()
 }
 
 fn default_anomaly_label() -> i64 {

@@ -22,6 +22,8 @@ pub struct DetectorSpec {
     /// The inputs' names, for explanations.
     pub input_names: Vec<String>,
     pub threshold: f64,
+    /// After an alert of a key, its next episodes stay silent this long (event time, ms).
+    pub cooldown_ms: i64,
     pub anomalous: Direction,
     pub severity: Severity,
     pub message: Template,
@@ -153,6 +155,7 @@ pub fn compile(
                 inputs: vec![*index],
                 input_names: vec![format!("{udf}({})", d.features.join(", "))],
                 threshold,
+                cooldown_ms: d.cooldown.map_or(0, |c| c.as_millis() as i64),
                 anomalous: d.anomalous,
                 severity: d.severity,
                 message,
@@ -353,11 +356,17 @@ pub fn compile(
             input_names.join(","),
             d.model
         );
+        let cooldown_ms = match (&detector_kind, d.cooldown) {
+            (_, Some(c)) => c.as_millis() as i64,
+            (DetectorKind::Online(_), None) => anom_ml::detector::episode::DEFAULT_COOLDOWN_MS,
+            (_, None) => 0,
+        };
         specs.push(DetectorSpec {
             name: d.name.clone(),
             inputs,
             input_names,
             threshold,
+            cooldown_ms,
             anomalous: d.anomalous,
             severity: d.severity,
             message,

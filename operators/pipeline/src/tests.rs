@@ -625,7 +625,7 @@ fn detector_mistakes_are_located_and_say_what_was_expected() {
         (
             "kind: robust_zscore",
             "kind: robust_zscor",
-            "detectors[0].kind: unknown detector kind `robust_zscor`: expected one of robust_zscore, ewma, cusum, seasonal, holt_winters, half_space_trees, onnx, udf, did you mean `robust_zscore`?",
+            "detectors[0].kind: unknown detector kind `robust_zscor`: expected one of auto, robust_zscore, ewma, cusum, seasonal, holt_winters, half_space_trees, onnx, udf, did you mean `robust_zscore`?",
         ),
         (
             "field: latencyMs\n",

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::labels::{Labels, Marked};
 use super::report::{AlertRow, Cause, Confusion, Report, Series};
 use super::scoring;
+use super::thresholds::{self, Recorded};
 use super::Tap;
 use crate::alerting::record::{Alert, AlertStatus};
 use anom_pipeline::envelope::Envelope;
@@ -47,6 +48,9 @@ pub struct Collector {
     plot: Option<(String, usize, Option<String>)>,
     values: HashMap<String, Vec<(i64, f64)>>,
     detections_at: HashMap<String, Vec<i64>>,
+    /// Per detector: every score it gave, for the thresholds (empty without detectors).
+    recorded: Vec<Recorded>,
+    budget_per_day: Option<f64>,
 }
 
 impl Collector {
@@ -54,6 +58,7 @@ impl Collector {
         pipeline: Arc<Pipeline>,
         labels: Option<Labels>,
         plot: Option<PlotSpec>,
+        budget_per_day: Option<f64>,
     ) -> Collector {
         let p = &*pipeline;
         let mut causes: Vec<Cause> = p
@@ -95,6 +100,7 @@ impl Collector {
                 .filter(|&i| i < p.enriched_width())?;
             Some((field, index, spec.key))
         });
+        let recorded = vec![Recorded::default(); p.detectors.len()];
         Collector {
             pipeline,
             labels,
@@ -112,6 +118,8 @@ impl Collector {
             plot,
             values: HashMap::new(),
             detections_at: HashMap::new(),
+            recorded,
+            budget_per_day,
         }
     }
 
@@ -136,6 +144,18 @@ impl Collector {
             env.enrichment.get(index - width)
         }?;
         v.as_number()
+    }
+
+    /// Per key, its events' times in order (what the window score counts rows of).
+    fn rows(&self) -> HashMap<String, Vec<i64>> {
+        self.series
+            .iter()
+            .map(|(k, s)| {
+                let mut t: Vec<i64> = s.iter().map(|e| e.0).collect();
+                t.sort_unstable();
+                (k.clone(), t)
+            })
+            .collect()
     }
 
     /// The report, once the run is over.
@@ -169,8 +189,25 @@ impl Collector {
                 .iter()
                 .map(|a| (a.key.as_str(), a.fired_ms))
                 .collect();
-            scoring::score(events, &windows, &alerts)
+            scoring::score(events, &windows, &self.rows(), &alerts)
         });
+        let rows = self.rows();
+        let thresholds = {
+            let days = match (self.first_ms, self.last_ms) {
+                (Some(a), Some(b)) => (b - a) as f64 / 86_400_000.0,
+                _ => 0.0,
+            };
+            let ctx = thresholds::Context {
+                windows: scores.as_ref().map(|s| (&s.windows[..], &rows)),
+                days,
+                budget_per_day: self.budget_per_day,
+            };
+            p.detectors
+                .iter()
+                .zip(&self.recorded)
+                .filter_map(|(d, rec)| thresholds::analyse(d, rec, &ctx))
+                .collect()
+        };
         let plot = self.plot.take().and_then(|(field, _, key)| {
             let key = key.or_else(|| {
                 let mut by_key: HashMap<&str, u64> = HashMap::new();
@@ -234,6 +271,7 @@ impl Collector {
             alerts: self.alerts,
             alerts_per_day,
             scores,
+            thresholds,
             plot,
             ..Report::default()
         }
@@ -249,7 +287,7 @@ fn millis(rfc3339: &str) -> Option<i64> {
 
 impl Tap for Collector {
     fn wants_events(&self) -> bool {
-        self.labels.is_some() || self.plot.is_some()
+        self.labels.is_some() || self.plot.is_some() || !self.recorded.is_empty()
     }
 
     fn seen(&mut self) {
@@ -266,6 +304,11 @@ impl Tap for Collector {
                 if let Some(v) = self.value(env, *index) {
                     self.values.entry(key.clone()).or_default().push((t, v));
                 }
+            }
+        }
+        for s in &env.analysis.scores {
+            if let Some(rec) = self.recorded.get_mut(s.detector as usize) {
+                rec.push(key, t, s.score);
             }
         }
         let labelled = match &self.labels {

@@ -17,6 +17,7 @@ pub mod report;
 pub mod run;
 pub mod scoring;
 pub mod source;
+pub mod thresholds;
 
 pub use engine::{Depth, Engine, Raw, Tap};
 pub use labels::Labels;

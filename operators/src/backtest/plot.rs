@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use super::report::Series;
+use super::thresholds::DetectorThresholds;
 
 const W: f64 = 900.0;
 const H: f64 = 300.0;
@@ -133,6 +134,89 @@ pub fn svg(series: &Series) -> String {
     out
 }
 
+/// One detector's threshold curve: flags per day (blue, left axis) and, with labels, the
+/// window score (orange, right axis) against the threshold; the configured threshold dashed,
+/// the best one green, the one within the budget red.
+pub fn threshold_curve(t: &DetectorThresholds) -> String {
+    const CW: f64 = 600.0;
+    const CH: f64 = 220.0;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {CW} {CH}" width="{CW}" height="{CH}" font-family="sans-serif" font-size="12"><text x="{PAD_L}" y="18">{}: flags per day and window score by threshold</text>"#,
+        escape(&t.detector)
+    );
+    let (x0, x1) = t
+        .curve
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.threshold), b.max(p.threshold))
+        });
+    if !(x0.is_finite() && x1.is_finite()) {
+        out.push_str(r#"<text x="70" y="60">no scores</text></svg>"#);
+        return out;
+    }
+    let span = if x1 > x0 { x1 - x0 } else { 1.0 };
+    let x = |v: f64| PAD_L + (v - x0) / span * (CW - PAD_L - PAD_L);
+    let top = t
+        .curve
+        .iter()
+        .map(|p| p.flags_per_day)
+        .fold(0.0, f64::max)
+        .max(1e-9);
+    let yf = |v: f64| CH - PAD_B - v / top * (CH - PAD_T - PAD_B);
+    let ys = |v: f64| CH - PAD_B - (v.clamp(-100.0, 100.0) + 100.0) / 200.0 * (CH - PAD_T - PAD_B);
+    let _ = write!(
+        out,
+        r##"<line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{0}" stroke="#444"/><line x1="{PAD_L}" y1="{0}" x2="{1}" y2="{0}" stroke="#444"/><text x="{2}" y="{3}" text-anchor="end" fill="#2f6fdf">{4}/day</text><text x="{2}" y="{0}" text-anchor="end">0</text><text x="{PAD_L}" y="{5}">{6}</text><text x="{1}" y="{5}" text-anchor="end">{7}</text>"##,
+        CH - PAD_B,
+        CW - PAD_L,
+        PAD_L - 6.0,
+        PAD_T + 4.0,
+        number(top),
+        CH - 14.0,
+        number(x0),
+        number(x1),
+    );
+    out.push_str(r##"<polyline fill="none" stroke="#2f6fdf" stroke-width="1.5" points=""##);
+    for p in &t.curve {
+        let _ = write!(out, "{:.1},{:.1} ", x(p.threshold), yf(p.flags_per_day));
+    }
+    out.push_str(r#""/>"#);
+    if t.curve.iter().any(|p| p.window_score.is_some()) {
+        let _ = write!(
+            out,
+            r##"<text x="{}" y="{}" fill="#e07b00">score 100</text><text x="{0}" y="{}" fill="#e07b00">−100</text><polyline fill="none" stroke="#e07b00" stroke-width="1.5" points=""##,
+            CW - PAD_L + 4.0,
+            PAD_T + 4.0,
+            CH - PAD_B
+        );
+        for p in &t.curve {
+            if let Some(s) = p.window_score {
+                let _ = write!(out, "{:.1},{:.1} ", x(p.threshold), ys(s));
+            }
+        }
+        out.push_str(r#""/>"#);
+    }
+    for (p, colour, what) in [
+        (Some(&t.current), "#444", "configured"),
+        (t.best.as_ref(), "#2ca02c", "best window score"),
+        (t.within_budget.as_ref(), "#d62728", "within the budget"),
+    ] {
+        if let Some(p) = p {
+            let _ = write!(
+                out,
+                r##"<line x1="{0:.1}" y1="{PAD_T}" x2="{0:.1}" y2="{1}" stroke="{colour}" stroke-dasharray="4 3"><title>{what}: threshold {2}</title></line>"##,
+                x(p.threshold),
+                CH - PAD_B,
+                number(p.threshold)
+            );
+        }
+    }
+    out.push_str("</svg>");
+    out
+}
+
 fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")
@@ -173,5 +257,29 @@ mod tests {
             "{svg}"
         );
         assert!(super::svg(&Series::default()).contains("no events"));
+    }
+
+    #[test]
+    fn the_threshold_curve_marks_its_thresholds() {
+        use crate::backtest::thresholds::Point;
+        let p = |threshold: f64, flags_per_day: f64, score: f64| Point {
+            threshold,
+            flags_per_day,
+            window_score: Some(score),
+            ..Point::default()
+        };
+        let t = DetectorThresholds {
+            detector: "d".into(),
+            curve: vec![p(0.1, 40.0, -20.0), p(0.5, 4.0, 60.0), p(0.9, 1.0, 30.0)],
+            current: p(0.5, 4.0, 60.0),
+            best: Some(p(0.5, 4.0, 60.0)),
+            within_budget: Some(p(0.9, 1.0, 30.0)),
+            ..DetectorThresholds::default()
+        };
+        let svg = threshold_curve(&t);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("best window score: threshold 0.50"), "{svg}");
+        assert!(svg.contains("within the budget: threshold 0.90"), "{svg}");
+        assert!(threshold_curve(&DetectorThresholds::default()).contains("no scores"));
     }
 }

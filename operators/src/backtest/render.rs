@@ -89,6 +89,38 @@ fn summary(r: &Report) -> Vec<(&'static str, String)> {
     rows
 }
 
+/// Per detector: name (kind), its threshold, flags per day and window score there, the best
+/// threshold (with its score) and the one within the budget (with its flags per day).
+fn threshold_rows(r: &Report) -> Vec<Vec<String>> {
+    let score = |s: Option<f64>| s.map_or("–".into(), |s| format!("{s:.1}"));
+    r.thresholds
+        .iter()
+        .map(|t| {
+            vec![
+                format!("{} ({})", t.detector, t.kind),
+                format!("{} {}", t.anomalous, plot_number(t.current.threshold)),
+                format!("{:.2}", t.current.flags_per_day),
+                score(t.current.window_score),
+                t.best.as_ref().map_or("–".into(), |b| {
+                    format!(
+                        "{} (score {})",
+                        plot_number(b.threshold),
+                        score(b.window_score)
+                    )
+                }),
+                t.within_budget.as_ref().map_or("–".into(), |b| {
+                    format!("{} ({:.2}/day)", plot_number(b.threshold), b.flags_per_day)
+                }),
+            ]
+        })
+        .collect()
+}
+
+fn plot_number(v: f64) -> String {
+    let s = format!("{v:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
 }
@@ -147,6 +179,15 @@ pub fn markdown(r: &Report) -> String {
             "| {} | {} | {} | {} |",
             c.name, c.kind, c.detections, c.alerts
         );
+    }
+    if !r.thresholds.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Thresholds\n\n| detector | threshold | flags/day | window score | best threshold | within budget |\n|---|---|---|---|---|---|"
+        );
+        for row in threshold_rows(r) {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
     }
     let _ = writeln!(out, "\n## Alerts per day\n\n| day | alerts |\n|---|---|");
     for (day, n) in &r.alerts_per_day {
@@ -247,6 +288,24 @@ fn html_body(out: &mut String, r: &Report) {
             ]
         }),
     );
+    if !r.thresholds.is_empty() {
+        out.push_str("<h2>Thresholds</h2><p>What each detector would have flagged at other thresholds (its scores replayed through its episodes and cool-down).</p>");
+        html_table(
+            out,
+            &[
+                "detector",
+                "threshold",
+                "flags/day",
+                "window score",
+                "best threshold",
+                "within budget",
+            ],
+            threshold_rows(r),
+        );
+        for t in &r.thresholds {
+            out.push_str(&plot::threshold_curve(t));
+        }
+    }
     out.push_str("<h2>Alerts per day</h2>");
     html_table(
         out,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::labels::Window;
 use super::source::Range;
+use super::thresholds::DetectorThresholds;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -41,6 +42,10 @@ pub struct Report {
     /// Given labels: how the detections compare with them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<Scores>,
+    /// Per detector with a threshold: what other thresholds would have given, the best one
+    /// against the labels and the one within the alert budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<DetectorThresholds>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plot: Option<Series>,
 }
@@ -118,8 +123,11 @@ pub struct Scores {
     pub windows: Vec<Window>,
     pub windows_detected: u64,
     pub windows_missed: u64,
-    /// Alerts raised outside every window.
+    /// Alerts raised outside every window (after each key's probation period).
     pub false_alerts: u64,
+    /// Alerts in a key's probation period (its first 15% of events, at most 750): not scored.
+    #[serde(default)]
+    pub probation_alerts: u64,
     /// From a window's start to its first alert (ms), over detected windows.
     pub time_to_detect: Option<Latency>,
     /// Numenta Anomaly Benchmark style score, standard profile: 100 detects every window at

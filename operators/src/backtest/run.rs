@@ -29,6 +29,8 @@ pub struct Spec {
     pub batch: usize,
     /// At most this many messages a second (None: as fast as it goes).
     pub max_rate: Option<f64>,
+    /// Alerts a day a detector's suggested threshold must keep within (`--budget 5/day`).
+    pub budget_per_day: Option<f64>,
 }
 
 /// Where a running backtest stands.
@@ -66,11 +68,14 @@ pub async fn run(
     let (tx, rx) = mpsc::channel::<Vec<Raw>>(8);
     let versions = spec.versions.clone();
     let (labels, plot) = (spec.labels.clone(), spec.plot.clone());
+    let budget = spec.budget_per_day;
     let (done_tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("backtest".into())
         .spawn(move || {
-            let _ = done_tx.send(process(rx, versions, labels, plot, &models, &metrics));
+            let _ = done_tx.send(process(
+                rx, versions, labels, plot, budget, &models, &metrics,
+            ));
         })?;
     let read = forward(
         js,
@@ -168,6 +173,7 @@ fn process(
     versions: Vec<(String, Arc<Pipeline>)>,
     labels: Option<Labels>,
     plot: Option<PlotSpec>,
+    budget: Option<f64>,
     models: &ModelRegistry,
     metrics: &Metrics,
 ) -> Result<Vec<Report>, BacktestError> {
@@ -180,7 +186,7 @@ fn process(
                 let engine = Engine::new(p.clone(), Depth::Alerts, start, models, metrics)?;
                 runs.push((
                     engine,
-                    Collector::new(p.clone(), labels.clone(), plot.clone()),
+                    Collector::new(p.clone(), labels.clone(), plot.clone(), budget),
                 ));
             }
         }

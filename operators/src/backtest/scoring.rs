@@ -1,22 +1,15 @@
 //! Scoring detections against labels: per event (precision, recall, F1), per labelled
 //! window (detected or missed, time to detect) and the window score of the Numenta Anomaly
-//! Benchmark, which rewards alerts early in a window and charges alerts outside any.
+//! Benchmark ([`anom_ml::benchmark`]: by rows of each key, with its probation period), which
+//! rewards alerts early in a window and charges alerts outside any.
+
+use std::collections::HashMap;
 
 use super::labels::Window;
 use super::report::{Confusion, Latency, Scores};
+use anom_ml::benchmark::{self, Outcome};
 
-/// The NAB standard profile: a detected window earns up to 1, a false alert costs up to
-/// 0.11, a missed window costs 1.
-pub const A_TP: f64 = 1.0;
-pub const A_FP: f64 = 0.11;
-pub const A_FN: f64 = 1.0;
-
-/// NAB's scaled sigmoid of an alert's position `y` relative to a window's end: -1 (the
-/// window's start) earns ~0.987, 0 (its end) earns 0, and after the end the value falls
-/// towards -1.
-pub fn sigmoid(y: f64) -> f64 {
-    2.0 / (1.0 + (5.0 * y).exp()) - 1.0
-}
+pub use anom_ml::benchmark::{sigmoid, A_FN, A_FP, A_TP};
 
 /// The windows a labels field implies: per key, each run of consecutive labelled events
 /// (in event time) from its first to its last event. `events`: per key, (time, labelled)
@@ -55,69 +48,84 @@ fn window(key: &str, start_ms: i64, end_ms: i64) -> Window {
     }
 }
 
-/// Scores `alerts` (key, event time raised) against `windows`, with the per-event counts.
-pub fn score(events: Confusion, windows: &[Window], alerts: &[(&str, i64)]) -> Scores {
-    let mut first: Vec<Option<i64>> = vec![None; windows.len()];
-    let mut false_alerts = 0u64;
-    let mut raw = 0.0;
-    let mut alerts: Vec<(&str, i64)> = alerts.to_vec();
-    alerts.sort_by_key(|a| a.1);
-    for &(key, t) in &alerts {
-        match windows.iter().position(|w| w.covers(key, t)) {
-            Some(i) => {
-                // Only a window's first alert counts; later ones in it are neither.
-                if first[i].is_none() {
-                    first[i] = Some(t);
-                    raw += A_TP * sigmoid(position(&windows[i], t));
-                }
-            }
-            None => {
-                false_alerts += 1;
-                // After a window of the key: less costly the closer it follows it.
-                let before = windows
-                    .iter()
-                    .filter(|w| w.key.as_deref().is_none_or(|k| k == key) && w.end_ms < t)
-                    .max_by_key(|w| w.end_ms);
-                let y = before.map_or(1.0, |w| position(w, t));
-                raw += A_FP * sigmoid(y);
+/// The windows of `key` among `windows`, as (start, end): its own and those of every key,
+/// in order. Overlapping ones are merged (NAB's windows never overlap).
+pub fn windows_of(windows: &[Window], key: &str) -> Vec<(i64, i64)> {
+    let mut own: Vec<(i64, i64)> = windows
+        .iter()
+        .filter(|w| w.key.as_deref().is_none_or(|k| k == key))
+        .map(|w| (w.start_ms, w.end_ms))
+        .collect();
+    own.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(own.len());
+    for (s, e) in own {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
+
+/// The NAB outcome of `alerts` (key, event time) on the keys' rows (`rows`: per key, its
+/// events' times in order). A window of a key with no events is missed; a window without a
+/// key counts once per key that has events.
+pub fn outcome(
+    windows: &[Window],
+    rows: &HashMap<String, Vec<i64>>,
+    alerts: &[(&str, i64)],
+) -> Outcome {
+    let mut by_key: HashMap<&str, Vec<i64>> = HashMap::new();
+    for &(k, t) in alerts {
+        by_key.entry(k).or_default().push(t);
+    }
+    let mut keys: Vec<&String> = rows.keys().collect();
+    keys.sort();
+    let mut total = Outcome::default();
+    for key in keys {
+        let times = &rows[key];
+        let own = windows_of(windows, key);
+        let alerts = by_key.get(key.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        total.add(&benchmark::score_series(times, &own, alerts));
+    }
+    for w in windows {
+        if let Some(k) = &w.key {
+            if !rows.contains_key(k) {
+                total.add(&Outcome {
+                    raw: -A_FN,
+                    windows: 1,
+                    detections: vec![None],
+                    ..Outcome::default()
+                });
             }
         }
     }
-    let detected: Vec<i64> = windows
-        .iter()
-        .zip(&first)
-        .filter_map(|(w, f)| f.map(|t| t - w.start_ms))
-        .collect();
-    let missed = (windows.len() - detected.len()) as u64;
-    raw -= A_FN * missed as f64;
-    let n = windows.len() as f64;
-    let (null, perfect) = (-A_FN * n, A_TP * sigmoid(-1.0) * n);
+    total
+}
+
+/// Scores `alerts` (key, event time raised) against `windows` on the keys' rows, with the
+/// per-event counts.
+pub fn score(
+    events: Confusion,
+    windows: &[Window],
+    rows: &HashMap<String, Vec<i64>>,
+    alerts: &[(&str, i64)],
+) -> Scores {
+    let o = outcome(windows, rows, alerts);
+    let detected: Vec<i64> = o.detections.iter().flatten().copied().collect();
     Scores {
         precision: events.precision(),
         recall: events.recall(),
         f1: events.f1(),
         events,
         windows: windows.to_vec(),
-        windows_detected: detected.len() as u64,
-        windows_missed: missed,
-        false_alerts,
+        windows_detected: o.detected(),
+        windows_missed: o.windows - o.detected(),
+        false_alerts: o.false_alerts,
+        probation_alerts: o.probation_alerts,
         time_to_detect: latency(detected),
-        window_score: (!windows.is_empty()).then(|| 100.0 * (raw - null) / (perfect - null)),
+        window_score: o.score(),
     }
-}
-
-/// Where `t` lies relative to a window's end, in window lengths (start: -1, end: 0).
-fn position(w: &Window, t: i64) -> f64 {
-    let len = w.end_ms - w.start_ms;
-    if len == 0 {
-        // A one-event window: an alert on it is at its start.
-        return if t <= w.end_ms {
-            -1.0
-        } else {
-            (t - w.end_ms) as f64 / 1000.0
-        };
-    }
-    (t - w.end_ms) as f64 / len as f64
 }
 
 fn latency(mut ms: Vec<i64>) -> Option<Latency> {
@@ -146,6 +154,11 @@ mod tests {
         window(key, start_ms, end_ms)
     }
 
+    /// One key `a` with a row every 1,000 ms from 0 to 99,000 (probation: 15 rows).
+    fn rows() -> HashMap<String, Vec<i64>> {
+        HashMap::from([("a".to_string(), (0..100).map(|i| i * 1000).collect())])
+    }
+
     #[test]
     fn event_counts_give_precision_recall_and_f1() {
         let c = Confusion {
@@ -171,68 +184,54 @@ mod tests {
 
     #[test]
     fn a_perfect_detector_scores_100_and_a_silent_one_0() {
-        let windows = [w("a", 1_000, 2_000), w("b", 5_000, 6_000)];
+        let windows = [w("a", 40_000, 49_000), w("a", 70_000, 79_000)];
         let perfect = score(
             Confusion::default(),
             &windows,
-            &[("a", 1_000), ("b", 5_000)],
+            &rows(),
+            &[("a", 40_000), ("a", 70_000)],
         );
         assert!((perfect.window_score.unwrap() - 100.0).abs() < 1e-9);
         assert_eq!(perfect.windows_detected, 2);
         assert_eq!(perfect.time_to_detect.unwrap().max_ms, 0.0);
-        let silent = score(Confusion::default(), &windows, &[]);
+        let silent = score(Confusion::default(), &windows, &rows(), &[]);
         assert_eq!(silent.window_score, Some(0.0));
         assert_eq!(silent.windows_missed, 2);
         assert_eq!(silent.time_to_detect, None);
     }
 
     #[test]
-    fn later_detection_earns_less_and_false_alerts_cost_by_distance() {
-        let windows = [w("a", 1_000, 2_000)];
-        // Halfway through: y = -0.5.
-        let half = score(Confusion::default(), &windows, &[("a", 1_500)]);
-        let expected = 100.0 * (sigmoid(-0.5) + 1.0) / (sigmoid(-1.0) + 1.0);
-        assert!((half.window_score.unwrap() - expected).abs() < 1e-9);
-        assert_eq!(half.time_to_detect.unwrap().mean_ms, 500.0);
-        // The window's second alert changes nothing; another key's alert in the same time
-        // range is a false alert with no window of its own before it (full cost).
-        let noisy = score(
+    fn hand_computed_window_score() {
+        // Window rows 40..=49 (width 10). An alert on row 45: p = −(49 − 45 + 1)/10 = −0.5.
+        // A false alert on row 52: p = (52 − 49)/9. One in probation (row 3) counts for
+        // nothing; another key's alert with no rows is ignored.
+        let windows = [w("a", 40_000, 49_000)];
+        let s = score(
             Confusion::default(),
             &windows,
-            &[("a", 1_000), ("a", 1_900), ("b", 1_500)],
+            &rows(),
+            &[("a", 3_000), ("a", 45_000), ("a", 52_000), ("b", 45_000)],
         );
-        assert_eq!(noisy.false_alerts, 1);
-        let raw = sigmoid(-1.0) + A_FP * sigmoid(1.0);
+        let raw = sigmoid(-0.5) + A_FP * sigmoid(3.0 / 9.0);
         let expected = 100.0 * (raw + 1.0) / (sigmoid(-1.0) + 1.0);
-        assert!((noisy.window_score.unwrap() - expected).abs() < 1e-9);
-        // A false alert right after the window costs less than one long after it.
-        let near = score(
-            Confusion::default(),
-            &windows,
-            &[("a", 1_000), ("a", 2_100)],
-        );
-        let far = score(
-            Confusion::default(),
-            &windows,
-            &[("a", 1_000), ("a", 9_000)],
-        );
-        assert!(near.window_score > far.window_score);
-        assert!(far.window_score < perfect_score());
-    }
-
-    fn perfect_score() -> Option<f64> {
-        Some(100.0)
+        assert!((s.window_score.unwrap() - expected).abs() < 1e-9, "{s:?}");
+        assert_eq!((s.false_alerts, s.probation_alerts), (1, 1));
+        assert_eq!(s.time_to_detect.unwrap().median_ms, 5_000.0);
     }
 
     #[test]
-    fn windows_without_a_key_apply_to_every_key() {
-        let windows = [Window {
-            key: None,
-            start_ms: 0,
-            end_ms: 10,
-            label: Some("outage".into()),
-        }];
-        let s = score(Confusion::default(), &windows, &[("x", 5), ("y", 20)]);
-        assert_eq!((s.windows_detected, s.false_alerts), (1, 1));
+    fn windows_without_a_key_apply_to_every_key_and_a_key_without_rows_misses_its_own() {
+        let windows = [
+            Window {
+                key: None,
+                start_ms: 50_000,
+                end_ms: 59_000,
+                label: Some("outage".into()),
+            },
+            w("gone", 0, 10),
+        ];
+        let s = score(Confusion::default(), &windows, &rows(), &[("a", 55_000)]);
+        assert_eq!((s.windows_detected, s.windows_missed), (1, 1));
+        assert_eq!(windows_of(&windows, "a"), vec![(50_000, 59_000)]);
     }
 }

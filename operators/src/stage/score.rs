@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model_registry::{ModelRegistry, ModelScore, ScoringError, WatchedModel};
 use anom_lang::value::Value;
+use anom_ml::detector::episode::Episode;
 use anom_ml::detector::{self, Reading};
 use anom_pipeline::envelope::{DetectorScore, Envelope};
 use anom_pipeline::rejection::{RejectKind, Rejection};
@@ -31,22 +32,21 @@ pub const NAME: &str = anom_pipeline::unit::names::SCORE;
 struct KeyState {
     last_event_ms: i64,
     detectors: Vec<Option<detector::State>>,
-    /// Per detector: whether the key is in an anomalous episode (its last score crossed the
-    /// threshold). Only the event that opens an episode is flagged, so a level shift or a
-    /// long excursion raises one alert, not one per event.
+    /// Per detector: the key's anomalous episode and last alert. Only the event that opens
+    /// an episode past the detector's cool-down is flagged, so a level shift or a long
+    /// excursion raises one alert, not one per event.
     #[serde(default)]
-    open: Vec<bool>,
+    episodes: Vec<Episode>,
 }
 
 impl KeyState {
-    /// Whether a score crossing the threshold (`above`) opens an episode of detector `i`.
-    fn opens(&mut self, i: usize, above: bool) -> bool {
-        if self.open.len() <= i {
-            self.open.resize(i + 1, false);
+    /// Whether a score crossing the threshold (`above`) at event time `t` alerts for
+    /// detector `i` (see [`Episode::step`]).
+    fn opens(&mut self, i: usize, above: bool, t: i64, cooldown_ms: i64) -> bool {
+        if self.episodes.len() <= i {
+            self.episodes.resize(i + 1, Episode::default());
         }
-        let opens = above && !self.open[i];
-        self.open[i] = above;
-        opens
+        self.episodes[i].step(above, t, cooldown_ms)
     }
 }
 
@@ -222,16 +222,19 @@ impl ScoreStage {
                     (DetectorKind::Model(_) | DetectorKind::Udf(_), _) => None,
                 })
                 .collect();
-            let open = from
+            let episodes = from
                 .iter()
-                .map(|from| from.and_then(|j| old.open.get(j).copied()).unwrap_or(false))
+                .map(|from| {
+                    from.and_then(|j| old.episodes.get(j).copied())
+                        .unwrap_or_default()
+                })
                 .collect();
             stage.keys.insert(
                 key,
                 KeyState {
                     last_event_ms: old.last_event_ms,
                     detectors,
-                    open,
+                    episodes,
                 },
             );
         }
@@ -250,7 +253,7 @@ impl ScoreStage {
                     DetectorKind::Model(_) | DetectorKind::Udf(_) => None,
                 })
                 .collect(),
-            open: vec![false; self.pipeline.detectors.len()],
+            episodes: vec![Episode::default(); self.pipeline.detectors.len()],
         }
     }
 
@@ -337,11 +340,10 @@ impl ScoreStage {
                     Some(label) => label,
                     None => spec.flags(s.score),
                 };
-                let key = &self.waiting[i].env.meta.key;
-                let flagged = self
-                    .keys
-                    .get_mut(key)
-                    .is_some_and(|k| k.opens(slot.detector, above));
+                let meta = &self.waiting[i].env.meta;
+                let flagged = self.keys.get_mut(&meta.key).is_some_and(|k| {
+                    k.opens(slot.detector, above, meta.event_time, spec.cooldown_ms)
+                });
                 self.scored[slot.detector].inc();
                 let mut contributions = Vec::new();
                 let mut explanation = String::new();
@@ -546,7 +548,7 @@ impl Stage for ScoreStage {
                         continue;
                     }
                     self.scored[i].inc();
-                    let flagged = state.opens(i, spec.flags(reading.score));
+                    let flagged = state.opens(i, spec.flags(reading.score), t, spec.cooldown_ms);
                     let (explanation, contributions) = if flagged {
                         self.flagged[i].inc();
                         let names: Vec<&str> =
@@ -572,7 +574,7 @@ impl Stage for ScoreStage {
                         continue;
                     };
                     self.scored[i].inc();
-                    let flagged = state.opens(i, spec.flags(score));
+                    let flagged = state.opens(i, spec.flags(score), t, spec.cooldown_ms);
                     let explanation = if flagged {
                         self.flagged[i].inc();
                         format!("{} = {score:.3}", spec.input_names[0])

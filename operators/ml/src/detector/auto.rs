@@ -127,6 +127,7 @@ impl Config {
             self.season.update(&mut s.season, x, t_ms),
             self.level.update(&mut s.level, x),
         ];
+        let (lo, hi) = (s.range.lo, s.range.hi);
         let range = s.range.update(x, self.warmup);
         // The rarest view, by its calibrated log10 tail.
         let mut best: Option<(f64, usize)> = None;
@@ -150,7 +151,6 @@ impl Config {
         let score = calibrate::score_of_log10_tail(log10_tail);
         let mut r = match view {
             3 => {
-                let (lo, hi) = (s.range.lo, s.range.hi);
                 let above = x > (lo + hi) / 2.0;
                 Reading {
                     score,
@@ -169,7 +169,7 @@ impl Config {
         };
         r.score = score;
         r.strength = 0.0;
-        r.tail = Some(10f64.powf(log10_tail));
+        r.tail = Some(calibrate::tail_of_score(score));
         r
     }
 }

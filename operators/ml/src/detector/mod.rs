@@ -704,7 +704,9 @@ pub fn explain(detector: &Detector, reading: &Reading, names: &[&str], values: &
     };
     match reading.tail {
         // Calibrated: how rare that is for this key.
-        Some(tail) if tail > 0.0 => format!("{text}; about 1 in {} for this key", num(1.0 / tail)),
+        Some(tail) if tail > 1.000_001e-10 => {
+            format!("{text}; about 1 in {} for this key", num(1.0 / tail))
+        }
         Some(_) => format!("{text}; rarer than 1 in 10,000,000,000 for this key"),
         None => text,
     }
