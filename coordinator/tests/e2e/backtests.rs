@@ -78,7 +78,7 @@ fn big_firings(events: &[serde_json::Value], t: f64) -> BTreeSet<(String, i64)> 
     out
 }
 
-async fn apply(channel: &Channel, yaml: &str) -> u32 {
+pub(crate) async fn apply(channel: &Channel, yaml: &str) -> u32 {
     let mut c = v1::pipelines_client::PipelinesClient::new(channel.clone());
     c.apply(v1::ApplyRequest {
         definition: Some(v1::Definition {
@@ -95,7 +95,7 @@ async fn apply(channel: &Channel, yaml: &str) -> u32 {
     .version
 }
 
-fn version(v: u32) -> Option<v1::BacktestTarget> {
+pub(crate) fn version(v: u32) -> Option<v1::BacktestTarget> {
     Some(v1::BacktestTarget {
         source: Some(v1::backtest_target::Source::Version(v)),
     })
@@ -111,7 +111,7 @@ fn draft(yaml: &str) -> Option<v1::BacktestTarget> {
 }
 
 /// Starts a backtest, follows it to its end, and returns the final status and JSON report.
-async fn backtest(
+pub(crate) async fn backtest(
     c: &mut BacktestsClient<Channel>,
     req: v1::StartBacktestRequest,
 ) -> (v1::BacktestStatus, serde_json::Value) {
@@ -134,7 +134,7 @@ async fn backtest(
 }
 
 /// A report, its chunks joined (each at most 1 MiB, the last one marked).
-async fn report_text(
+pub(crate) async fn report_text(
     c: &mut BacktestsClient<Channel>,
     id: &str,
     format: &str,
@@ -182,14 +182,14 @@ fn millis(rfc3339: &serde_json::Value) -> i64 {
         .as_millisecond()
 }
 
-struct Setup {
-    env: Env,
-    addr: SocketAddr,
-    channel: Channel,
+pub(crate) struct Setup {
+    pub env: Env,
+    pub addr: SocketAddr,
+    pub channel: Channel,
     _coordinator: tokio::process::Child,
 }
 
-async fn setup() -> Setup {
+pub(crate) async fn setup() -> Setup {
     let env = Env::start().await;
     let addr: SocketAddr = free_addr();
     let coordinator = spawn_coordinator(&env.url(), addr, &env.dir.path().join("coordinator"), &[]);

@@ -9,6 +9,7 @@ mod backtests;
 mod cli;
 mod control_plane;
 mod crash_recovery;
+mod detector_quality;
 mod detectors_e2e;
 mod keyed_e2e;
 mod multi_node;

@@ -346,6 +346,7 @@ impl Tap for Collector {
             if crate::stage::rules::detector_holds(p, s) {
                 if let Some(c) = self.causes.get_mut(p.rules.len() + s.detector as usize) {
                     c.detections += 1;
+                    c.flags += u64::from(s.flagged);
                 }
             }
         }

@@ -55,7 +55,11 @@ pub struct Cause {
     pub name: String,
     /// "rule", "absence" or "detector".
     pub kind: String,
+    /// Events it held on (a rule hit; a detector's score across its threshold).
     pub detections: u64,
+    /// Detectors: events it flagged (each opened an episode past the cool-down).
+    #[serde(default)]
+    pub flags: u64,
     pub alerts: u64,
 }
 

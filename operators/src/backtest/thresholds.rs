@@ -113,7 +113,8 @@ pub fn analyse(
     let calibrated = matches!(&spec.kind, DetectorKind::Online(d) if d.calibrated());
     let mut candidates: Vec<f64> = if calibrated {
         (1..=(1.0 / GRID_STEP) as u32)
-            .map(|i| f64::from(i) * GRID_STEP)
+            // Rounded: 0.3, not 0.30000000000000004.
+            .map(|i| (f64::from(i) * GRID_STEP * 1000.0).round() / 1000.0)
             .collect()
     } else {
         let all = rec.scores();

@@ -9,16 +9,19 @@ use futures::StreamExt;
 
 /// Publishes JSON events to `subject` and waits until JetStream has stored every one.
 pub async fn publish_events(js: &jetstream::Context, subject: &str, events: &[serde_json::Value]) {
-    let mut acks = Vec::new();
-    for e in events {
-        acks.push(
-            js.publish(subject.to_string(), bytes::Bytes::from(e.to_string()))
-                .await
-                .unwrap(),
-        );
-    }
-    for a in acks {
-        a.await.unwrap();
+    // Acks awaited per 1,000: the client blocks a publish while 5,000 wait unawaited.
+    for chunk in events.chunks(1_000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for e in chunk {
+            acks.push(
+                js.publish(subject.to_string(), bytes::Bytes::from(e.to_string()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
     }
 }
 
