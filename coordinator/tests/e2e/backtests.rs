@@ -698,3 +698,70 @@ async fn labels_are_scored_absence_runs_in_event_time_and_bad_requests_are_refus
     let e = report_text(&mut c, &started.id, "json").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
 }
+
+const FLAP: &str = r#"name: flap
+key: k
+event_time: at
+schema:
+  k: { type: string, required: true }
+  x: { type: float, required: true }
+  at: { type: timestamp, required: true }
+rules:
+  - name: high
+    when: x > 0.5
+    message: "{k}: x is {x}, above its limit of 0.5 (a deliberately long message: reports grow)"
+"#;
+
+/// A report far above gRPC's 4 MiB message limit is fetched whole, in chunks, in every format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_of_twenty_thousand_alerts_is_fetched_in_chunks() {
+    let s = setup().await;
+    assert_eq!(apply(&s.channel, FLAP).await, 1);
+    let js = s.env.js().await;
+    // 100 keys, 400 events each, x alternating 1, 0: every other event fires, the next resolves.
+    let events: Vec<serde_json::Value> = (0..400i64)
+        .flat_map(|i| {
+            (0..100).map(move |k| {
+                serde_json::json!({"k": format!("key-{k:03}"), "x": (i + 1) % 2, "at": T0 + i * MIN + k})
+            })
+        })
+        .collect();
+    publish_events(&js, "anom.flap.in", &events).await;
+    let mut c = BacktestsClient::new(s.channel.clone());
+    let (status, report) = backtest(
+        &mut c,
+        v1::StartBacktestRequest {
+            pipeline: "flap".into(),
+            target: version(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = &report["report"];
+    assert_eq!(r["events"], 40_000);
+    assert_eq!(r["alerts"].as_array().unwrap().len(), 20_000);
+    let json = report_text(&mut c, &status.id, "json").await.unwrap();
+    assert!(
+        json.len() > 4 << 20,
+        "{} bytes: not above the limit",
+        json.len()
+    );
+    for (format, needle) in [("markdown", "… and 19900 more"), ("html", "</html>")] {
+        let text = report_text(&mut c, &status.id, format).await.unwrap();
+        assert!(text.contains(needle), "{format}");
+    }
+    // The command writes it as it arrives.
+    let out = s.env.dir.path().join("flap.json");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .args(["backtest", "show", &status.id, "--format", "json", "--out"])
+        .arg(&out)
+        .args(["--coordinator", &format!("http://{}", s.addr)])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), json);
+}

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::backtests::{apply, backtest, setup, version};
+use crate::backtests::{apply, backtest, report_text, setup, version};
 use anom_proto::v1;
 use anom_proto::v1::backtests_client::BacktestsClient;
 
@@ -83,7 +83,7 @@ async fn every_kind_at_its_defaults_scores_above_its_floor_on_the_labelled_serie
     }
     let windows = std::fs::read_to_string(dir.join("windows.json")).unwrap();
     let mut c = BacktestsClient::new(s.channel.clone());
-    let (_, report) = backtest(
+    let (status, report) = backtest(
         &mut c,
         v1::StartBacktestRequest {
             pipeline: "nab".into(),
@@ -148,4 +148,15 @@ async fn every_kind_at_its_defaults_scores_above_its_floor_on_the_labelled_serie
     assert!(failures.is_empty(), "{failures:#?}\n{table}");
     // The backtest's own score of its alerts (all detectors together) uses the same windows.
     assert_eq!(r["scores"]["windows"].as_array().unwrap().len(), 57);
+    // The HTML report draws each detector's threshold curve, its best threshold marked.
+    let html = report_text(&mut c, &status.id, "html").await.unwrap();
+    assert_eq!(
+        html.matches("flags per day and window score by threshold")
+            .count(),
+        FLOORS.len()
+    );
+    assert_eq!(
+        html.matches("best window score: threshold").count(),
+        FLOORS.len()
+    );
 }

@@ -111,7 +111,12 @@ fn the_readme_detectors_example_compiles() {
     let kinds: Vec<&str> = p.detectors.iter().map(|d| d.kind_name()).collect();
     assert_eq!(
         kinds,
-        vec!["robust_zscore", "cusum", "half_space_trees", "onnx"]
+        vec!["auto", "robust_zscore", "cusum", "half_space_trees", "onnx"]
+    );
+    // No kind written: auto, calibrated, at the default threshold.
+    assert_eq!(
+        p.detectors[0].threshold,
+        anom_ml::detector::DEFAULT_THRESHOLD
     );
     assert_eq!(p.rules.len(), 1);
 }

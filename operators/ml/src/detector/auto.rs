@@ -1,6 +1,7 @@
 //! `auto`: the detector to use when you do not know your data. Per key it runs what the
 //! built-in kinds see — spikes and dips against the recent median (`robust_zscore`), values
-//! unusual for the hour of day (`seasonal`, daily), lasting changes of level (`cusum`) and
+//! unusual for the hour of the week (`seasonal`, weekly, falling back to the key's overall
+//! baseline where an hour has too little history), lasting changes of level (`cusum`) and
 //! values outside anything the key has shown (its range) — calibrates each against the key's
 //! own history ([`super::calibrate`]) and keeps the rarest, corrected for looking in several
 //! places at once (Bonferroni: the tail is multiplied by the number of views). One calibrated
@@ -36,7 +37,7 @@ pub struct State {
     views: Vec<calibrate::State>,
 }
 
-/// The key's smallest and largest values after its warm-up.
+/// The key's smallest and largest values; judged from its warm-up on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Range {
     n: u32,

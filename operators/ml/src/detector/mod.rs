@@ -930,6 +930,47 @@ mod tests {
             .collect()
     }
 
+    /// Strictly online: a score at event t uses nothing after t, so the scores of a prefix
+    /// are the first scores of the whole, for every kind, calibrated or not.
+    #[test]
+    fn scores_of_a_prefix_are_the_first_scores_of_the_whole() {
+        let xs: Vec<(f64, f64, i64)> = (0..1000i64)
+            .map(|i| {
+                let wave = ((i % 288) as f64 / 288.0 * std::f64::consts::TAU).sin();
+                let spike = if i % 97 == 0 { 40.0 } else { 0.0 };
+                (
+                    50.0 + 10.0 * wave + ((i * 37) % 11) as f64 + spike,
+                    (i % 13) as f64,
+                    i,
+                )
+            })
+            .collect();
+        for params in [Value::Null, uncalibrated(Value::Null)] {
+            for kind in Kind::ALL {
+                if kind == Kind::Auto && !params.is_null() {
+                    continue; // always calibrated
+                }
+                let dims = if kind.multivariate() { 2 } else { 1 };
+                let d = Detector::new(kind, &params, Some(5), dims).unwrap();
+                let run = |n: usize| {
+                    let mut s = d.new_state();
+                    xs[..n]
+                        .iter()
+                        .map(|&(a, b, i)| {
+                            let x = [a, b];
+                            d.update(&mut s, &x[..dims], 1_700_000_000_000 + i * 300_000)
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let whole = run(xs.len());
+                assert!(whole.iter().filter(|r| r.warm).count() > 300, "{kind}");
+                for n in [1, 150, 260, 433, 699, 999] {
+                    assert_eq!(run(n)[..], whole[..n], "{kind} {params}: prefix of {n}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
