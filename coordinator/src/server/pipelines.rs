@@ -260,6 +260,16 @@ impl Pipelines for PipelineService {
         let mut state = control.lock().await;
         let now = wall_ms();
         let digest = digest(&text);
+        // Deleted pipelines too: their streams stay.
+        if let Some(other) = anom_pipeline::subjects::stream_collision(
+            &pipeline.name,
+            state.pipelines.keys().map(String::as_str),
+        ) {
+            return Err(Status::already_exists(format!(
+                "{source}: name: {}",
+                anom_pipeline::collision_message(&pipeline.name, other)
+            )));
+        }
         let existing = state.pipelines.get(&pipeline.name).cloned();
         if let Some(record) = &existing {
             // Deleted pipelines too: their streams, consumers and keyed state keep the old

@@ -297,6 +297,14 @@ fn strip_location(message: &str) -> String {
     }
 }
 
+/// Why `name` is refused when pipeline `other` exists.
+pub fn collision_message(name: &str, other: &str) -> String {
+    format!(
+        "pipeline `{name}` would share its streams (ANOM_{}_…) with pipeline `{other}`: names that differ only in `-` and `_` map to the same streams; choose another name",
+        subjects::stream_token(name)
+    )
+}
+
 /// Pipeline, rule and sink names end up in NATS subjects and consumer names.
 pub fn valid_pipeline_name(name: &str) -> bool {
     !name.is_empty()
@@ -335,6 +343,16 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>, DefinitionErrors> {
                         line: None,
                         column: None,
                         message: format!("pipeline `{}` is defined by another file too", p.name),
+                    });
+                } else if let Some(other) =
+                    subjects::stream_collision(&p.name, pipelines.iter().map(|q| q.name.as_str()))
+                {
+                    errors.push(DefinitionError {
+                        file: Some(path.clone()),
+                        path: "name".into(),
+                        line: None,
+                        column: None,
+                        message: collision_message(&p.name, other),
                     });
                 }
                 pipelines.push(p)

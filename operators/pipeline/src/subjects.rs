@@ -30,9 +30,26 @@ pub struct Subjects {
     pub alerts_stream: String,
 }
 
+/// A pipeline's part of its stream names: `a-b` → `A_B`. Stream names allow neither `-` nor
+/// lowercase-only distinctions, so `a-b` and `a_b` share a token: two pipelines must not.
+pub fn stream_token(pipeline: &str) -> String {
+    pipeline.to_ascii_uppercase().replace('-', "_")
+}
+
+/// The pipeline among `others` (not `pipeline` itself) whose streams would be `pipeline`'s.
+pub fn stream_collision<'a>(
+    pipeline: &str,
+    others: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let token = stream_token(pipeline);
+    others
+        .into_iter()
+        .find(|o| *o != pipeline && stream_token(o) == token)
+}
+
 impl Subjects {
     pub fn new(pipeline: &str) -> Subjects {
-        let upper = pipeline.to_ascii_uppercase().replace('-', "_");
+        let upper = stream_token(pipeline);
         Subjects {
             pipeline: pipeline.to_string(),
             input: input_subject(pipeline),
@@ -91,10 +108,7 @@ pub fn input_subject(pipeline: &str) -> String {
 /// The stream that keeps a pipeline's raw events for its `retention` (backtests read it),
 /// sourced from the ingest stream.
 pub fn history_stream(pipeline: &str) -> String {
-    format!(
-        "ANOM_{}_HISTORY",
-        pipeline.to_ascii_uppercase().replace('-', "_")
-    )
+    format!("ANOM_{}_HISTORY", stream_token(pipeline))
 }
 
 pub fn dlq_subject(pipeline: &str) -> String {
@@ -121,4 +135,20 @@ pub mod headers {
     /// For a line of an NDJSON batch: which line (1-based).
     pub const SOURCE_LINE: &str = "Anom-Source-Line";
     pub const CONTENT_TYPE: &str = "Content-Type";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_differing_in_dash_and_underscore_collide() {
+        assert_eq!(stream_token("a-b"), "A_B");
+        assert_eq!(stream_collision("a_b", ["x", "a-b"]), Some("a-b"));
+        assert_eq!(stream_collision("a-b", ["a-b", "ab"]), None);
+        assert_eq!(
+            Subjects::new("a_b").valid_stream,
+            Subjects::new("a-b").valid_stream
+        );
+    }
 }
