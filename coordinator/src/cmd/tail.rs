@@ -73,9 +73,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     println!(
                         "{} [{}] {}: {}",
                         msg.subject,
-                        h(headers::REASON_KIND),
-                        h(headers::REASON),
-                        String::from_utf8_lossy(&msg.payload)
+                        printable(&h(headers::REASON_KIND)),
+                        printable(&h(headers::REASON)),
+                        printable(&String::from_utf8_lossy(&msg.payload))
                     );
                 }
             }
@@ -83,21 +83,61 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// One line per alert: `[critical] routes/failed_route SFTP-BANK-A: Route … failed`.
+/// One line per alert: `[critical] routes/failed_route SFTP-BANK-A: Route … failed`. What
+/// came from events (key, message, explanation) is [`printable`].
 pub fn alert_line(a: &Alert) -> String {
     let head = format!(
         "{} [{}] {}/{} {}",
-        a.event_time, a.severity, a.pipeline, a.rule, a.key
+        printable(&a.event_time),
+        a.severity,
+        a.pipeline,
+        a.rule,
+        printable(&a.key)
     );
     match a.status {
-        AlertStatus::Firing => format!("{head}: {}\n    why: {}", a.message, a.explanation),
+        AlertStatus::Firing => format!(
+            "{head}: {}\n    why: {}",
+            printable(&a.message),
+            printable(&a.explanation)
+        ),
         AlertStatus::Acknowledged => format!(
             "{head}: acknowledged by {}",
-            a.acknowledged_by.as_deref().unwrap_or("?")
+            printable(a.acknowledged_by.as_deref().unwrap_or("?"))
         ),
         AlertStatus::Resolved => format!(
             "{head}: resolved: {}",
-            a.resolved_by.as_deref().unwrap_or("")
+            printable(a.resolved_by.as_deref().unwrap_or(""))
         ),
+    }
+}
+
+/// Text from events as the terminal should show it: control characters (escape sequences,
+/// newlines, carriage returns) escaped as `\u{1b}`, `\n`, … so an event cannot move the
+/// cursor, recolour the terminal or forge a line.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("card-1"), "card-1");
+        assert_eq!(printable("a\u{1b}[31mred\nb\r"), "a\\u{1b}[31mred\\nb\\r");
+        assert_eq!(printable("Zürich ✓"), "Zürich ✓");
     }
 }

@@ -111,7 +111,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         while let Some(msg) = alerts.next().await {
             match serde_json::from_slice::<Alert>(&msg.payload) {
                 Ok(a) => println!("ALERT {}", super::tail::alert_line(&a)),
-                Err(_) => println!("ALERT {}", String::from_utf8_lossy(&msg.payload)),
+                Err(_) => println!(
+                    "ALERT {}",
+                    super::tail::printable(&String::from_utf8_lossy(&msg.payload))
+                ),
             }
         }
     });

@@ -189,6 +189,9 @@ impl Cluster for ClusterService {
     ) -> Result<Response<v1::ListAssignmentsResponse>, Status> {
         let pipeline = request.into_inner().pipeline;
         let state = self.control.lock().await;
+        if !pipeline.is_empty() && !state.pipelines.contains_key(&pipeline) {
+            return Err(super::pipelines::not_found(&pipeline));
+        }
         let wanted = |p: &str| pipeline.is_empty() || p == pipeline;
         Ok(Response::new(v1::ListAssignmentsResponse {
             generation: state.counters.generation,

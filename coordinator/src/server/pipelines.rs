@@ -441,7 +441,18 @@ impl Pipelines for PipelineService {
                     ))
                 })
         };
-        let (a, b) = (find(req.from_version)?, find(req.to_version)?);
+        let b = find(req.to_version)?;
+        let a = match req.from_version {
+            // The version before `to`.
+            0 if b.version <= 1 => {
+                return Err(Status::invalid_argument(format!(
+                    "from_version: pipeline `{}` has no version before {}: expected a version to compare with",
+                    req.name, b.version
+                )))
+            }
+            0 => find(b.version - 1)?,
+            n => find(n)?,
+        };
         let unified = similar::TextDiff::from_lines(&a.yaml, &b.yaml)
             .unified_diff()
             .context_radius(3)

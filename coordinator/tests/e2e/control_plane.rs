@@ -470,3 +470,65 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
     worker.start_kill().unwrap();
     let _ = worker.wait().await;
 }
+
+/// Regressions from a black-box run with clients no one on the project wrote (issue 18): names
+/// that share streams, a diff without a starting version, assignments of an unknown pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_names_are_refused_and_unknowns_are_not_found() {
+    let env = Env::start().await;
+    let addr = free_addr();
+    let _coordinator =
+        spawn_coordinator(&env.url(), addr, &env.dir.path().join("coordinator"), &[]);
+    let ch = coordinator_channel(addr).await;
+    let mut api = PipelinesClient::new(ch.clone());
+    let apply = |name: &str, rule: &str| v1::ApplyRequest {
+        definition: yaml(
+            &V1.replace("name: counts", &format!("name: {name}"))
+                .replace("n == 2", rule),
+            &format!("{name}.yaml"),
+        ),
+        ..Default::default()
+    };
+    api.apply(apply("a-b", "n == 2")).await.unwrap();
+    // `a_b` would write to ANOM_A_B_* too: refused, naming the other pipeline.
+    let e = api.apply(apply("a_b", "n == 2")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    assert!(
+        e.message().contains("`a-b`") && e.message().contains("ANOM_A_B_"),
+        "{}",
+        e.message()
+    );
+    // The first version has nothing before it; from 0 then means "the previous version".
+    let diff = |from: u32| v1::DiffRequest {
+        name: "a-b".into(),
+        from_version: from,
+        to_version: 0,
+    };
+    let e = api.diff(diff(0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("from_version"), "{}", e.message());
+    api.apply(apply("a-b", "n == 3")).await.unwrap();
+    let d = api.diff(diff(0)).await.unwrap().into_inner();
+    assert!(
+        d.unified.contains("a-b v1") && d.unified.contains("+    when: n == 3"),
+        "{}",
+        d.unified
+    );
+    // Like every other call, an unknown pipeline is NOT_FOUND.
+    let mut cluster = v1::cluster_client::ClusterClient::new(ch.clone());
+    let e = cluster
+        .list_assignments(v1::ListAssignmentsRequest {
+            pipeline: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let known = cluster
+        .list_assignments(v1::ListAssignmentsRequest {
+            pipeline: "a-b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!known.units.is_empty() || !known.unassigned.is_empty());
+}

@@ -120,14 +120,22 @@ pub fn decode_all<'a>(
                         rest = &before[used..];
                     }
                     Err(e) => {
+                        // Well-formed MessagePack of the wrong shape (an array, a string
+                        // where a number belongs) is a schema fault, as it is in JSON.
+                        let row = match e {
+                            rmp_serde::decode::Error::Syntax(m) => {
+                                Rejection::new(RejectKind::Schema, m)
+                            }
+                            e => Rejection::new(
+                                RejectKind::Decode,
+                                format!("invalid MessagePack event: {e}"),
+                            ),
+                        };
                         each(Decoded {
                             index,
                             line: None,
                             bytes: before,
-                            row: Err(Rejection::new(
-                                RejectKind::Decode,
-                                format!("invalid MessagePack event: {e}"),
-                            )),
+                            row: Err(row),
                         });
                         rest = &[];
                     }

@@ -76,6 +76,10 @@ impl Field {
             (FieldType::Float, Raw::Int(i)) => Value::Float(i as f64),
             (FieldType::Float, Raw::UInt(u)) => Value::Float(u as f64),
             (FieldType::Float, Raw::Float(f)) if f.is_finite() => Value::Float(f),
+            // Not finite (the arm above took the rest).
+            (FieldType::Float, Raw::Float(_)) => {
+                return Err(self.mismatch("a finite float (not NaN or an infinity)", &raw))
+            }
             (FieldType::Bool, Raw::Bool(b)) => Value::Bool(b),
             (FieldType::Timestamp, Raw::Str(s)) => match parse_timestamp(s) {
                 Some(ms) => Value::Timestamp(ms),

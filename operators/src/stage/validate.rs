@@ -111,6 +111,16 @@ impl Validate {
                     ),
                 ))
             }
+            // An empty key would lump every such event into one key nobody named.
+            Value::Str(s) if s.trim().is_empty() => {
+                return Err(Rejection::new(
+                    RejectKind::MissingKey,
+                    format!(
+                        "key field `{}` is empty: expected a non-blank string",
+                        p.schema.fields()[p.key].name
+                    ),
+                ))
+            }
             Value::Str(s) => s.to_string(),
             Value::Timestamp(ms) => ms.to_string(),
             // Exact, not the rounded text messages use: distinct values stay distinct keys.
@@ -320,6 +330,15 @@ mod tests {
             header(&out[0], headers::REASON),
             "key field `user` is missing or null"
         );
+        for blank in ["", "  "] {
+            let event = serde_json::json!({"user": blank, "amount": 1}).to_string();
+            let out = run(&p, event.as_bytes());
+            assert_eq!(header(&out[0], headers::REASON_KIND), "missing_key");
+            assert_eq!(
+                header(&out[0], headers::REASON),
+                "key field `user` is empty: expected a non-blank string"
+            );
+        }
     }
 
     #[test]
@@ -354,6 +373,47 @@ mod tests {
         assert_eq!(a.meta.event_time, 1_700_000_000_123);
         assert_eq!(a.data[1], Value::Float(3.0));
         assert_eq!(Envelope::decode(&out[1].payload).unwrap().meta.key, "ben");
+    }
+
+    #[test]
+    fn the_same_fault_has_the_same_reason_kind_in_json_and_messagepack() {
+        let p = pipeline("");
+        let array = serde_json::json!(["ana", 3]);
+        let wrong_type = serde_json::json!({"user": "ana", "amount": "three"});
+        for value in [array, wrong_type] {
+            let json = run(&p, value.to_string().as_bytes());
+            let msgpack = run(&p, &rmp_serde::to_vec_named(&value).unwrap());
+            assert_eq!(header(&json[0], headers::REASON_KIND), "schema", "{value}");
+            assert_eq!(
+                header(&msgpack[0], headers::REASON_KIND),
+                "schema",
+                "{value}"
+            );
+        }
+        // Malformed bytes are a decode fault in both.
+        assert_eq!(
+            header(&run(&p, b"{\"user\"")[0], headers::REASON_KIND),
+            "decode"
+        );
+        assert_eq!(header(&run(&p, &[0xc1])[0], headers::REASON_KIND), "decode");
+        // NaN (MessagePack can carry it) says what was expected.
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum V {
+            S(&'static str),
+            F(f64),
+        }
+        let nan = rmp_serde::to_vec_named(&std::collections::BTreeMap::from([
+            ("user", V::S("ana")),
+            ("amount", V::F(f64::NAN)),
+        ]))
+        .unwrap();
+        let out = run(&p, &nan);
+        assert_eq!(header(&out[0], headers::REASON_KIND), "schema");
+        assert_eq!(
+            header(&out[0], headers::REASON),
+            "field `amount`: expected a finite float (not NaN or an infinity), found float NaN"
+        );
     }
 
     #[test]
