@@ -125,11 +125,16 @@ impl Coordinator {
         health
             .set_serving::<v1::backtests_server::BacktestsServer<backtests::BacktestService>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("reflection service")?;
+        // Both protocol versions: grpcurl speaks v1, Python's grpcio-reflection v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("reflection service (v1alpha)")?;
+        let reflection = reflection().build_v1().context("reflection service")?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -138,6 +143,7 @@ impl Coordinator {
         let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(v1::pipelines_server::PipelinesServer::new(
                 pipelines::PipelineService {
                     control: control.clone(),

@@ -531,4 +531,43 @@ async fn colliding_names_are_refused_and_unknowns_are_not_found() {
         .unwrap()
         .into_inner();
     assert!(!known.units.is_empty() || !known.unassigned.is_empty());
+
+    // Reflection as Python's grpcio-reflection client asks for it (grpc.reflection.v1alpha).
+    let root = crate::support::repo_root();
+    let venv = std::process::Command::new(root.join("scripts/grpc/venv"))
+        .output()
+        .unwrap();
+    assert!(
+        venv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let python = String::from_utf8(venv.stdout).unwrap();
+    let out = tokio::process::Command::new(python.trim())
+        .arg(root.join("scripts/grpc/reflect.py"))
+        .arg(addr.to_string())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in [
+        "anom.v1.Pipelines",
+        "anom.v1.Backtests",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            seen["services"].as_array().unwrap().iter().any(|x| x == s),
+            "{s}: {seen}"
+        );
+    }
+    let methods = &seen["methods"]["anom.v1.Pipelines"];
+    assert!(
+        methods.as_array().unwrap().iter().any(|m| m == "Diff"),
+        "{seen}"
+    );
 }
