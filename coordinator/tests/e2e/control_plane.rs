@@ -498,6 +498,21 @@ async fn colliding_names_are_refused_and_unknowns_are_not_found() {
         "{}",
         e.message()
     );
+    // A definition bloated by a 300 KiB comment is refused before anything stores it.
+    let big = v1::ApplyRequest {
+        definition: yaml(
+            &format!("{V1}# {}\n", "x".repeat(300 * 1024)).replace("name: counts", "name: big"),
+            "big.yaml",
+        ),
+        ..Default::default()
+    };
+    let e = api.apply(big).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("expected at most 262144"),
+        "{}",
+        e.message()
+    );
     // The first version has nothing before it; from 0 then means "the previous version".
     let diff = |from: u32| v1::DiffRequest {
         name: "a-b".into(),

@@ -246,6 +246,18 @@ impl Pipeline {
 
     /// Parses and compiles a definition given as YAML text.
     pub fn from_yaml(text: &str) -> Result<Pipeline, DefinitionErrors> {
+        if text.len() > MAX_DEFINITION_BYTES {
+            return Err(DefinitionErrors(vec![DefinitionError {
+                file: None,
+                path: String::new(),
+                line: None,
+                column: None,
+                message: format!(
+                    "the definition is {} bytes: expected at most {MAX_DEFINITION_BYTES} (the coordinator stores every version and each worker loads it); split it into several pipelines",
+                    text.len()
+                ),
+            }]));
+        }
         // serde_norway's messages already name the path (`rules[2]: unknown field ...`).
         let def: PipelineDef = serde_norway::from_str(text).map_err(|e| {
             let (line, column) = e
@@ -296,6 +308,9 @@ fn strip_location(message: &str) -> String {
         None => message.to_string(),
     }
 }
+
+/// The largest definition accepted, comments included (256 KiB: thousands of rules).
+pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
 
 /// Why `name` is refused when pipeline `other` exists.
 pub fn collision_message(name: &str, other: &str) -> String {

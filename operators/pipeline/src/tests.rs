@@ -748,3 +748,16 @@ fn the_alerts_section_is_checked_and_compiled() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_definition_over_the_size_limit_is_refused_saying_the_limit() {
+    let big = format!(
+        "name: t\nkey: k\nschema:\n  k: string\n# {}\n",
+        "x".repeat(MAX_DEFINITION_BYTES)
+    );
+    let e = Pipeline::from_yaml(&big).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("expected at most {MAX_DEFINITION_BYTES}")),
+        "{e}"
+    );
+}
