@@ -471,12 +471,42 @@ impl Pipelines for PipelineService {
         &self,
         request: Request<v1::PipelineName>,
     ) -> Result<Response<v1::PipelineStatus>, Status> {
-        self.set(
-            request.into_inner().name,
-            |p| p.deleted = true,
-            "pipeline deleted",
-        )
-        .await
+        let name = request.into_inner().name;
+        let live = {
+            let state = self.control.lock().await;
+            state.pipelines.get(&name).is_some_and(|p| !p.deleted)
+        };
+        if live {
+            // The ingest stream keeps its events after they were processed (for replays);
+            // once the pipeline is gone nothing routes them, and the unknown-pipeline watcher
+            // would dead-letter every one it still holds. Purged first, before any worker
+            // learns the pipeline is gone; events sent after the delete are dead-lettered
+            // (a publisher still sending to it should see that). Its history stream stays
+            // for backtests.
+            let subject = anom_pipeline::subjects::input_subject(&name);
+            match self
+                .control
+                .js
+                .get_stream(anom_pipeline::subjects::INGEST_STREAM)
+                .await
+            {
+                Ok(mut stream) => match stream.purge().filter(&subject).await {
+                    Ok(p) => tracing::info!(pipeline = %name, purged = p.purged, "input purged"),
+                    Err(e) => {
+                        return Err(Status::unavailable(format!(
+                            "cannot purge the input of `{name}` ({subject}) from the ingest stream: {e}"
+                        )))
+                    }
+                },
+                Err(e) => {
+                    return Err(Status::unavailable(format!(
+                        "cannot read the ingest stream: {e}"
+                    )))
+                }
+            }
+        }
+        self.set(name, |p| p.deleted = true, "pipeline deleted")
+            .await
     }
 
     async fn pause(

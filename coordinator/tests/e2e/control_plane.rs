@@ -586,3 +586,54 @@ async fn colliding_names_are_refused_and_unknowns_are_not_found() {
         "{seen}"
     );
 }
+
+/// Deleting a pipeline stops its input: the events the ingest stream still holds for it are
+/// not dead-lettered as `unknown_pipeline` (they were, every one); an event sent after the
+/// delete is (its publisher should know).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pipeline_does_not_dead_letter_what_it_already_processed() {
+    let env = Env::start().await;
+    let js = env.js().await;
+    let addr = free_addr();
+    let _coordinator =
+        spawn_coordinator(&env.url(), addr, &env.dir.path().join("coordinator"), &[]);
+    let ch = coordinator_channel(addr).await;
+    let mut api = PipelinesClient::new(ch.clone());
+    api.apply(v1::ApplyRequest {
+        definition: yaml(V1, "counts.yaml"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut worker = spawn_cluster_worker(&env.url(), addr, "w1", &env.dir.path().join("w1"), &[]);
+    let events: Vec<serde_json::Value> = (0..300)
+        .map(|i| serde_json::json!({"user": format!("u{}", i % 7), "amount": i}))
+        .collect();
+    crate::support::publish_events(&js, "anom.counts.in", &events).await;
+    assert!(
+        wait_for(Duration::from_secs(60), || async {
+            crate::support::stream_len(&js, "ANOM_COUNTS_VALID").await >= 300
+        })
+        .await
+    );
+    api.delete(v1::PipelineName {
+        name: "counts".into(),
+    })
+    .await
+    .unwrap();
+    publish(&js, "anom.counts.in", r#"{"user":"late","amount":1}"#).await;
+    let dead = || async {
+        crate::support::read_stream(&js, "ANOM_DLQ", Some("anom.counts.dlq"))
+            .await
+            .into_iter()
+            .filter(|m| {
+                m.headers.get("Anom-Reason-Kind").map(String::as_str) == Some("unknown_pipeline")
+            })
+            .count()
+    };
+    assert!(wait_for(Duration::from_secs(30), || async { dead().await >= 1 }).await);
+    // Two more polls of the watcher: nothing else arrives.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(dead().await, 1);
+    let _ = worker.kill().await;
+}
