@@ -490,7 +490,7 @@ impl Pipelines for PipelineService {
                 .get_stream(anom_pipeline::subjects::INGEST_STREAM)
                 .await
             {
-                Ok(mut stream) => match stream.purge().filter(&subject).await {
+                Ok(stream) => match stream.purge().filter(&subject).await {
                     Ok(p) => tracing::info!(pipeline = %name, purged = p.purged, "input purged"),
                     Err(e) => {
                         return Err(Status::unavailable(format!(
