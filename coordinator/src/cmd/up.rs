@@ -55,7 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         dir: args.data_dir.join("nats"),
     })
     .await
-    .context("cannot start nats-server (scripts/install-nats-server.sh installs it)")?;
+    .context("cannot start nats-server")?;
     let url = natsd.url().to_string();
 
     let shutdown = CancellationToken::new();

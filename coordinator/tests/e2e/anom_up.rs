@@ -95,3 +95,67 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
     assert!(status.success(), "clean exit on Ctrl-C: {status:?}");
     assert!(rest.contains("Anom stopped."), "{rest}");
 }
+
+/// `kill -9` of `anom up` leaves no nats-server behind, and the next start on the same data
+/// directory comes up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_anom_up_leaves_no_nats_server_and_starts_again() {
+    let data = tempfile::tempdir().unwrap();
+    let up = |exit_after: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_anom"));
+        c.current_dir(crate::support::repo_root())
+            .args(["up", "--nats-port", "0", "--metrics-addr", "127.0.0.1:0"])
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--exit-after",
+                exit_after,
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .env("ANOM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+    let mut child = up("120s").spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("publish to anom.") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true));
+    let pid: u32 = std::fs::read_to_string(data.path().join("nats/nats-server.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(15), async {
+        // Gone, or a zombie waiting to be reaped.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        }) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(stopped.is_ok(), "nats-server {pid} outlived anom up");
+    let again = up("3s").output().await.unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

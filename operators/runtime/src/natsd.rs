@@ -30,6 +30,10 @@ pub enum NatsdError {
     NotReady { timeout: Duration, last: String },
     #[error("the cluster has no node {0}")]
     NoSuchNode(usize),
+    #[error(
+        "port {port} on 127.0.0.1 is taken by another process: stop it, or start with another port"
+    )]
+    PortTaken { port: u16 },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -91,6 +95,12 @@ impl Natsd {
         let binary = find_binary()?;
         let dir = options.dir;
         std::fs::create_dir_all(dir.join("jetstream"))?;
+        // One server per store: a server an earlier run left behind (its owner killed with
+        // SIGKILL) still writes there; stop it before another opens the same files.
+        stop_orphan(&dir).await;
+        if options.port != 0 && std::net::TcpListener::bind(("127.0.0.1", options.port)).is_err() {
+            return Err(NatsdError::PortTaken { port: options.port });
+        }
         let ports_dir = dir.join("ports");
         // A stale ports file from an earlier run would report the wrong port.
         let _ = std::fs::remove_dir_all(&ports_dir);
@@ -101,7 +111,17 @@ impl Natsd {
         } else {
             options.port.to_string()
         };
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only the child.
+        unsafe {
+            // The server dies with its owner, even when the owner is killed with SIGKILL.
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = command
             .arg("-a")
             .arg("127.0.0.1")
             .arg("-p")
@@ -122,6 +142,9 @@ impl Natsd {
                 binary: binary.clone(),
                 source,
             })?;
+        if let Some(pid) = child.id() {
+            std::fs::write(dir.join(PID_FILE), pid.to_string())?;
+        }
         let mut server = Natsd {
             child,
             url: String::new(),
@@ -199,6 +222,50 @@ impl Natsd {
         self.child.kill().await?;
         Ok(())
     }
+}
+
+/// Beside the store: the pid of the server that owns it.
+const PID_FILE: &str = "nats-server.pid";
+
+/// Stops the nats-server named by `dir`'s pid file if it still runs (checked by its command
+/// line naming this store, so a reused pid is left alone).
+async fn stop_orphan(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join(PID_FILE)) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let store = dir.join("jetstream");
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let line = String::from_utf8_lossy(&c).replace('\0', " ");
+        line.contains("nats-server") && line.contains(&*store.to_string_lossy())
+    });
+    if !ours {
+        return;
+    }
+    eprintln!(
+        "nats-server: stopping pid {pid}, left running on {} by an earlier run",
+        store.display()
+    );
+    let target = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid);
+    let started = Instant::now();
+    while alive() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive() {
+        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
 }
 
 pub fn read_ports_file(dir: &Path) -> Option<u16> {

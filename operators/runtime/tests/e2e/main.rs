@@ -3,3 +3,4 @@
 
 mod dashboard;
 mod nats_cluster;
+mod natsd;
