@@ -113,6 +113,70 @@ pub async fn apply_path(url: &str, path: &Path, comment: &str) -> anyhow::Result
     Ok(())
 }
 
+/// The comment on versions `anom up` applies from files.
+pub const UP_COMMENT: &str = "applied by anom up";
+
+/// What `anom up` does with the files at start: applies each, except over a current version
+/// someone applied through the API (or `anom pipeline apply`) since — unless `reapply`. A
+/// restart must not silently undo their work; it says what it kept and how to override.
+pub async fn apply_files_keeping_newer(
+    url: &str,
+    path: &Path,
+    reapply: bool,
+) -> anyhow::Result<()> {
+    let mut c = client(url).await?;
+    for file in files(path)? {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let name = anom_pipeline::Pipeline::from_yaml(&text)
+            .map(|p| p.name)
+            .unwrap_or_default();
+        let current = match c.history(v1::HistoryRequest { name: name.clone() }).await {
+            Ok(h) => h.into_inner().versions.into_iter().last(),
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => return Err(fail(s)),
+        };
+        if let Some(cur) = current.filter(|cur| !reapply && cur.comment != UP_COMMENT) {
+            if cur.yaml != text {
+                println!(
+                    "{name}: keeping version {} (applied {} by {}{}); {} differs — `anom up --reapply-files` applies the files over it",
+                    cur.version,
+                    time(&cur.applied_at),
+                    if cur.author.is_empty() { "?" } else { &cur.author },
+                    if cur.comment.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": \"{}\"", cur.comment)
+                    },
+                    file.display()
+                );
+                continue;
+            }
+        }
+        let r = c
+            .apply(v1::ApplyRequest {
+                definition: Some(definition(&file)?),
+                comment: UP_COMMENT.to_string(),
+                author: std::env::var("USER").unwrap_or_default(),
+            })
+            .await
+            .map_err(fail)?
+            .into_inner();
+        let v = r.version.unwrap_or_default();
+        if r.changed {
+            println!(
+                "{}: version {} applied from {}",
+                v.name,
+                v.version,
+                file.display()
+            );
+        } else {
+            println!("{}: unchanged (version {})", v.name, v.version);
+        }
+    }
+    Ok(())
+}
+
 /// A time as `2026-11-21 10:00:00` (UTC), `-` when unset.
 pub fn time(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()

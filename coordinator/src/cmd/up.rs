@@ -43,6 +43,10 @@ pub struct Args {
     /// Events per second for --demo.
     #[arg(long, default_value_t = 50.0)]
     demo_rate: f64,
+    /// Apply the pipeline files even over versions applied since through the API (by default
+    /// those are kept, and said so).
+    #[arg(long)]
+    reapply_files: bool,
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, value_parser = anom_lang::duration::parse)]
     exit_after: Option<Duration>,
@@ -74,7 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     let grpc = format!("http://{}", coordinator.addr);
-    super::pipeline::apply_path(&grpc, &args.pipelines, "applied by anom up").await?;
+    super::pipeline::apply_files_keeping_newer(&grpc, &args.pipelines, args.reapply_files).await?;
     let mut config = WorkerConfig::new(url.clone(), Vec::new());
     config.metrics_addr = Some(args.metrics_addr);
     config.state_dir = args.data_dir.join("state");

@@ -159,3 +159,66 @@ async fn a_killed_anom_up_leaves_no_nats_server_and_starts_again() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// A version applied through the API survives a restart of `anom up` (which says it kept it),
+/// until `--reapply-files` asks for the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_a_version_applied_through_the_api() {
+    let data = tempfile::tempdir().unwrap();
+    let grpc = crate::support::free_addr();
+    let up = |extra: &[&str], exit_after: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_anom"));
+        c.current_dir(crate::support::repo_root())
+            .args(["up", "--nats-port", "0", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", &grpc.to_string(), "--exit-after", exit_after])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("ANOM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+    let first = up(&[], "2s").output().await.unwrap();
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(out.contains("routes: version 1 applied from"), "{out}");
+    // While it is down, nothing serves gRPC: bring it up once more and apply through the API.
+    let mut running = up(&[], "120s").spawn().unwrap();
+    let ch = crate::support::coordinator_channel(grpc).await;
+    let yaml = std::fs::read_to_string(crate::support::repo_root().join("pipelines/routes.yaml"))
+        .unwrap()
+        + "# changed through the API\n";
+    let mut api = anom_proto::v1::pipelines_client::PipelinesClient::new(ch);
+    let v = api
+        .apply(anom_proto::v1::ApplyRequest {
+            definition: Some(anom_proto::v1::Definition {
+                source: Some(anom_proto::v1::definition::Source::Yaml(yaml)),
+                source_name: "routes.yaml".into(),
+            }),
+            comment: "raise the limit".into(),
+            author: "ana".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.version.unwrap().version, 2);
+    running.start_kill().unwrap();
+    running.wait().await.unwrap();
+
+    let again = up(&[], "2s").output().await.unwrap();
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        out.contains("routes: keeping version 2") && out.contains("by ana: \"raise the limit\""),
+        "{out}"
+    );
+    assert!(out.contains("iot: unchanged (version 1)"), "{out}");
+    let forced = up(&["--reapply-files"], "2s").output().await.unwrap();
+    let out = String::from_utf8_lossy(&forced.stdout);
+    assert!(out.contains("routes: version 3 applied from"), "{out}");
+}
