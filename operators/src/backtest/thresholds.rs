@@ -71,7 +71,7 @@ pub struct DetectorThresholds {
     pub scored: u64,
     /// Its configured threshold, and what it gave.
     pub current: Point,
-    /// With labels: the threshold with the best window score (the higher on a tie).
+    /// With labels: the threshold with the best window score (the less sensitive on a tie).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<Point>,
     /// With a budget: the most sensitive threshold whose flags per day stay within it.
