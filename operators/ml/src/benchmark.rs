@@ -71,6 +71,21 @@ impl Outcome {
         self.probation_alerts += other.probation_alerts;
     }
 
+    /// The median delay from a window's start to its first alert, over detected windows.
+    pub fn median_time_to_detect_ms(&self) -> Option<f64> {
+        let mut d: Vec<i64> = self.detections.iter().flatten().copied().collect();
+        if d.is_empty() {
+            return None;
+        }
+        d.sort_unstable();
+        let n = d.len();
+        Some(if n % 2 == 1 {
+            d[n / 2] as f64
+        } else {
+            (d[n / 2 - 1] + d[n / 2]) as f64 / 2.0
+        })
+    }
+
     /// The normalised window score; `None` without windows.
     pub fn score(&self) -> Option<f64> {
         if self.windows == 0 {

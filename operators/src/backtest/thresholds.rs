@@ -209,19 +209,10 @@ fn point(spec: &DetectorSpec, rec: &Recorded, ctx: &Context<'_>, t: f64, above: 
     };
     if let Some((windows, rows)) = ctx.windows {
         let o = scoring::outcome(windows, rows, &flagged);
-        let mut delays: Vec<i64> = o.detections.iter().flatten().copied().collect();
-        delays.sort_unstable();
         p.window_score = o.score();
         p.windows_detected = Some(o.detected());
         p.false_flags = Some(o.false_alerts);
-        p.median_time_to_detect_ms = (!delays.is_empty()).then(|| {
-            let m = delays.len();
-            if m % 2 == 1 {
-                delays[m / 2] as f64
-            } else {
-                (delays[m / 2 - 1] + delays[m / 2]) as f64 / 2.0
-            }
-        });
+        p.median_time_to_detect_ms = o.median_time_to_detect_ms();
     }
     p
 }

@@ -186,17 +186,7 @@ impl Row {
 
     /// Median delay from a window's start to its first alert, in ms.
     pub fn median_time_to_detect_ms(&self) -> Option<f64> {
-        let mut d: Vec<i64> = self.outcome.detections.iter().flatten().copied().collect();
-        if d.is_empty() {
-            return None;
-        }
-        d.sort_unstable();
-        let n = d.len();
-        Some(if n % 2 == 1 {
-            d[n / 2] as f64
-        } else {
-            (d[n / 2 - 1] + d[n / 2]) as f64 / 2.0
-        })
+        self.outcome.median_time_to_detect_ms()
     }
 }
 
