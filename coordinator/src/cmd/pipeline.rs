@@ -94,21 +94,36 @@ fn definition(file: &Path) -> anyhow::Result<v1::Definition> {
 pub async fn apply_path(url: &str, path: &Path, comment: &str) -> anyhow::Result<()> {
     let mut c = client(url).await?;
     for file in files(path)? {
-        let r = c
-            .apply(v1::ApplyRequest {
-                definition: Some(definition(&file)?),
-                comment: comment.to_string(),
-                author: std::env::var("USER").unwrap_or_default(),
-            })
-            .await
-            .map_err(fail)?
-            .into_inner();
-        let v = r.version.unwrap_or_default();
-        if r.changed {
-            println!("{}: version {} applied", v.name, v.version);
-        } else {
-            println!("{}: unchanged (version {})", v.name, v.version);
-        }
+        apply_file(&mut c, &file, comment).await?;
+    }
+    Ok(())
+}
+
+/// Applies one file and says what became of it.
+async fn apply_file(
+    c: &mut PipelinesClient<Channel>,
+    file: &Path,
+    comment: &str,
+) -> anyhow::Result<()> {
+    let r = c
+        .apply(v1::ApplyRequest {
+            definition: Some(definition(file)?),
+            comment: comment.to_string(),
+            author: std::env::var("USER").unwrap_or_default(),
+        })
+        .await
+        .map_err(fail)?
+        .into_inner();
+    let v = r.version.unwrap_or_default();
+    if r.changed {
+        println!(
+            "{}: version {} applied from {}",
+            v.name,
+            v.version,
+            file.display()
+        );
+    } else {
+        println!("{}: unchanged (version {})", v.name, v.version);
     }
     Ok(())
 }
@@ -153,26 +168,7 @@ pub async fn apply_files_keeping_newer(
                 continue;
             }
         }
-        let r = c
-            .apply(v1::ApplyRequest {
-                definition: Some(definition(&file)?),
-                comment: UP_COMMENT.to_string(),
-                author: std::env::var("USER").unwrap_or_default(),
-            })
-            .await
-            .map_err(fail)?
-            .into_inner();
-        let v = r.version.unwrap_or_default();
-        if r.changed {
-            println!(
-                "{}: version {} applied from {}",
-                v.name,
-                v.version,
-                file.display()
-            );
-        } else {
-            println!("{}: unchanged (version {})", v.name, v.version);
-        }
+        apply_file(&mut c, &file, UP_COMMENT).await?;
     }
     Ok(())
 }

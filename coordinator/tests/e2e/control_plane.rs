@@ -548,18 +548,8 @@ async fn colliding_names_are_refused_and_unknowns_are_not_found() {
     assert!(!known.units.is_empty() || !known.unassigned.is_empty());
 
     // Reflection as Python's grpcio-reflection client asks for it (grpc.reflection.v1alpha).
-    let root = crate::support::repo_root();
-    let venv = std::process::Command::new(root.join("scripts/grpc/venv"))
-        .output()
-        .unwrap();
-    assert!(
-        venv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = String::from_utf8(venv.stdout).unwrap();
-    let out = tokio::process::Command::new(python.trim())
-        .arg(root.join("scripts/grpc/reflect.py"))
+    let out = tokio::process::Command::new(crate::support::venv_python("grpc"))
+        .arg(crate::support::repo_root().join("scripts/grpc/reflect.py"))
         .arg(addr.to_string())
         .output()
         .await

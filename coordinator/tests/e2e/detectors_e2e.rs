@@ -486,16 +486,7 @@ async fn the_hosts_example_finds_its_labelled_anomalies() {
 /// into `dir`; returns its reference.json.
 fn sklearn_models(dir: &Path) -> serde_json::Value {
     let root = crate::support::repo_root();
-    let venv = std::process::Command::new(root.join("scripts/ml/venv"))
-        .output()
-        .unwrap();
-    assert!(
-        venv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = String::from_utf8(venv.stdout).unwrap();
-    let out = std::process::Command::new(python.trim())
+    let out = std::process::Command::new(crate::support::venv_python("ml"))
         .arg(root.join("scripts/ml/sklearn_reference.py"))
         .arg(dir)
         .output()

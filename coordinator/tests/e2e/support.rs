@@ -14,7 +14,7 @@ use anom_runtime::metrics::Metrics;
 use anom_runtime::natsd::Natsd;
 pub use anom_testkit::{
     alerts, free_addr, notifications, publish_events, read_stream, repo_root, smtp, stream_len,
-    wait_for, Receiver,
+    venv_python, wait_for, Receiver,
 };
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;

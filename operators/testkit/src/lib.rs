@@ -27,6 +27,23 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The interpreter of a project-local Python environment, `scripts/<name>/venv` (made on
+/// first use). A broken environment fails the test: what it serves would otherwise go
+/// untested without anyone noticing.
+pub fn venv_python(name: &str) -> PathBuf {
+    let script = repo_root().join("scripts").join(name).join("venv");
+    let out = std::process::Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 /// A free loopback port (for a receiver that must start later on a known port).
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

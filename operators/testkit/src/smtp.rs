@@ -1,7 +1,6 @@
 //! A real SMTP server for tests: scripts/smtp/server.py (aiosmtpd) in the project's own
 //! virtualenv, on a free loopback port.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -18,14 +17,7 @@ pub struct SmtpServer {
 impl SmtpServer {
     pub async fn start(args: &[&str]) -> SmtpServer {
         let root = crate::repo_root();
-        // The script makes the virtualenv on first use. A broken one fails the test: the
-        // email sink would otherwise go untested without anyone noticing.
-        let out = std::process::Command::new(root.join("scripts/smtp/venv"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/smtp/venv runs");
-        assert!(out.status.success(), "scripts/smtp/venv failed");
-        let python = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let python = crate::venv_python("smtp");
         let dir = tempfile::tempdir().unwrap();
         let mut child = tokio::process::Command::new(python)
             .arg(root.join("scripts/smtp/server.py"))
