@@ -13,6 +13,7 @@ use anom_pipeline::unit::{UnitId, UnitStage};
 use anom_pipeline::Pipeline;
 use anom_proto::v1;
 use anom_proto::v1::cluster_client::ClusterClient;
+use anom_proto::v1::pipelines_client::PipelinesClient;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -35,34 +36,46 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-/// Compiled definitions by (name, version), so a new generation recompiles only what changed.
+/// Compiled definitions by (name, version, digest), fetched from the coordinator the first
+/// time an assignment names them: assignments carry references only, so they stay small
+/// however large or many the definitions are, and a new generation fetches and recompiles
+/// only what changed.
 #[derive(Default)]
-struct Definitions(HashMap<(String, u32), Arc<Pipeline>>);
+struct Definitions(HashMap<(String, u32, String), Arc<Pipeline>>);
 
 impl Definitions {
-    fn plan(&mut self, a: &v1::Assignment) -> Plan {
+    /// The plan an assignment describes. A definition that cannot be fetched now is left
+    /// out (its units do not start) and fetched again on the next try: see [`Plan`]'s
+    /// completeness check in `run`.
+    async fn plan(&mut self, api: &mut PipelinesClient<Channel>, a: &v1::Assignment) -> Plan {
         let mut plan = Plan {
             known: a.known_pipelines.clone(),
             ..Plan::default()
         };
-        for p in &a.pipelines {
-            let key = (p.name.clone(), p.version);
+        for r in &a.versions {
+            let key = (r.name.clone(), r.version, r.digest.clone());
             let compiled = match self.0.get(&key) {
                 Some(c) => c.clone(),
-                None => match Pipeline::from_yaml(&p.yaml) {
+                None => match fetch(api, r).await {
                     Ok(c) => {
                         let c = Arc::new(c);
                         self.0.insert(key, c.clone());
                         c
                     }
                     Err(e) => {
-                        warn!(pipeline = %p.name, version = p.version, error = %e, "assigned definition does not compile here");
+                        warn!(pipeline = %r.name, version = r.version, error = %e, "cannot load an assigned definition; its units wait");
                         continue;
                     }
                 },
             };
-            plan.pipelines.insert(p.name.clone(), compiled);
+            plan.pipelines.insert(r.name.clone(), compiled);
         }
+        // Only what the assignment names is kept: old versions are not needed again.
+        self.0.retain(|(name, version, _), _| {
+            a.versions
+                .iter()
+                .any(|r| &r.name == name && r.version == *version)
+        });
         for u in &a.units {
             let Some(stage) = UnitStage::parse(&u.stage, &u.sink) else {
                 warn!(stage = %u.stage, "unknown stage in assignment; skipped (is this worker older than the coordinator?)");
@@ -82,6 +95,35 @@ impl Definitions {
     }
 }
 
+/// Whether `plan` has the definition of every pipeline `a` names.
+fn complete(plan: &Plan, a: &v1::Assignment) -> bool {
+    a.versions
+        .iter()
+        .all(|r| plan.pipelines.contains_key(&r.name))
+}
+
+/// One version's definition, from the coordinator, compiled.
+async fn fetch(api: &mut PipelinesClient<Channel>, r: &v1::VersionRef) -> anyhow::Result<Pipeline> {
+    let request = api.get(v1::GetPipelineRequest {
+        name: r.name.clone(),
+        version: r.version,
+    });
+    let v = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .map_err(|_| anyhow::anyhow!("the coordinator did not answer Pipelines.Get in 10 s"))?
+        .map_err(|e| anyhow::anyhow!("Pipelines.Get: {}", e.message()))?
+        .into_inner();
+    if v.digest != r.digest {
+        anyhow::bail!(
+            "the coordinator sent version {} with digest {}, expected {}",
+            v.version,
+            v.digest,
+            r.digest
+        );
+    }
+    Pipeline::from_yaml(&v.yaml).map_err(|e| anyhow::anyhow!("does not compile here: {e}"))
+}
+
 /// Runs the worker until `shutdown`; then stops its units (committing and snapshotting
 /// their state) and leaves the cluster so they move at once.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -91,7 +133,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         eprintln!("metrics: http://{addr}/metrics");
     }
     let channel = channel(&config.coordinator)?;
-    let mut client = ClusterClient::new(channel);
+    let mut client = ClusterClient::new(channel.clone());
+    let mut api = PipelinesClient::new(channel);
     let running = Arc::new(AtomicU32::new(0));
     let mut definitions = Definitions::default();
     let register = v1::RegisterRequest {
@@ -106,6 +149,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     let mut announced = false;
     let mut plan = Plan::default();
+    let mut assigned = v1::Assignment::default();
     'session: while !shutdown.is_cancelled() {
         let lease = match tokio::time::timeout(
             Duration::from_secs(5),
@@ -157,8 +201,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                 _ = shutdown.cancelled() => break,
                 _ = session.cancelled() => break, // the heartbeat lost the coordinator
                 _ = retry.tick() => {
-                    // A unit that could not start (its snapshot unreadable for a moment, say)
-                    // or stopped is tried again, without waiting for the next assignment.
+                    // A unit that could not start (its snapshot unreadable for a moment, its
+                    // definition not fetched yet, say) or stopped is tried again, without
+                    // waiting for the next assignment.
+                    if !complete(&plan, &assigned) {
+                        plan = definitions.plan(&mut api, &assigned).await;
+                    }
                     if !worker.runs(&plan) {
                         if let Err(e) = worker.apply(plan.clone()).await {
                             warn!(error = %e, "cannot apply the assignment");
@@ -171,7 +219,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             };
             match next {
                 Some(Ok(assignment)) => {
-                    plan = definitions.plan(&assignment);
+                    plan = definitions.plan(&mut api, &assignment).await;
+                    assigned = assignment;
                     if let Err(e) = worker.apply(plan.clone()).await {
                         warn!(error = %e, "cannot apply the assignment");
                     }

@@ -85,15 +85,20 @@ impl State {
         let mut names: Vec<&str> = units.iter().map(|u| u.pipeline.as_str()).collect();
         names.sort();
         names.dedup();
-        let pipelines = names
+        // By reference: the definitions themselves could outgrow a gRPC message.
+        let versions = names
             .into_iter()
             .filter_map(|n| self.pipelines.get(n))
-            .map(|p| super::pipelines::version_message(&p.name, p.current()))
+            .map(|p| v1::VersionRef {
+                name: p.name.clone(),
+                version: p.current().version,
+                digest: p.current().digest.clone(),
+            })
             .collect();
         v1::Assignment {
             generation: self.counters.generation,
             units,
-            pipelines,
+            versions,
             known_pipelines: self
                 .pipelines
                 .values()

@@ -627,3 +627,61 @@ async fn deleting_a_pipeline_does_not_dead_letter_what_it_already_processed() {
     assert_eq!(dead().await, 1);
     let _ = worker.kill().await;
 }
+
+/// Assignments name versions by reference (issue 18): seventeen definitions near the size
+/// limit, 4.25 MiB in all, are more than one gRPC message may carry (4 MiB), yet the worker
+/// runs every unit and each pipeline alerts. When the definitions travelled inside the
+/// assignment, the worker could not read it and reconnected forever, running nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_definitions_together_outgrowing_a_grpc_message_are_all_assigned() {
+    const PIPELINES: usize = 17;
+    const SMALL: &str = "key: user\npartitions: 1\nschema:\n  user: string\n  amount: int\nrules:\n  - name: big_amount\n    when: amount > 10\n";
+    let env = Env::start().await;
+    let js = env.js().await;
+    let addr = free_addr();
+    let _coordinator =
+        spawn_coordinator(&env.url(), addr, &env.dir.path().join("coordinator"), &[]);
+    let ch = coordinator_channel(addr).await;
+    let mut api = PipelinesClient::new(ch.clone());
+    let comment = format!("# {}\n", "x".repeat(250 * 1024));
+    for i in 0..PIPELINES {
+        api.apply(v1::ApplyRequest {
+            definition: yaml(
+                &format!("name: big{i}\n{SMALL}{comment}"),
+                &format!("big{i}.yaml"),
+            ),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut worker = spawn_cluster_worker(&env.url(), addr, "w1", &env.dir.path().join("w1"), &[]);
+    // validate, rules and alert of each, and the unrouted watcher.
+    let units = PIPELINES * 3 + 1;
+    let settled = wait_for(Duration::from_secs(120), || async {
+        crate::support::cluster_view(&ch).await.is_some_and(
+            |(assigned, unassigned, running, live)| {
+                assigned == units && unassigned == 0 && running == units && live == ["w1"]
+            },
+        )
+    })
+    .await;
+    assert!(settled, "{:?}", crate::support::cluster_view(&ch).await);
+    for i in [0, PIPELINES - 1] {
+        publish(
+            &js,
+            &format!("anom.big{i}.in"),
+            r#"{"user":"a","amount":50}"#,
+        )
+        .await;
+        let stream = format!("ANOM_BIG{i}_ALERTS");
+        assert!(
+            wait_for(Duration::from_secs(30), || async {
+                alerts(&js, &stream).await.len() == 1
+            })
+            .await,
+            "big{i} alerts"
+        );
+    }
+    let _ = worker.kill().await;
+}
