@@ -18,6 +18,7 @@ use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::nflog::{self, Entry};
@@ -88,6 +89,11 @@ pub struct Notifier {
     groups: HashMap<String, Group>,
     log: HashMap<String, Entry>,
     in_flight: HashSet<String>,
+    /// The delivery tasks: a notifier that stops lets each finish the attempt it is making
+    /// and log the outcome, so that only a crash can leave one to be sent again.
+    deliveries: tokio::task::JoinSet<()>,
+    /// Cancelled when the notifier stops: deliveries start no new attempt after it.
+    stopping: CancellationToken,
     limiter: Option<Limiter>,
     counters: Arc<Counters>,
 }
@@ -133,8 +139,13 @@ pub async fn run(
         groups: HashMap::new(),
         log: HashMap::new(),
         in_flight: HashSet::new(),
+        deliveries: tokio::task::JoinSet::new(),
+        stopping: CancellationToken::new(),
         counters,
     };
+    // A request in progress may take the sink's timeout; one still running after this is
+    // abandoned (its notification stays pending in the log and is re-sent by the next owner).
+    let drain = n.def.timeout() + Duration::from_secs(5);
     while !shutdown.is_cancelled() && fence.holds() {
         let stop = {
             let (shutdown, fence) = (shutdown.clone(), fence.clone());
@@ -145,25 +156,44 @@ pub async fn run(
                 }
             }
         };
-        tokio::select! {
-            _ = stop => break,
-            r = n.serve(&shutdown, &fence) => match r {
-                Ok(()) => break,
+        let again = tokio::select! {
+            _ = stop => false,
+            r = n.serve(&fence) => match r {
+                Ok(()) => false,
                 Err(e) => {
                     warn!(pipeline = %n.pipeline.name, sink = n.def.name(), error = %e, "notifier failed; starting over");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    true
                 }
             },
+        };
+        // Whether it stops (shutdown, a move to another worker, a new version) or starts
+        // over, what is being delivered finishes first: the next start (here or on another
+        // worker) reads the log once these outcomes are in it, and re-sends nothing that
+        // was delivered.
+        n.drain(drain).await;
+        if !again {
+            break;
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
 impl Notifier {
-    async fn serve(
-        &mut self,
-        shutdown: &tokio_util::sync::CancellationToken,
-        fence: &Fence,
-    ) -> Result<(), async_nats::Error> {
+    async fn drain(&mut self, bound: Duration) {
+        self.stopping.cancel();
+        let finished = tokio::time::timeout(bound, async {
+            while self.deliveries.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            warn!(pipeline = %self.pipeline.name, sink = self.def.name(), in_flight = self.deliveries.len(), "deliveries still running after {bound:?}; abandoned (re-sent by the next start)");
+            self.deliveries.abort_all();
+            while self.deliveries.join_next().await.is_some() {}
+        }
+        self.stopping = CancellationToken::new();
+    }
+
+    async fn serve(&mut self, fence: &Fence) -> Result<(), async_nats::Error> {
         let p = self.pipeline.name.clone();
         let sink = self.def.name().to_string();
         let (done_tx, mut done_rx) = mpsc::channel::<(String, Entry)>(CONCURRENCY * 4);
@@ -179,9 +209,10 @@ impl Notifier {
         .await?;
         for e in entries {
             if let Some(pending) = e.pending.clone() {
-                info!(pipeline = %p, sink, notification = %pending.id, "re-sending a notification that was in flight");
+                info!(pipeline = %p, sink, notification = %pending.id, "a notification was in flight: re-sent unless its earlier owner logs it delivered");
                 self.in_flight.insert(e.group_key.clone());
-                self.spawn_delivery(e.group_key.clone(), e.clone(), pending, &done_tx, shutdown);
+                let resume = Some(self.def.timeout() + Duration::from_secs(1));
+                self.spawn_delivery(e.group_key.clone(), e.clone(), 0, resume, pending, &done_tx);
             }
             self.log.insert(e.group_key.clone(), e);
         }
@@ -225,7 +256,7 @@ impl Notifier {
                     if !fence.holds() {
                         return Ok(());
                     }
-                    self.flush_due(&done_tx, shutdown).await?;
+                    self.flush_due(&done_tx).await?;
                     if last_cleanup.elapsed() >= Duration::from_secs(10) {
                         self.forget_resolved();
                         last_cleanup = std::time::Instant::now();
@@ -329,7 +360,6 @@ impl Notifier {
     async fn flush_due(
         &mut self,
         done: &mpsc::Sender<(String, Entry)>,
-        shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<(), async_nats::Error> {
         let now = wall_ms();
         let due: Vec<String> = self
@@ -342,7 +372,7 @@ impl Notifier {
             if self.in_flight.len() >= CONCURRENCY {
                 break;
             }
-            self.flush(&key, now, done, shutdown).await?;
+            self.flush(&key, now, done).await?;
         }
         Ok(())
     }
@@ -352,7 +382,6 @@ impl Notifier {
         key: &str,
         now: i64,
         done: &mpsc::Sender<(String, Entry)>,
-        shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<(), async_nats::Error> {
         let Some(group) = self.groups.get(key) else {
             return Ok(());
@@ -446,13 +475,14 @@ impl Notifier {
                 pending: pending.clone(),
             };
             // Logged before it is sent: a crash from here on re-sends it, same id.
-            self.buckets
+            let revision = self
+                .buckets
                 .nflog
                 .put(self.log_key(key), serde_json::to_vec(&logged)?.into())
                 .await?;
             if let Some(n) = pending {
                 self.in_flight.insert(key.to_string());
-                self.spawn_delivery(key.to_string(), logged.clone(), n, done, shutdown);
+                self.spawn_delivery(key.to_string(), logged.clone(), revision, None, n, done);
             }
             self.log.insert(key.to_string(), logged);
         }
@@ -481,13 +511,22 @@ impl Notifier {
         )
     }
 
+    /// Sends `n`, logged as pending at `revision` of its log key: the outcome is logged only
+    /// over that revision, so a delivery that outlived its notifier (abandoned, or after a
+    /// move) never overwrites what a newer owner logged since.
+    ///
+    /// `resume`: `n` was found pending at start. Its earlier owner may be on another worker,
+    /// still finishing the attempt it was making when the unit moved: for up to this long
+    /// the log is watched, and if that owner logs the outcome, nothing is sent again. Only
+    /// when it does not (it crashed) is `n` re-sent, with the same id.
     fn spawn_delivery(
-        &self,
+        &mut self,
         group: String,
         logged: Entry,
+        revision: u64,
+        resume: Option<Duration>,
         n: Notification,
         done: &mpsc::Sender<(String, Entry)>,
-        shutdown: &tokio_util::sync::CancellationToken,
     ) {
         let sink = self.sink.clone();
         let retry = self.def.retry();
@@ -496,8 +535,32 @@ impl Notifier {
         let log_key = self.log_key(&group);
         let counters = self.counters.clone();
         let done = done.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let shutdown = self.stopping.clone();
+        self.deliveries.spawn(async move {
+            let mut revision = revision;
+            if let Some(wait) = resume {
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    if let Ok(Some(e)) = nflog.entry(&log_key).await {
+                        revision = e.revision;
+                        if let Ok(entry) = serde_json::from_slice::<Entry>(&e.value) {
+                            if entry.pending.as_ref().map(|p| &p.id) != Some(&n.id) {
+                                debug!(notification = %n.id, "its earlier owner logged it; not re-sent");
+                                let _ = done.send((group, entry)).await;
+                                return;
+                            }
+                        }
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+                info!(notification = %n.id, "re-sending a notification that was in flight");
+            }
             let mut attempt = 1;
             let failure = loop {
                 match sink.send(&n).await {
@@ -540,8 +603,13 @@ impl Notifier {
             };
             let bytes = serde_json::to_vec(&sent).expect("log entries serialize");
             loop {
-                if nflog.put(&log_key, bytes.clone().into()).await.is_ok() {
-                    break;
+                match nflog.update(&log_key, bytes.clone().into(), revision).await {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        debug!(notification = %n.id, "the log moved on since this was sent; not logged");
+                        return;
+                    }
+                    Err(_) => {}
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
