@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anom_pipeline::csv::CsvEvents;
 use anom_pipeline::subjects::input_subject;
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -130,38 +131,20 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Bytes>> {
         .collect())
 }
 
-/// Each row becomes a JSON object keyed by the header row. Empty cells are left out.
+/// Each row becomes a JSON object keyed by the header row (`anom_pipeline::csv`: empty cells
+/// are left out, numbers and true/false typed). A row that cannot become an event stops the
+/// publish before anything is sent, with its line.
 pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Bytes>> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let headers = reader.headers()?.clone();
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let rows = CsvEvents::new(std::io::BufReader::new(file))
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let mut events = Vec::new();
-    for (n, record) in reader.records().enumerate() {
-        let record = record.with_context(|| format!("{}: row {}", path.display(), n + 2))?;
-        let mut object = serde_json::Map::new();
-        for (name, cell) in headers.iter().zip(record.iter()) {
-            if cell.is_empty() {
-                continue;
-            }
-            object.insert(name.to_string(), csv_cell(cell));
-        }
-        events.push(Bytes::from(serde_json::to_vec(&object)?));
+    for row in rows {
+        let event = row
+            .event
+            .map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.reason))?;
+        events.push(Bytes::from(event));
     }
     Ok(events)
-}
-
-fn csv_cell(cell: &str) -> serde_json::Value {
-    if let Ok(i) = cell.parse::<i64>() {
-        return i.into();
-    }
-    if let Ok(f) = cell.parse::<f64>() {
-        if f.is_finite() {
-            return f.into();
-        }
-    }
-    match cell {
-        "true" => true.into(),
-        "false" => false.into(),
-        _ => cell.into(),
-    }
 }

@@ -10,6 +10,7 @@
 pub mod alert_policy;
 pub mod compile;
 pub mod condition;
+pub mod csv;
 pub mod definition;
 pub mod detectors;
 pub mod diagnostics;
