@@ -11,6 +11,7 @@ mod alert_burst;
 mod backtest_bench;
 mod baseline;
 mod generate;
+mod malformed;
 mod pipeline;
 mod report;
 mod window_bench;
@@ -50,6 +51,16 @@ pub enum Command {
         /// theirs) alone and while backtests run.
         #[arg(long)]
         live_impact: bool,
+    },
+    /// Malformed events of 17 kinds (undecodable, off-schema, missing keys, oversized, invalid
+    /// UTF-8, MessagePack, deep nesting, …) spread among good ones: every bad one must be
+    /// dead-lettered once with its reason and kind, every good one alert; reports the rate
+    /// against a raw hop measured in the same run. Exits non-zero if a promise broke.
+    Malformed {
+        #[arg(long, default_value_t = 300_000)]
+        good: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        bad: usize,
     },
     /// The window stage's own work at growing key counts (no JetStream), with a raw hop
     /// baseline measured in the same run.
@@ -186,6 +197,15 @@ async fn main() -> anyhow::Result<()> {
                 backtest_bench::run(server.url(), *events, live_impact.then_some(&args)).await?;
             server.stop().await?;
             println!("{}", bench.markdown());
+            return Ok(());
+        }
+        Some(Command::Malformed { good, bad }) => {
+            let dir = tempfile::tempdir()?;
+            let server = Natsd::start_in(dir.path()).await?;
+            let run = malformed::run(server.url(), &args, *good, *bad).await?;
+            server.stop().await?;
+            println!("{}", run.markdown());
+            anyhow::ensure!(run.held(), "bad input at scale: a promise broke (above)");
             return Ok(());
         }
         None => {}

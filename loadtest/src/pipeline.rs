@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Args;
 
 /// The benchmark pipeline: the routes example's shape, plus the send time for latency.
-fn definition(
+pub(crate) fn definition(
     partitions: u32,
     keyed: bool,
     detectors: bool,
@@ -132,13 +132,22 @@ async fn start(
     url: &str,
     args: &Args,
 ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
-    let pipeline = Pipeline::from_yaml(&definition(
+    let yaml = definition(
         args.partitions,
         args.keyed,
         args.detectors,
         args.udf.as_deref(),
-    ))
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    );
+    start_with(url, args, &yaml).await
+}
+
+/// A worker running the benchmark pipeline as `yaml` defines it.
+pub(crate) async fn start_with(
+    url: &str,
+    args: &Args,
+    yaml: &str,
+) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    let pipeline = Pipeline::from_yaml(yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
     let state = tempfile::tempdir()?;
     if args.detectors {
@@ -216,7 +225,7 @@ pub async fn throughput(url: &str, args: &Args) -> anyhow::Result<Throughput> {
 }
 
 /// Every consumer of the pipeline has nothing pending and nothing unacked.
-async fn drained(
+pub(crate) async fn drained(
     js: &async_nats::jetstream::Context,
     partitions: u32,
     keyed: bool,
