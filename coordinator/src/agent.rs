@@ -14,7 +14,7 @@ use anom_pipeline::Pipeline;
 use anom_proto::v1;
 use anom_proto::v1::cluster_client::ClusterClient;
 use anom_proto::v1::pipelines_client::PipelinesClient;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -200,21 +200,27 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = session.cancelled() => break, // the heartbeat lost the coordinator
-                _ = retry.tick() => {
-                    // A unit that could not start (its snapshot unreadable for a moment, its
-                    // definition not fetched yet, say) or stopped is tried again, without
-                    // waiting for the next assignment.
-                    if !complete(&plan, &assigned) {
-                        plan = definitions.plan(&mut api, &assigned).await;
-                    }
-                    if !worker.runs(&plan) {
-                        if let Err(e) = worker.apply(plan.clone()).await {
-                            warn!(error = %e, "cannot apply the assignment");
+                // A newer assignment comes first: the units of this plan may be gone (a
+                // deleted pipeline's units stop on their own, and restarting them would only
+                // wait on fences that will not be granted).
+                _ = retry.tick() => match stream.next().now_or_never() {
+                    Some(n) => n,
+                    None => {
+                        // A unit that could not start (its snapshot unreadable for a moment,
+                        // its definition not fetched yet, say) or stopped is tried again,
+                        // without waiting for the next assignment.
+                        if !complete(&plan, &assigned) {
+                            plan = definitions.plan(&mut api, &assigned).await;
                         }
-                        running.store(worker.running().len() as u32, Ordering::Relaxed);
+                        if !worker.runs(&plan) {
+                            if let Err(e) = worker.apply(plan.clone()).await {
+                                warn!(error = %e, "cannot apply the assignment");
+                            }
+                            running.store(worker.running().len() as u32, Ordering::Relaxed);
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                },
                 n = stream.next() => n,
             };
             match next {

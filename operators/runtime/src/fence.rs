@@ -34,6 +34,18 @@ pub struct Owner {
     pub epoch: u64,
 }
 
+impl Owner {
+    /// What a deleted record reads as: the unit was removed (its pipeline deleted or paused),
+    /// so no one may hold it, and a fence asked for it fails at once instead of waiting for a
+    /// record that will not come. A new record for the unit (a later epoch) replaces it.
+    pub fn removed() -> Owner {
+        Owner {
+            worker: String::new(),
+            epoch: u64::MAX,
+        }
+    }
+}
+
 /// Creates (or opens) the owners bucket.
 pub async fn owners_bucket(
     js: &jetstream::Context,
@@ -155,7 +167,7 @@ impl Owners {
                         kv::Operation::Put => {
                             serde_json::from_slice::<Owner>(&entry.value).unwrap_or_default()
                         }
-                        kv::Operation::Delete | kv::Operation::Purge => Owner::default(),
+                        kv::Operation::Delete | kv::Operation::Purge => Owner::removed(),
                     };
                     let mut map = records.lock().expect("owners lock");
                     match map.get(&entry.key) {
@@ -186,6 +198,7 @@ impl Owners {
                 .or_insert_with(|| watch::channel(Owner::default()).0)
                 .subscribe()
         };
+        // A later epoch (or a removed record, `Owner::removed`) ends the wait at once.
         let ok = tokio::time::timeout(wait, rx.wait_for(|o| *o == mine || o.epoch > epoch))
             .await
             .ok()
@@ -229,5 +242,34 @@ mod tests {
         });
         assert!(!fence.holds());
         assert_eq!(fence.epoch(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_fence_for_a_removed_unit_fails_at_once_and_a_new_record_replaces_the_removal() {
+        use futures::FutureExt;
+        let owners = Owners {
+            worker: "w1".into(),
+            records: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let removed = watch::channel(Owner::removed()).0;
+        owners
+            .records
+            .lock()
+            .unwrap()
+            .insert("p.validate.0".into(), removed.clone());
+        // Waiting would mean an agent stuck for the whole wait on every unit of a deleted
+        // pipeline (a stale plan retried), blind to the assignment that removed them.
+        let fence = owners
+            .fence("p.validate.0", 2, Duration::from_secs(3600))
+            .now_or_never();
+        assert!(matches!(fence, Some(None)), "the fence waited");
+        removed.send_replace(Owner {
+            worker: "w1".into(),
+            epoch: 9,
+        });
+        let fence = owners
+            .fence("p.validate.0", 9, Duration::from_secs(3600))
+            .now_or_never();
+        assert!(matches!(fence, Some(Some(_))));
     }
 }
