@@ -11,6 +11,7 @@ mod alert_burst;
 mod backtest_bench;
 mod baseline;
 mod generate;
+mod http_ingest;
 mod malformed;
 mod pipeline;
 mod report;
@@ -61,6 +62,16 @@ pub enum Command {
         good: usize,
         #[arg(long, default_value_t = 1_000_000)]
         bad: usize,
+    },
+    /// HTTP ingest (NDJSON batches to a real coordinator's HTTP API) against publishing over
+    /// NATS with JetStream acks, --events each, and a raw hop, in the same run.
+    HttpIngest {
+        /// Lines per NDJSON body.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Requests in flight at a time.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
     },
     /// The window stage's own work at growing key counts (no JetStream), with a raw hop
     /// baseline measured in the same run.
@@ -197,6 +208,14 @@ async fn main() -> anyhow::Result<()> {
                 backtest_bench::run(server.url(), *events, live_impact.then_some(&args)).await?;
             server.stop().await?;
             println!("{}", bench.markdown());
+            return Ok(());
+        }
+        Some(Command::HttpIngest { batch, concurrency }) => {
+            let dir = tempfile::tempdir()?;
+            let server = Natsd::start_in(dir.path()).await?;
+            let run = http_ingest::run(server.url(), &args, *batch, *concurrency).await?;
+            server.stop().await?;
+            println!("{}", run.markdown());
             return Ok(());
         }
         Some(Command::Malformed { good, bad }) => {

@@ -21,6 +21,12 @@ pub struct Args {
     /// Where the coordinator keeps pipeline versions and the assignment (sled).
     #[arg(long, env = "ANOM_STATE_DIR", default_value = "anom-coordinator")]
     state_dir: PathBuf,
+    /// Serve the HTTP API (ingest, OpenAPI at /v1/openapi.json) here.
+    #[arg(long, env = "ANOM_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// The largest HTTP request body, in bytes (ingest streams it).
+    #[arg(long, env = "ANOM_HTTP_MAX_BODY", default_value_t = anom::http::HttpConfig::DEFAULT_MAX_BODY_BYTES)]
+    http_max_body: u64,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, env = "ANOM_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -53,6 +59,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             lease_ttl: args.lease_ttl,
             models_dir: args.models_dir.clone(),
             max_backtests: args.max_backtests,
+            http: args.http_addr.map(|listen| anom::http::HttpConfig {
+                listen,
+                max_body_bytes: args.http_max_body,
+            }),
             streams: StreamOptions {
                 replicas: args.replicas,
                 ..StreamOptions::default()
@@ -62,6 +72,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     eprintln!("coordinator: grpc://{}", coordinator.addr);
+    if let Some(addr) = coordinator.http_addr {
+        eprintln!("http: http://{addr}  (OpenAPI: http://{addr}/v1/openapi.json)");
+    }
     if let Some(addr) = coordinator.metrics_addr {
         eprintln!("metrics: http://{addr}/metrics");
     }

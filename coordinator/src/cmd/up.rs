@@ -37,6 +37,9 @@ pub struct Args {
     /// Serve the coordinator's gRPC API here (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
+    /// Where the coordinator serves its HTTP API (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
     /// Publish each pipeline's sample file (pipelines/samples/<name>.jsonl or .csv) at start.
     #[arg(long)]
     demo: bool,
@@ -72,6 +75,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             lease_ttl: Duration::from_secs(6),
             models_dir: Some(super::pipelines_dir(&args.pipelines)),
             max_backtests: 2,
+            http: Some(anom::http::HttpConfig {
+                listen: args.http_addr,
+                max_body_bytes: anom::http::HttpConfig::DEFAULT_MAX_BODY_BYTES,
+            }),
             streams: StreamOptions::default(),
         },
         shutdown.clone(),
@@ -97,6 +104,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("Anom is up.");
     println!("  NATS          {url}   (store: {})", natsd.dir().display());
     println!("  coordinator   {grpc}   (anom pipeline list, anom workers, anom assignments)");
+    if let Some(addr) = coordinator.http_addr {
+        println!(
+            "  HTTP API      http://{addr}   (POST /v1/pipelines/<name>/events; /v1/openapi.json)"
+        );
+    }
     if args.metrics_addr.port() != 0 {
         println!("  metrics       http://{}/metrics", args.metrics_addr);
     }

@@ -49,6 +49,8 @@ pub struct CoordinatorConfig {
     pub models_dir: Option<PathBuf>,
     /// At most this many backtests run at a time.
     pub max_backtests: usize,
+    /// Serve the HTTP API (crate::http) too.
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 /// A running coordinator.
@@ -56,6 +58,8 @@ pub struct Coordinator {
     /// Where gRPC is served (useful with port 0).
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the HTTP API is served, when it is.
+    pub http_addr: Option<SocketAddr>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -100,6 +104,21 @@ impl Coordinator {
                     .with_context(|| format!("cannot serve metrics on {addr}"))?,
                 )
             }
+            None => None,
+        };
+        let http_addr = match &config.http {
+            Some(http) => Some(
+                crate::http::serve(
+                    crate::http::App {
+                        control: control.clone(),
+                        js: control.js.clone(),
+                        max_body_bytes: http.max_body_bytes,
+                    },
+                    http.listen,
+                    shutdown.clone(),
+                )
+                .await?,
+            ),
             None => None,
         };
         let backtests = backtests::BacktestService::open(
@@ -166,6 +185,7 @@ impl Coordinator {
         Ok(Coordinator {
             addr,
             metrics_addr,
+            http_addr,
             server,
         })
     }

@@ -22,6 +22,8 @@ async fn anom_up_demo_shows_alerts_for_every_example_pipeline_and_stops_on_ctrl_
             "0",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
             "--grpc-addr",
             "127.0.0.1:0",
             "--exit-after",
@@ -106,6 +108,8 @@ async fn a_killed_anom_up_leaves_no_nats_server_and_starts_again() {
         c.current_dir(crate::support::repo_root())
             .args(["up", "--nats-port", "0", "--metrics-addr", "127.0.0.1:0"])
             .args([
+                "--http-addr",
+                "127.0.0.1:0",
                 "--grpc-addr",
                 "127.0.0.1:0",
                 "--exit-after",
@@ -170,7 +174,14 @@ async fn a_restart_keeps_a_version_applied_through_the_api() {
         let mut c = Command::new(env!("CARGO_BIN_EXE_anom"));
         c.current_dir(crate::support::repo_root())
             .args(["up", "--nats-port", "0", "--metrics-addr", "127.0.0.1:0"])
-            .args(["--grpc-addr", &grpc.to_string(), "--exit-after", exit_after])
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                &grpc.to_string(),
+                "--exit-after",
+                exit_after,
+            ])
             .args(extra)
             .arg("--data-dir")
             .arg(data.path())

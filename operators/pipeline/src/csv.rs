@@ -42,6 +42,23 @@ pub struct CsvRow {
     pub event: Result<Vec<u8>, Rejection>,
 }
 
+impl CsvRow {
+    /// What a dead letter of this row holds: its event when it became one, else the row's
+    /// cells written back as one CSV line (so it can be read, fixed and resent).
+    pub fn payload(&self, cells: &[Vec<u8>]) -> Vec<u8> {
+        match &self.event {
+            Ok(event) => event.clone(),
+            Err(_) => {
+                let mut w = ::csv::WriterBuilder::new()
+                    .terminator(::csv::Terminator::Any(b'\n'))
+                    .from_writer(Vec::new());
+                let _ = w.write_record(cells);
+                w.into_inner().unwrap_or_default()
+            }
+        }
+    }
+}
+
 /// The rows of a CSV input, in order.
 pub struct CsvEvents<R> {
     reader: ::csv::Reader<Lines<R>>,
@@ -89,6 +106,11 @@ impl<R: Read> CsvEvents<R> {
             record: ::csv::ByteRecord::new(),
             done: false,
         })
+    }
+
+    /// The cells of the row last returned, as read (for [`CsvRow::payload`]).
+    pub fn cells(&self) -> Vec<Vec<u8>> {
+        self.record.iter().map(<[u8]>::to_vec).collect()
     }
 
     /// The field names of the header row, in column order.

@@ -172,7 +172,7 @@ pub fn decode_json(schema: &Schema, bytes: &[u8]) -> Result<Vec<Value>, Rejectio
 
 /// Decodes one JSON event that starts on `first_line` of its payload (an NDJSON batch's
 /// line), so that a located reason names the payload's line, not the event's.
-fn decode_json_at(
+pub fn decode_json_at(
     schema: &Schema,
     bytes: &[u8],
     first_line: usize,
