@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anom_pipeline::csv::CsvEvents;
+use anom_pipeline::csv::{CsvError, CsvEvents};
 use anom_pipeline::event::{decode_all, decode_json_at, Format};
 use anom_pipeline::rejection::{RejectKind, Rejection};
 use anom_pipeline::subjects::{dlq_subject, headers, input_subject};
@@ -208,6 +208,7 @@ pub async fn post_events(
             read: 0,
             limit,
             over: Arc::new(AtomicBool::new(false)),
+            broken: Arc::new(AtomicBool::new(false)),
         };
         read_body(input, format, &compiled, &tx)
     });
@@ -342,13 +343,17 @@ struct Limited<R> {
     read: u64,
     limit: u64,
     over: Arc<AtomicBool>,
+    /// The body could not be read (the client went away): what follows is not an event.
+    broken: Arc<AtomicBool>,
 }
 
 const OVER_LIMIT: &str = "the body is larger than the limit";
 
 impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|_| {
+            self.broken.store(true, Ordering::Relaxed);
+        })?;
         self.read += n as u64;
         if self.read > self.limit {
             self.over.store(true, Ordering::Relaxed);
@@ -444,15 +449,19 @@ fn read_body<R: Read>(
             }
         }
         BodyFormat::Csv => {
-            let over = input.over.clone();
+            let (over, broken) = (input.over.clone(), input.broken.clone());
             let mut rows = match CsvEvents::new(&mut input) {
                 Ok(rows) => rows,
                 Err(_) if over.load(Ordering::Relaxed) => return Some(Stop::TooLarge(input.read)),
+                Err(CsvError::Header(e)) if broken.load(Ordering::Relaxed) => {
+                    return Some(Stop::Unreadable(e))
+                }
                 Err(e) => return Some(Stop::BadCsvHeader(e.to_string())),
             };
             #[allow(clippy::while_let_on_iterator)] // `rows.cells()` is read inside
             while let Some(row) = rows.next() {
-                if over.load(Ordering::Relaxed) {
+                // The reader's failure came back as a row: it is not one.
+                if over.load(Ordering::Relaxed) || broken.load(Ordering::Relaxed) {
                     break;
                 }
                 let payload = row.payload(&rows.cells());
@@ -476,8 +485,15 @@ fn read_body<R: Read>(
                 }
             }
             drop(rows);
-            over.load(Ordering::Relaxed)
-                .then_some(Stop::TooLarge(input.read))
+            if over.load(Ordering::Relaxed) {
+                Some(Stop::TooLarge(input.read))
+            } else if broken.load(Ordering::Relaxed) {
+                Some(Stop::Unreadable(
+                    "the body ended before its last row".into(),
+                ))
+            } else {
+                None
+            }
         }
         BodyFormat::MsgPack => {
             // Concatenated maps cannot be split without decoding them, so the body is read
@@ -570,5 +586,63 @@ mod tests {
         assert_eq!(line, b"short");
         assert_eq!(read_line(&mut reader, &mut line, 10).unwrap(), (4, false));
         assert_eq!(read_line(&mut reader, &mut line, 10).unwrap(), (0, false));
+    }
+
+    /// A body that fails after `good` bytes, as when the client goes away mid-upload.
+    struct Cut {
+        good: std::io::Cursor<Vec<u8>>,
+    }
+
+    impl Read for Cut {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.good.read(buf)? {
+                0 => Err(std::io::Error::other("connection reset")),
+                n => Ok(n),
+            }
+        }
+    }
+
+    fn read_all(
+        body: impl Read,
+        format: BodyFormat,
+        limit: u64,
+    ) -> (Vec<(u64, bool)>, Option<Stop>) {
+        let p = Arc::new(
+            Pipeline::from_yaml("name: t\nkey: user\nschema:\n  user: string\n  amount: int\n")
+                .unwrap(),
+        );
+        let (tx, mut rx) = mpsc::channel(1024);
+        let input = Limited {
+            inner: body,
+            read: 0,
+            limit,
+            over: Arc::new(AtomicBool::new(false)),
+            broken: Arc::new(AtomicBool::new(false)),
+        };
+        let stop = read_body(input, format, &p, &tx);
+        drop(tx);
+        let mut items = Vec::new();
+        while let Ok(i) = rx.try_recv() {
+            items.push((i.line, i.verdict.is_ok()));
+        }
+        (items, stop)
+    }
+
+    #[test]
+    fn a_body_cut_short_keeps_its_whole_rows_and_dead_letters_nothing_of_the_failure() {
+        let cut = || Cut {
+            good: std::io::Cursor::new(b"user,amount\nann,1\nbob,2\ncid,".to_vec()),
+        };
+        let (items, stop) = read_all(cut(), BodyFormat::Csv, 1 << 20);
+        assert_eq!(items, [(2, true), (3, true)]);
+        assert!(matches!(stop, Some(Stop::Unreadable(_))));
+        // Over the limit: the rows before it are kept, the rest is refused as too large.
+        let body = "user,amount\nann,1\nbob,2\n".to_string() + &"cid,3\n".repeat(100);
+        let (items, stop) = read_all(body.as_bytes(), BodyFormat::Csv, 30);
+        assert!(items.iter().all(|(_, ok)| *ok), "{items:?}");
+        assert!(matches!(stop, Some(Stop::TooLarge(_))));
+        let (items, stop) = read_all(body.as_bytes(), BodyFormat::Ndjson, 10);
+        assert!(items.is_empty());
+        assert!(matches!(stop, Some(Stop::TooLarge(_))));
     }
 }
