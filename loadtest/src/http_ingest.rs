@@ -3,7 +3,6 @@
 //! once POSTed as NDJSON batches to a real coordinator's HTTP API (each answer comes after
 //! JetStream stored its batch). Both against a raw hop measured in the same run.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anom::http::HttpConfig;
@@ -13,7 +12,7 @@ use anom_runtime::streams::StreamOptions;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{definition, sample_event};
+use crate::pipeline::{definition, publish_acked, sample_event};
 use crate::Args;
 
 pub struct HttpIngest {
@@ -100,19 +99,12 @@ pub async fn run(
     let js = async_nats::jetstream::new(async_nats::connect(url).await?);
     eprintln!("http ingest: {events} events published over NATS ...");
     let started = Instant::now();
-    let mut acks = VecDeque::new();
-    for i in 0..events {
-        let e = sample_event(i, 0, args.alert_every, args.keys);
-        acks.push_back(js.publish("anom.bench.in", e).await?);
-        if acks.len() >= 4_000 {
-            if let Some(a) = acks.pop_front() {
-                a.await?;
-            }
-        }
-    }
-    for a in acks {
-        a.await?;
-    }
+    publish_acked(
+        &js,
+        "anom.bench.in",
+        (0..events).map(|i| sample_event(i, 0, args.alert_every, args.keys)),
+    )
+    .await?;
     let nats = events as f64 / started.elapsed().as_secs_f64();
 
     eprintln!("http ingest: {events} events POSTed as NDJSON batches of {batch} ...");

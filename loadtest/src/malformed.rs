@@ -10,7 +10,9 @@ use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::pipeline::{definition, drained, expected_records, sample_event, start_with};
+use crate::pipeline::{
+    definition, drained, expected_records, publish_acked, sample_event, start_with,
+};
 use crate::Args;
 
 /// The bench pipeline's event limit in this run: small, so that oversized events are cheap.
@@ -289,27 +291,21 @@ pub async fn run(url: &str, args: &Args, good: usize, bad: usize) -> anyhow::Res
     let subject = anom_pipeline::subjects::input_subject("bench");
     eprintln!("malformed: {good} good and {bad} malformed events ...");
     let started = Instant::now();
-    let mut acks = std::collections::VecDeque::new();
     let (mut g, mut b) = (0usize, 0usize);
-    while g < good || b < bad {
-        // Bad ones are spread evenly among the good: after good event g, bad up to g·bad/good.
-        let payload = if b < bad && (g >= good || b * good < g * bad) {
+    // Bad ones are spread evenly among the good: after good event g, bad up to g·bad/good.
+    let payloads = std::iter::from_fn(|| {
+        if g >= good && b >= bad {
+            return None;
+        }
+        Some(if b < bad && (g >= good || b * good < g * bad) {
             b += 1;
             Bytes::from((FAULTS[(b - 1) % FAULTS.len()].make)(b - 1))
         } else {
             g += 1;
             sample_event(g - 1, 0, args.alert_every, args.keys)
-        };
-        acks.push_back(js.publish(subject.clone(), payload).await?);
-        if acks.len() >= 4_000 {
-            if let Some(a) = acks.pop_front() {
-                a.await?;
-            }
-        }
-    }
-    for a in acks {
-        a.await?;
-    }
+        })
+    });
+    publish_acked(&js, &subject, payloads).await?;
     let mut alerts = js.get_stream("ANOM_BENCH_ALERTS").await?;
     let mut dlq = js.get_stream(DLQ_STREAM).await?;
     loop {

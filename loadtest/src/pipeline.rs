@@ -190,19 +190,7 @@ pub async fn throughput(url: &str, args: &Args) -> anyhow::Result<Throughput> {
         .map(|i| sample_event(i, 0, args.alert_every, args.keys))
         .collect();
     let started = Instant::now();
-    let mut acks = std::collections::VecDeque::new();
-    for e in events {
-        acks.push_back(js.publish("anom.bench.in", e).await?);
-        // Below the client's 5,000 acks in flight, or publish waits on acks never awaited.
-        if acks.len() >= 4_000 {
-            if let Some(a) = acks.pop_front() {
-                a.await?;
-            }
-        }
-    }
-    for a in acks {
-        a.await?;
-    }
+    publish_acked(&js, "anom.bench.in", events).await?;
     let mut alerts = js.get_stream("ANOM_BENCH_ALERTS").await?;
     loop {
         let stored = alerts.info().await?.state.messages;
@@ -222,6 +210,29 @@ pub async fn throughput(url: &str, args: &Args) -> anyhow::Result<Throughput> {
         alerts: stored,
         seconds,
     })
+}
+
+/// Publishes every payload to `subject` as fast as the server acks them, and returns once
+/// each is stored: as `anom publish` does.
+pub(crate) async fn publish_acked(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    payloads: impl IntoIterator<Item = Bytes>,
+) -> anyhow::Result<()> {
+    let mut acks = std::collections::VecDeque::new();
+    for payload in payloads {
+        acks.push_back(js.publish(subject.to_string(), payload).await?);
+        // Below the client's 5,000 acks in flight, or publish waits on acks never awaited.
+        if acks.len() >= 4_000 {
+            if let Some(a) = acks.pop_front() {
+                a.await?;
+            }
+        }
+    }
+    for a in acks {
+        a.await?;
+    }
+    Ok(())
 }
 
 /// Every consumer of the pipeline has nothing pending and nothing unacked.

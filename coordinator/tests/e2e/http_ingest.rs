@@ -71,6 +71,19 @@ impl Api {
     }
 }
 
+async fn apply_orders(ch: &tonic::transport::Channel) {
+    PipelinesClient::new(ch.clone())
+        .apply(v1::ApplyRequest {
+            definition: Some(v1::Definition {
+                source: Some(v1::definition::Source::Yaml(ORDERS.into())),
+                source_name: "orders.yaml".into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 fn lines(body: &Value) -> Vec<(u64, String)> {
     body["refusals"]
         .as_array()
@@ -104,16 +117,7 @@ async fn events_sent_over_http_in_every_format_are_stored_refused_by_line_and_al
         ],
     );
     let ch = coordinator_channel(grpc).await;
-    PipelinesClient::new(ch.clone())
-        .apply(v1::ApplyRequest {
-            definition: Some(v1::Definition {
-                source: Some(v1::definition::Source::Yaml(ORDERS.into())),
-                source_name: "orders.yaml".into(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    apply_orders(&ch).await;
     let mut worker = spawn_cluster_worker(&env.url(), grpc, "w1", &env.dir.path().join("w1"), &[]);
     let api = Api {
         base: format!("http://{http}"),
@@ -232,16 +236,7 @@ async fn http_ingest_refuses_what_it_cannot_take_with_a_problem_that_says_why() 
         &["--http-addr", &http.to_string(), "--http-max-body", "20000"],
     );
     let ch = coordinator_channel(grpc).await;
-    PipelinesClient::new(ch.clone())
-        .apply(v1::ApplyRequest {
-            definition: Some(v1::Definition {
-                source: Some(v1::definition::Source::Yaml(ORDERS.into())),
-                source_name: "orders.yaml".into(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    apply_orders(&ch).await;
     let api = Api {
         base: format!("http://{http}"),
         client: reqwest::Client::new(),
