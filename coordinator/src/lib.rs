@@ -6,3 +6,4 @@
 pub mod agent;
 pub mod http;
 pub mod server;
+pub mod time;

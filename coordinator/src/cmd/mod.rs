@@ -65,18 +65,7 @@ pub fn pipelines_dir(path: &Path) -> std::path::PathBuf {
     }
 }
 
-/// RFC 3339, or an age before `now_ms` (`7d`, `90m`).
-pub fn parse_time(text: &str, now_ms: i64) -> anyhow::Result<i64> {
-    if let Ok(t) = text.parse::<jiff::Timestamp>() {
-        return Ok(t.as_millisecond());
-    }
-    match anom_lang::duration::parse(text) {
-        Ok(age) => Ok(now_ms - age.as_millis() as i64),
-        Err(_) => anyhow::bail!(
-            "expected a time as RFC 3339 (2026-11-01T00:00:00Z) or an age (7d, 12h), found `{text}`"
-        ),
-    }
-}
+pub use anom::time::parse_time;
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 pub async fn stop_requested() {

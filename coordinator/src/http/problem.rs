@@ -50,6 +50,11 @@ impl Problem {
     }
 }
 
+/// A service's answer as a route's: a refusal becomes the same refusal over HTTP.
+pub fn answer<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<T, Problem> {
+    r.map(tonic::Response::into_inner).map_err(Problem::from)
+}
+
 /// A gRPC refusal as the same refusal over HTTP: the text is the service's own.
 impl From<tonic::Status> for Problem {
     fn from(s: tonic::Status) -> Problem {

@@ -106,21 +106,6 @@ impl Coordinator {
             }
             None => None,
         };
-        let http_addr = match &config.http {
-            Some(http) => Some(
-                crate::http::serve(
-                    crate::http::App {
-                        control: control.clone(),
-                        js: control.js.clone(),
-                        max_body_bytes: http.max_body_bytes,
-                    },
-                    http.listen,
-                    shutdown.clone(),
-                )
-                .await?,
-            ),
-            None => None,
-        };
         let backtests = backtests::BacktestService::open(
             control.clone(),
             config
@@ -131,6 +116,37 @@ impl Coordinator {
         )
         .await
         .context("cannot open the backtest buckets")?;
+        let backtests = Arc::new(backtests);
+        let pipelines = Arc::new(pipelines::PipelineService {
+            control: control.clone(),
+            models_dir: config.models_dir.clone(),
+        });
+        let cluster = Arc::new(cluster::ClusterService {
+            control: control.clone(),
+        });
+        let alerts = Arc::new(alerts::AlertService {
+            control: control.clone(),
+            buckets,
+        });
+        let http_addr = match &config.http {
+            Some(http) => Some(
+                crate::http::serve(
+                    crate::http::App {
+                        control: control.clone(),
+                        js: control.js.clone(),
+                        max_body_bytes: http.max_body_bytes,
+                        pipelines: pipelines.clone(),
+                        cluster: cluster.clone(),
+                        alerts: alerts.clone(),
+                        backtests: backtests.clone(),
+                    },
+                    http.listen,
+                    shutdown.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<v1::pipelines_server::PipelinesServer<pipelines::PipelineService>>()
@@ -163,22 +179,10 @@ impl Coordinator {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(v1::pipelines_server::PipelinesServer::new(
-                pipelines::PipelineService {
-                    control: control.clone(),
-                    models_dir: config.models_dir.clone(),
-                },
-            ))
-            .add_service(v1::cluster_server::ClusterServer::new(
-                cluster::ClusterService {
-                    control: control.clone(),
-                },
-            ))
-            .add_service(v1::alerts_server::AlertsServer::new(alerts::AlertService {
-                control: control.clone(),
-                buckets,
-            }))
-            .add_service(v1::backtests_server::BacktestsServer::new(backtests))
+            .add_service(v1::pipelines_server::PipelinesServer::from_arc(pipelines))
+            .add_service(v1::cluster_server::ClusterServer::from_arc(cluster))
+            .add_service(v1::alerts_server::AlertsServer::from_arc(alerts))
+            .add_service(v1::backtests_server::BacktestsServer::from_arc(backtests))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
         let server = tokio::spawn(server);
         info!(%addr, "coordinator serving gRPC");

@@ -39,10 +39,7 @@ impl PipelineService {
 }
 
 pub fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    })
+    Some(crate::time::timestamp(ms))
 }
 
 pub fn version_message(name: &str, v: &VersionRecord) -> v1::PipelineVersion {

@@ -11,6 +11,7 @@ mod control_plane;
 mod crash_recovery;
 mod detector_quality;
 mod detectors_e2e;
+mod http_api;
 mod http_ingest;
 mod keyed_e2e;
 mod multi_node;
