@@ -4,7 +4,6 @@
 //! go on publishing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,7 +134,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let channel = channel(&config.coordinator)?;
     let mut client = ClusterClient::new(channel.clone());
     let mut api = PipelinesClient::new(channel);
-    let running = Arc::new(AtomicU32::new(0));
+    let running: Running = Arc::default();
     let mut definitions = Definitions::default();
     let register = v1::RegisterRequest {
         worker_id: id.clone(),
@@ -216,7 +215,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                             if let Err(e) = worker.apply(plan.clone()).await {
                                 warn!(error = %e, "cannot apply the assignment");
                             }
-                            running.store(worker.running().len() as u32, Ordering::Relaxed);
+                            report(&running, &worker);
                         }
                         continue;
                     }
@@ -230,7 +229,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                     if let Err(e) = worker.apply(plan.clone()).await {
                         warn!(error = %e, "cannot apply the assignment");
                     }
-                    running.store(worker.running().len() as u32, Ordering::Relaxed);
+                    report(&running, &worker);
                 }
                 Some(Err(e)) => {
                     warn!(error = %e.message(), "assignment stream failed; reconnecting");
@@ -260,11 +259,44 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     Ok(())
 }
 
+/// What the worker runs, as the heartbeat reports it; a change is reported at once, so the
+/// coordinator sees a rollout as it happens.
+#[derive(Default)]
+struct Reported {
+    units: std::sync::Mutex<Vec<v1::Unit>>,
+    changed: tokio::sync::Notify,
+}
+
+type Running = Arc<Reported>;
+
+fn report(running: &Running, worker: &Worker) {
+    let units = worker
+        .running()
+        .into_iter()
+        .map(|a| v1::Unit {
+            pipeline: a.unit.pipeline.clone(),
+            stage: a.unit.stage.name().to_string(),
+            partition: a.unit.partition,
+            sink: match &a.unit.stage {
+                anom_pipeline::unit::UnitStage::Sink(s) => s.clone(),
+                _ => String::new(),
+            },
+            version: a.version,
+            ..Default::default()
+        })
+        .collect();
+    let mut reported = running.units.lock().unwrap();
+    if *reported != units {
+        *reported = units;
+        running.changed.notify_one();
+    }
+}
+
 async fn heartbeat(
     mut client: ClusterClient<Channel>,
     id: String,
     every: Duration,
-    running: Arc<AtomicU32>,
+    running: Running,
     session: CancellationToken,
 ) {
     let mut failures = 0;
@@ -272,10 +304,13 @@ async fn heartbeat(
         tokio::select! {
             _ = session.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+            _ = running.changed.notified() => {}
         }
+        let units = running.units.lock().unwrap().clone();
         let beat = client.heartbeat(v1::HeartbeatRequest {
             worker_id: id.clone(),
-            running_units: running.load(Ordering::Relaxed),
+            running_units: units.len() as u32,
+            running: units,
         });
         match tokio::time::timeout(every * 2, beat).await {
             Ok(Ok(r)) if r.get_ref().known => failures = 0,

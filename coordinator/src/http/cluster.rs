@@ -47,6 +47,9 @@ pub struct Unit {
     pub epoch: u64,
     /// Its owner (empty for an unassigned unit).
     pub worker_id: String,
+    /// The version its owner reports running it at (0: not reported or not running);
+    /// differs from `version` while a new version rolls out.
+    pub running_version: u32,
 }
 
 impl From<v1::Unit> for Unit {
@@ -59,6 +62,7 @@ impl From<v1::Unit> for Unit {
             version: u.version,
             epoch: u.epoch,
             worker_id: u.worker_id,
+            running_version: u.running_version,
         }
     }
 }

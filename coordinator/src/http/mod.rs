@@ -11,6 +11,7 @@
 //! | `alerts` | alerts, acknowledgements, silences; alert changes live (server-sent events) |
 //! | `backtests` | start, progress (server-sent events), cancel, report |
 //! | `cluster` | workers and assignments |
+//! | `history` | a pipeline's events and dead letters read back; dead letters replayed |
 //! | `query` | query strings, read with refusals that name the parameter |
 //! | `problem` | errors as `application/problem+json` |
 //! | `access` | the one place a route asks whether its caller may do what it does |
@@ -22,6 +23,7 @@ pub mod access;
 pub mod alerts;
 pub mod backtests;
 pub mod cluster;
+pub mod history;
 pub mod ingest;
 pub mod openapi;
 pub mod pipelines;
@@ -86,7 +88,18 @@ pub fn router(app: App) -> Router {
         .route("/v1/pipelines/{pipeline}/diff", get(pipelines::diff))
         .route("/v1/pipelines/{pipeline}/pause", post(pipelines::pause))
         .route("/v1/pipelines/{pipeline}/resume", post(pipelines::resume))
-        .route("/v1/pipelines/{pipeline}/events", post(ingest::post_events))
+        .route(
+            "/v1/pipelines/{pipeline}/events",
+            post(ingest::post_events).get(history::events),
+        )
+        .route(
+            "/v1/pipelines/{pipeline}/dead-letters",
+            get(history::dead_letters),
+        )
+        .route(
+            "/v1/pipelines/{pipeline}/dead-letters/replay",
+            post(history::replay),
+        )
         .route("/v1/alerts", get(alerts::list))
         .route("/v1/alerts/live", get(alerts::live))
         .route("/v1/pipelines/{pipeline}/alerts/{id}", get(alerts::get))

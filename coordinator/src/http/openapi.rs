@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::problem::Problem;
-use super::{alerts, backtests, cluster, ingest, pipelines};
+use super::{alerts, backtests, cluster, history, ingest, pipelines};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,9 @@ use super::{alerts, backtests, cluster, ingest, pipelines};
         pipelines::resume,
         pipelines::delete,
         ingest::post_events,
+        history::events,
+        history::dead_letters,
+        history::replay,
         alerts::list,
         alerts::live,
         alerts::get,
@@ -65,10 +68,19 @@ use super::{alerts, backtests, cluster, ingest, pipelines};
         cluster::Worker,
         cluster::Unit,
         cluster::Assignments,
+        history::StoredEvent,
+        history::EventPage,
+        history::Refused,
+        history::DeadLetter,
+        history::DeadLetterPage,
+        history::ReplayBody,
+        history::ReplayReport,
+        history::ReplayRefusal,
     )),
     tags(
         (name = "pipelines", description = "Definitions and their versions"),
         (name = "ingest", description = "Sending events"),
+        (name = "history", description = "Events and dead letters read back; dead letters replayed"),
         (name = "alerts", description = "Alerts, acknowledgements and silences"),
         (name = "backtests", description = "Replaying history through a version or a draft"),
         (name = "cluster", description = "Workers and what they run"),

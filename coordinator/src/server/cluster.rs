@@ -65,14 +65,18 @@ impl Cluster for ClusterService {
             .put_worker(&record)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let running = state.workers.get(&record.id).map_or(0, |m| m.running_units);
+        let (running_units, running) = state
+            .workers
+            .get(&record.id)
+            .map_or((0, Vec::new()), |m| (m.running_units, m.running.clone()));
         state.workers.insert(
             record.id.clone(),
             Member {
                 record,
                 lease_until: now + control.lease_ttl,
                 last_heartbeat_ms: wall_ms(),
-                running_units: running,
+                running_units,
+                running,
             },
         );
         // A worker coming back (after a coordinator restart, say) within its lease keeps its
@@ -101,6 +105,7 @@ impl Cluster for ClusterService {
         member.lease_until = now + control.lease_ttl;
         member.last_heartbeat_ms = wall_ms();
         member.running_units = req.running_units;
+        member.running = req.running;
         if !was_alive {
             control.rebalance(&mut state, false, "worker back").await;
         }

@@ -25,6 +25,8 @@ pub struct Member {
     pub lease_until: Instant,
     pub last_heartbeat_ms: i64,
     pub running_units: u32,
+    /// What its last heartbeat said it runs, with versions.
+    pub running: Vec<v1::Unit>,
 }
 
 impl Member {
@@ -74,6 +76,36 @@ impl State {
             .map_or(0, |p| p.current().version)
     }
 
+    /// The versions other than the current one that `stage` units of `pipeline` run at, as
+    /// their owners report (0: an owner that has not reported the unit running yet). Empty
+    /// when every assigned unit runs the current version. Units nobody runs do not count
+    /// (what they will read waits for an owner, who starts at the current version), nor do
+    /// workers too old to report versions.
+    pub fn behind(&self, pipeline: &str, stage: &str) -> Vec<u32> {
+        let now = std::time::Instant::now();
+        let current = self.current_version(pipeline);
+        let mut older: Vec<u32> = self
+            .owners
+            .iter()
+            .filter(|(u, _)| u.pipeline == pipeline && u.stage.name() == stage)
+            .filter_map(|(u, o)| {
+                let m = self.workers.get(&o.worker).filter(|m| m.alive(now))?;
+                if m.running.is_empty() && m.running_units > 0 {
+                    return None;
+                }
+                let version = m
+                    .running
+                    .iter()
+                    .find(|r| reports(r, u))
+                    .map_or(0, |r| r.version);
+                (version != current).then_some(version)
+            })
+            .collect();
+        older.sort_unstable();
+        older.dedup();
+        older
+    }
+
     /// What `worker` should run now.
     pub fn assignment_of(&self, worker: &str) -> v1::Assignment {
         let units: Vec<v1::Unit> = self
@@ -120,8 +152,23 @@ impl State {
             version: self.current_version(&u.pipeline),
             epoch: owner.map_or(0, |o| o.epoch),
             worker_id: owner.map_or(String::new(), |o| o.worker.clone()),
+            running_version: owner
+                .and_then(|o| self.workers.get(&o.worker))
+                .and_then(|m| m.running.iter().find(|r| reports(r, u)))
+                .map_or(0, |r| r.version),
         }
     }
+}
+
+/// Whether a worker's report of a running unit is of unit `u`.
+pub fn reports(r: &v1::Unit, u: &UnitId) -> bool {
+    r.pipeline == u.pipeline
+        && r.partition == u.partition
+        && r.stage == u.stage.name()
+        && match &u.stage {
+            UnitStage::Sink(s) => r.sink == *s,
+            _ => true,
+        }
 }
 
 /// The shared control state and what it talks to.
@@ -175,6 +222,7 @@ impl Control {
                         lease_until: now + lease_ttl,
                         last_heartbeat_ms: 0,
                         running_units: 0,
+                        running: Vec::new(),
                     },
                 )
             })

@@ -639,3 +639,177 @@ async fn an_alert_is_seen_live_acknowledged_resolved_silenced_and_backtested_ove
         let _ = c.wait().await;
     }
 }
+
+const WITH_N: &str = r#"name: orders
+key: user
+partitions: 2
+schema:
+  user:   { type: string, required: true }
+  amount: float
+  n:      int
+rules:
+  - name: big
+    when: amount > 100
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_dead_letters_are_read_back_and_replayed_once_the_definition_is_fixed() {
+    let env = Env::start().await;
+    let js = env.js().await;
+    let (api, _ch, mut children) = start(&env, true).await;
+    assert_eq!(api.post_yaml("/v1/pipelines", WITH_N).await.status, 201);
+
+    // Refused at the HTTP edge (bob) and by validate after NATS (cy): `n` is not an int.
+    let sent = api
+        .send(
+            api.client
+                .post(format!("{}/v1/pipelines/orders/events", api.base))
+                .header("content-type", "application/x-ndjson")
+                .body("{\"user\":\"ann\",\"amount\":5,\"n\":1}\n{\"user\":\"bob\",\"amount\":500,\"n\":\"three\"}\n"),
+        )
+        .await;
+    assert_eq!(sent.json()["refused"], 1, "{}", sent.text);
+    crate::support::publish_events(
+        &js,
+        "anom.orders.in",
+        &[json!({"user": "cy", "amount": 700.0, "n": "four"})],
+    )
+    .await;
+    let both = wait_for(Duration::from_secs(60), || async {
+        api.get("/v1/pipelines/orders/dead-letters").await.json()["dead_letters"]
+            .as_array()
+            .is_some_and(|d| d.len() == 2)
+    })
+    .await;
+    let letters = api.get("/v1/pipelines/orders/dead-letters").await.json();
+    assert!(both, "{letters}");
+    let d = &letters["dead_letters"];
+    assert_eq!(
+        (
+            d[0]["stage"].as_str(),
+            d[0]["kind"].as_str(),
+            d[0]["line"].as_u64()
+        ),
+        (Some("http"), Some("schema"), Some(2))
+    );
+    assert_eq!(
+        d[0]["payload"],
+        r#"{"user":"bob","amount":500,"n":"three"}"#
+    );
+    assert_eq!(
+        (d[1]["stage"].as_str(), d[1]["kind"].as_str()),
+        (Some("validate"), Some("schema"))
+    );
+    assert!(
+        d[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("field `n`: expected int"),
+        "{d}"
+    );
+    assert_eq!(letters["complete"], true);
+    let seqs: Vec<u64> = d
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        api.get("/v1/pipelines/orders/dead-letters?stage=validate")
+            .await
+            .json()["dead_letters"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // The events as stored: ann decoded, cy with why the current schema refuses it.
+    let page = api.get("/v1/pipelines/orders/events").await.json();
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{page}");
+    assert_eq!(events[0]["key"], "ann");
+    assert_eq!(
+        events[0]["event"],
+        json!({"user": "ann", "amount": 5.0, "n": 1})
+    );
+    assert_eq!(events[1]["refused"]["kind"], "schema", "{page}");
+    let ann = api
+        .get("/v1/pipelines/orders/events?key=ann&limit=5")
+        .await
+        .json();
+    assert_eq!(ann["events"].as_array().map(Vec::len), Some(1), "{ann}");
+    assert!(api
+        .get("/v1/pipelines/orders/events?limit=0")
+        .await
+        .problem(400)
+        .contains("limit"));
+    assert!(api
+        .get("/v1/pipelines/orders/events?from=yesterday")
+        .await
+        .problem(400)
+        .contains("from: expected a time as RFC 3339"));
+    assert_eq!(api.get("/v1/pipelines/nope/events").await.status, 404);
+
+    // Replayed before the fix: still refused, nothing sent, both kept.
+    let replay = "/v1/pipelines/orders/dead-letters/replay";
+    assert!(api
+        .post_json(replay, json!({"sequences": []}))
+        .await
+        .problem(400)
+        .contains("found none"));
+    let r = api
+        .post_json(replay, json!({"sequences": seqs}))
+        .await
+        .json();
+    assert_eq!(r["replayed"], json!([]), "{r}");
+    assert_eq!(r["still_refused"][0]["kind"], "schema", "{r}");
+    assert_eq!(r["still_refused"].as_array().map(Vec::len), Some(2));
+
+    // Fixed (`n` may be text), replayed: sent through the pipeline, which now alerts on them.
+    let fixed = WITH_N.replace("n:      int", "n:      string");
+    assert_eq!(api.post_yaml("/v1/pipelines", &fixed).await.status, 201);
+    let r = api
+        .post_json(replay, json!({"sequences": [seqs[0], seqs[1], 999_999]}))
+        .await
+        .json();
+    assert_eq!(r["replayed"], json!(seqs), "{r}");
+    assert_eq!(r["not_found"], json!([999_999]));
+    assert_eq!(
+        api.get("/v1/pipelines/orders/dead-letters").await.json()["dead_letters"],
+        json!([])
+    );
+    // The workers report the version they run: the rollout is visible.
+    let rolled_out = wait_for(Duration::from_secs(30), || async {
+        let a = api.get("/v1/assignments?pipeline=orders").await.json();
+        a["units"].as_array().is_some_and(|u| {
+            !u.is_empty()
+                && u.iter()
+                    .all(|u| u["version"] == 2 && u["running_version"] == 2)
+        })
+    })
+    .await;
+    assert!(
+        rolled_out,
+        "{}",
+        api.get("/v1/assignments?pipeline=orders").await.text
+    );
+    let alerted = wait_for(Duration::from_secs(60), || async {
+        api.get("/v1/alerts?pipeline=orders&rule=big").await.json()["total"] == 2
+    })
+    .await;
+    assert!(
+        alerted,
+        "{}",
+        api.get("/v1/alerts?pipeline=orders").await.text
+    );
+    let r = api
+        .post_json(replay, json!({"sequences": [seqs[0]]}))
+        .await
+        .json();
+    assert_eq!(r["not_found"], json!([seqs[0]]), "replayed once only: {r}");
+
+    for mut c in children.drain(..) {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+}

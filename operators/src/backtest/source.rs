@@ -70,6 +70,19 @@ impl Reader {
         batch: usize,
     ) -> Result<Reader, BacktestError> {
         let name = stream_of(js, pipeline).await;
+        Reader::open_on(js, &name, &input_subject(pipeline), range, batch).await
+    }
+
+    /// Starts reading the messages of `stream` on `subject` in `range` (the HTTP API reads
+    /// dead letters this way too).
+    pub async fn open_on(
+        js: &jetstream::Context,
+        name: &str,
+        subject: &str,
+        range: Range,
+        batch: usize,
+    ) -> Result<Reader, BacktestError> {
+        let name = name.to_string();
         let err = |message: String| BacktestError::Read {
             stream: name.clone(),
             message,
@@ -89,7 +102,7 @@ impl Reader {
             .create_consumer(pull::Config {
                 ack_policy: AckPolicy::None,
                 deliver_policy,
-                filter_subject: input_subject(pipeline),
+                filter_subject: subject.to_string(),
                 inactive_threshold: Duration::from_secs(60),
                 ..Default::default()
             })

@@ -101,32 +101,7 @@ impl Validate {
         row: Vec<Value>,
     ) -> Result<(u32, Envelope), Rejection> {
         let p = &*self.pipeline;
-        let key = match &row[p.key] {
-            Value::Null => {
-                return Err(Rejection::new(
-                    RejectKind::MissingKey,
-                    format!(
-                        "key field `{}` is missing or null",
-                        p.schema.fields()[p.key].name
-                    ),
-                ))
-            }
-            // An empty key would lump every such event into one key nobody named.
-            Value::Str(s) if s.trim().is_empty() => {
-                return Err(Rejection::new(
-                    RejectKind::MissingKey,
-                    format!(
-                        "key field `{}` is empty: expected a non-blank string",
-                        p.schema.fields()[p.key].name
-                    ),
-                ))
-            }
-            Value::Str(s) => s.to_string(),
-            Value::Timestamp(ms) => ms.to_string(),
-            // Exact, not the rounded text messages use: distinct values stay distinct keys.
-            Value::Float(x) => x.to_string(),
-            other => other.to_string(),
-        };
+        let key = key_text(p, &row)?;
         let partition = partition_of(&key, p.partitions);
         let event_time = match p.event_time.map(|i| &row[i]) {
             Some(Value::Timestamp(ms)) => *ms,
@@ -152,6 +127,37 @@ impl Validate {
             },
         ))
     }
+}
+
+/// The key of a decoded row, as text: what partitions it and what alerts name. Refused when
+/// missing, null or blank.
+pub fn key_text(p: &Pipeline, row: &[Value]) -> Result<String, Rejection> {
+    Ok(match &row[p.key] {
+        Value::Null => {
+            return Err(Rejection::new(
+                RejectKind::MissingKey,
+                format!(
+                    "key field `{}` is missing or null",
+                    p.schema.fields()[p.key].name
+                ),
+            ))
+        }
+        // An empty key would lump every such event into one key nobody named.
+        Value::Str(s) if s.trim().is_empty() => {
+            return Err(Rejection::new(
+                RejectKind::MissingKey,
+                format!(
+                    "key field `{}` is empty: expected a non-blank string",
+                    p.schema.fields()[p.key].name
+                ),
+            ))
+        }
+        Value::Str(s) => s.to_string(),
+        Value::Timestamp(ms) => ms.to_string(),
+        // Exact, not the rounded text messages use: distinct values stay distinct keys.
+        Value::Float(x) => x.to_string(),
+        other => other.to_string(),
+    })
 }
 
 /// The partition of a key: stable across processes, versions and machines.
