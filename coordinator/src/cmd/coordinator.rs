@@ -21,7 +21,7 @@ pub struct Args {
     /// Where the coordinator keeps pipeline versions and the assignment (sled).
     #[arg(long, env = "ANOM_STATE_DIR", default_value = "anom-coordinator")]
     state_dir: PathBuf,
-    /// Serve the HTTP API (ingest, OpenAPI at /v1/openapi.json) here.
+    /// Serve the HTTP API (/v1, OpenAPI at /v1/openapi.json) and the web console (/) here.
     #[arg(long, env = "ANOM_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
     /// The largest HTTP request body, in bytes (ingest streams it).
@@ -73,7 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     eprintln!("coordinator: grpc://{}", coordinator.addr);
     if let Some(addr) = coordinator.http_addr {
-        eprintln!("http: http://{addr}  (OpenAPI: http://{addr}/v1/openapi.json)");
+        eprintln!("http: http://{addr}  (console: http://{addr}/; OpenAPI: http://{addr}/v1/openapi.json)");
     }
     if let Some(addr) = coordinator.metrics_addr {
         eprintln!("metrics: http://{addr}/metrics");

@@ -105,8 +105,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("  NATS          {url}   (store: {})", natsd.dir().display());
     println!("  coordinator   {grpc}   (anom pipeline list, anom workers, anom assignments)");
     if let Some(addr) = coordinator.http_addr {
+        println!("  console       http://{addr}/   (pipelines, alerts, events, backtests)");
         println!(
-            "  HTTP API      http://{addr}   (POST /v1/pipelines/<name>/events; /v1/openapi.json)"
+            "  HTTP API      http://{addr}/v1   (POST /v1/pipelines/<name>/events; /v1/openapi.json)"
         );
     }
     if args.metrics_addr.port() != 0 {

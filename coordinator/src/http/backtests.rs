@@ -136,7 +136,10 @@ pub struct StartBody {
     /// ...or labelled windows: `[{"start": ..., "end": ..., "key": ..., "label": ...}]`.
     #[schema(value_type = Option<Vec<Object>>)]
     pub labels_windows: Option<Value>,
-    /// The plotted series (default: the key with the most alerts, the first numeric field).
+    /// Plot a series: `plot_key` and/or `plot_field`, or `plot: true` for the default one
+    /// (the key with the most alerts, the first numeric field).
+    #[serde(default)]
+    pub plot: bool,
     #[serde(default)]
     pub plot_key: String,
     #[serde(default)]
@@ -174,6 +177,14 @@ pub async fn start(
             ),
         )
     })?;
+    let mut plot_field = b.plot_field;
+    if b.plot && b.plot_key.is_empty() && plot_field.is_empty() {
+        let compiled = app.control.lock().await.compiled.get(&pipeline).cloned();
+        plot_field = compiled
+            .as_deref()
+            .and_then(anom_operators::backtest::collector::default_plot_field)
+            .unwrap_or_default();
+    }
     let now = wall_ms();
     let time = |name: &str, t: Option<String>| -> Result<Option<prost_types::Timestamp>, Problem> {
         t.map(|t| {
@@ -196,7 +207,7 @@ pub async fn start(
                 labels_field: b.labels_field,
                 labels_windows_json: b.labels_windows.map(|w| w.to_string()).unwrap_or_default(),
                 plot_key: b.plot_key,
-                plot_field: b.plot_field,
+                plot_field,
                 max_rate: b.max_rate,
                 budget_per_day: b.budget_per_day,
             }))

@@ -11,7 +11,9 @@
 //! | `alerts` | alerts, acknowledgements, silences; alert changes live (server-sent events) |
 //! | `backtests` | start, progress (server-sent events), cancel, report |
 //! | `cluster` | workers and assignments |
+//! | `overview` | every pipeline at a glance: events and their rate, dead letters, lag, alerts |
 //! | `history` | a pipeline's events and dead letters read back; dead letters replayed |
+//! | `console` | the web console's files, compiled in, served at `/` |
 //! | `query` | query strings, read with refusals that name the parameter |
 //! | `problem` | errors as `application/problem+json` |
 //! | `access` | the one place a route asks whether its caller may do what it does |
@@ -23,9 +25,11 @@ pub mod access;
 pub mod alerts;
 pub mod backtests;
 pub mod cluster;
+pub mod console;
 pub mod history;
 pub mod ingest;
 pub mod openapi;
+pub mod overview;
 pub mod pipelines;
 pub mod problem;
 pub mod query;
@@ -70,12 +74,16 @@ pub struct App {
     pub cluster: Arc<ClusterService>,
     pub alerts: Arc<AlertService>,
     pub backtests: Arc<BacktestService>,
+    pub rates: overview::Rates,
 }
 
 pub fn router(app: App) -> Router {
     Router::new()
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route("/v1/pipelines", get(pipelines::list).post(pipelines::apply))
         .route("/v1/check", post(pipelines::check))
+        .route("/v1/overview", get(overview::overview))
         .route(
             "/v1/pipelines/{pipeline}",
             get(pipelines::get).delete(pipelines::delete),

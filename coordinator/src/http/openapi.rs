@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::problem::Problem;
-use super::{alerts, backtests, cluster, history, ingest, pipelines};
+use super::{alerts, backtests, cluster, history, ingest, overview, pipelines};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,7 @@ use super::{alerts, backtests, cluster, history, ingest, pipelines};
         description = "Pipelines, events, alerts and backtests of an Anom installation over HTTP/JSON: the gRPC services' own checks and refusals. Errors are application/problem+json (RFC 9457)."
     ),
     paths(
+        overview::overview,
         pipelines::list,
         pipelines::apply,
         pipelines::check,
@@ -46,6 +47,8 @@ use super::{alerts, backtests, cluster, history, ingest, pipelines};
     ),
     components(schemas(
         Problem,
+        overview::Overview,
+        overview::PipelineGlance,
         ingest::IngestReport,
         ingest::Refusal,
         pipelines::PipelineStatus,

@@ -41,6 +41,15 @@ pub const COMMAND_WAIT: Duration = Duration::from_secs(10);
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
+/// A pipeline's alerts, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlertCounts {
+    pub firing: u64,
+    pub acknowledged: u64,
+    /// Occurrences that started since the time asked for.
+    pub started: u64,
+}
+
 pub struct AlertService {
     pub control: Arc<Control>,
     pub buckets: Buckets,
@@ -464,6 +473,28 @@ impl AlertService {
                     .ok()
             })
             .collect())
+    }
+
+    /// How many of `pipeline`'s alerts fire, are acknowledged, and started since `since_ms`
+    /// (for the console's overview).
+    pub async fn counts(&self, pipeline: &str, since_ms: i64) -> Result<AlertCounts, Status> {
+        let mut counts = AlertCounts::default();
+        for stored in self.load(pipeline).await? {
+            let a = &stored.alert;
+            match a.status {
+                AlertStatus::Firing => counts.firing += 1,
+                AlertStatus::Acknowledged => counts.acknowledged += 1,
+                AlertStatus::Resolved => {}
+            }
+            let started = a
+                .starts_at
+                .parse::<jiff::Timestamp>()
+                .map_or(i64::MIN, |t| t.as_millisecond());
+            if started >= since_ms {
+                counts.started += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// The stored alert and the bucket revision it is at, or NOT_FOUND.

@@ -139,6 +139,7 @@ impl Coordinator {
                         cluster: cluster.clone(),
                         alerts: alerts.clone(),
                         backtests: backtests.clone(),
+                        rates: Default::default(),
                     },
                     http.listen,
                     shutdown.clone(),

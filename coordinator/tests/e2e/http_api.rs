@@ -634,6 +634,27 @@ async fn an_alert_is_seen_live_acknowledged_resolved_silenced_and_backtested_ove
         .await;
     assert_eq!(a.json()["state"], "done", "{}", a.text);
 
+    // A key's series, as the console plots it around an alert: every numeric value of kim.
+    let a = api
+        .post_json(
+            "/v1/pipelines/orders/backtests",
+            json!({"plot_key": "kim", "from": "1h"}),
+        )
+        .await;
+    let pid = a.json()["id"].as_str().unwrap().to_string();
+    let mut progress = api.events(&format!("/v1/backtests/{pid}/progress")).await;
+    progress
+        .until(Duration::from_secs(60), |e, s| {
+            e == "status" && s["state"] == "done"
+        })
+        .await;
+    let plot = &api.get(&format!("/v1/backtests/{pid}/report")).await.json()["report"]["plot"];
+    assert_eq!(plot["key"], "kim", "{plot}");
+    assert_eq!(plot["field"], "amount");
+    assert_eq!(plot["points"].as_array().map(Vec::len), Some(1), "{plot}");
+    assert_eq!(plot["lines"]["amount"][0][1], 1000.0, "{plot}");
+    assert!(plot["lines"].get("user").is_none(), "{plot}");
+
     for mut c in children.drain(..) {
         let _ = c.start_kill();
         let _ = c.wait().await;
@@ -722,6 +743,24 @@ async fn events_and_dead_letters_are_read_back_and_replayed_once_the_definition_
             .map(Vec::len),
         Some(1)
     );
+
+    // The overview counts them: two events stored, two dead letters, nothing waiting.
+    let o = api.get("/v1/overview").await.json();
+    let orders = &o["pipelines"][0];
+    assert_eq!(
+        (
+            orders["name"].as_str(),
+            orders["events"].as_u64(),
+            orders["dead_letters"].as_u64()
+        ),
+        (Some("orders"), Some(2), Some(2)),
+        "{o}"
+    );
+    assert_eq!(
+        (o["workers"].as_u64(), o["workers_alive"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(orders["units"], 5, "{o}");
 
     // The events as stored: ann decoded, cy with why the current schema refuses it.
     let page = api.get("/v1/pipelines/orders/events").await.json();

@@ -7,6 +7,7 @@ mod alerts_api;
 mod anom_up;
 mod backtests;
 mod cli;
+mod console;
 mod control_plane;
 mod crash_recovery;
 mod detector_quality;

@@ -25,6 +25,19 @@ pub struct PlotSpec {
     pub field: Option<String>,
 }
 
+/// The field a plot shows when none is named: the first numeric field that is not the
+/// event time.
+pub fn default_plot_field(p: &Pipeline) -> Option<String> {
+    p.schema
+        .fields()
+        .iter()
+        .enumerate()
+        .find(|(i, f)| {
+            matches!(f.ty, FieldType::Int | FieldType::Float) && Some(*i) != p.event_time
+        })
+        .map(|(_, f)| f.name.clone())
+}
+
 pub struct Collector {
     pipeline: Arc<Pipeline>,
     labels: Option<Labels>,
@@ -47,6 +60,8 @@ pub struct Collector {
     /// The plot: its field's index in the scope, and values per key.
     plot: Option<(String, usize, Option<String>)>,
     values: HashMap<String, Vec<(i64, f64)>>,
+    /// The named key's every numeric value and score (see `Series::lines`).
+    lines: BTreeMap<String, Vec<(i64, f64)>>,
     detections_at: HashMap<String, Vec<i64>>,
     /// Per detector: every score it gave, for the thresholds (empty without detectors).
     recorded: Vec<Recorded>,
@@ -83,16 +98,7 @@ impl Collector {
         let plot = plot.and_then(|spec| {
             let field = match spec.field {
                 Some(f) => f,
-                None => p
-                    .schema
-                    .fields()
-                    .iter()
-                    .enumerate()
-                    .find(|(i, f)| {
-                        matches!(f.ty, FieldType::Int | FieldType::Float)
-                            && Some(*i) != p.event_time
-                    })
-                    .map(|(_, f)| f.name.clone())?,
+                None => default_plot_field(p)?,
             };
             let index = p
                 .scope
@@ -117,6 +123,7 @@ impl Collector {
             recent: HashMap::new(),
             plot,
             values: HashMap::new(),
+            lines: BTreeMap::new(),
             detections_at: HashMap::new(),
             recorded,
             budget_per_day,
@@ -242,6 +249,7 @@ impl Collector {
                 windows,
                 field,
                 key,
+                lines: std::mem::take(&mut self.lines),
             })
         });
         // Absences skip the rules stage, so records do not come out in event-time order.
@@ -303,6 +311,29 @@ impl Tap for Collector {
             if only.as_ref().is_none_or(|k| k == key) {
                 if let Some(v) = self.value(env, *index) {
                     self.values.entry(key.clone()).or_default().push((t, v));
+                }
+            }
+            // Every value only for a key named beforehand: for all keys it would be the
+            // whole range in memory.
+            if only.as_ref() == Some(key) {
+                let p = &*self.pipeline;
+                let names = p.scope.display_names().take(p.enriched_width());
+                for (i, (name, v)) in names.zip(super::numeric_row(p, env)).enumerate() {
+                    // Numbers only: a timestamp or a boolean as a number is no series.
+                    let numeric = p.schema.fields().get(i).is_none_or(|f| {
+                        matches!(f.ty, FieldType::Int | FieldType::Float) && Some(i) != p.event_time
+                    });
+                    if let (true, Some(v)) = (numeric, v) {
+                        self.lines.entry(name.to_string()).or_default().push((t, v));
+                    }
+                }
+                for s in &env.analysis.scores {
+                    if let Some(d) = p.detectors.get(s.detector as usize) {
+                        self.lines
+                            .entry(format!("score:{}", d.name))
+                            .or_default()
+                            .push((t, s.score));
+                    }
                 }
             }
         }

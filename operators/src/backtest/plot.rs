@@ -244,6 +244,7 @@ mod tests {
             detections: vec![2_000],
             alerts: vec![2_000],
             windows: vec![(1_500, 2_000)],
+            lines: Default::default(),
         };
         let svg = svg(&s);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));

@@ -160,6 +160,10 @@ pub struct Series {
     pub alerts: Vec<i64>,
     /// Labelled windows of this key.
     pub windows: Vec<(i64, i64)>,
+    /// When the plot names its key: the key's every numeric field and aggregate by name, and
+    /// each detector's score (`score:<detector>`), at each of its events.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lines: BTreeMap<String, Vec<(i64, f64)>>,
 }
 
 /// Two versions over the same range, and the alerts only one of them raised.
