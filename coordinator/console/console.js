@@ -86,11 +86,20 @@ async function attempt(fn) {
 
 // ---- live alert changes ----------------------------------------------------------------
 
-// One event stream for the whole console; pages subscribe while they are shown.
+// One event stream for the whole console; pages subscribe while they are shown. Browsers
+// allow six HTTP/1.1 connections per host, and an open stream holds one: a hidden tab (or a
+// page left for another, kept in the back-forward cache) closes its stream, so that a few
+// tabs cannot starve each other, and reloads what it shows when it is back.
 const live = {
   listeners: new Set(),
   source: null,
+  stop() {
+    if (this.source) this.source.close();
+    this.source = null;
+    $("#connection").classList.remove("live");
+  },
   start() {
+    if (this.source) return;
     this.source = new EventSource("/v1/alerts/live");
     this.source.addEventListener("open", () => $("#connection").classList.add("live"));
     this.source.addEventListener("error", () => $("#connection").classList.remove("live"));
@@ -380,12 +389,12 @@ function seriesPlot(series, opts = {}) {
       const v = v0 + ((v1 - v0) * i) / 4;
       grid.append(ns("line", { x1: L, x2: W - R, y1: y(v), y2: y(v) }));
       const label = ns("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" });
-      label.textContent = Math.abs(v) >= 1000 ? v.toFixed(0) : v.toPrecision(3);
+      label.textContent = String(Number(v.toPrecision(5)));
       axis.append(label);
     }
     for (let i = 0; i <= 5; i++) {
       const t = view[0] + ((view[1] - view[0]) * i) / 5;
-      const label = ns("text", { x: x(t), y: H - 8, "text-anchor": "middle" });
+      const label = ns("text", { x: x(t), y: H - 8, "text-anchor": i === 0 ? "start" : i === 5 ? "end" : "middle" });
       label.textContent = new Date(t).toISOString().slice(11, 19);
       axis.append(label);
     }
@@ -662,5 +671,12 @@ async function workersPage() {
 // ---- start -----------------------------------------------------------------------------
 
 window.addEventListener("hashchange", route);
+window.addEventListener("pagehide", () => live.stop());
+window.addEventListener("pageshow", (e) => { if (e.persisted) { live.start(); route(); } });
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) return live.stop();
+  live.start();
+  route();
+});
 live.start();
 route();

@@ -216,10 +216,21 @@ async fn an_alert_appears_live_is_acknowledged_in_the_browser_and_plots_its_seri
     // An alert raised by an event sent now appears on the alerts page without a reload.
     b.open(&format!("{base}/#/alerts")).await;
     b.find("#alerts thead", None, Duration::from_secs(30)).await;
+    // Her usual expenses, then a large one.
+    let mut ndjson = String::new();
+    for (i, amount) in [84.0, 120.5, 64.2, 230.0, 97.9, 150.0, 310.4, 88.0]
+        .iter()
+        .enumerate()
+    {
+        ndjson.push_str(&format!(
+            "{{\"user\":\"zoe\",\"amount\":{amount},\"category\":\"food\",\"merchant\":\"m{i}\",\"spentAt\":\"2026-12-07T0{i}:00:00Z\"}}\n"
+        ));
+    }
+    ndjson.push_str(r#"{"user":"zoe","amount":4200,"currency":"EUR","category":"travel","merchant":"AirCo","spentAt":"2026-12-07T09:00:00Z"}"#);
     let sent = reqwest::Client::new()
         .post(format!("{base}/v1/pipelines/expenses/events"))
-        .header("content-type", "application/json")
-        .body(r#"{"user":"zoe","amount":4200,"currency":"EUR","category":"travel","merchant":"AirCo","spentAt":"2026-12-07T09:00:00Z"}"#)
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
         .send()
         .await
         .unwrap();
@@ -270,7 +281,7 @@ async fn an_alert_appears_live_is_acknowledged_in_the_browser_and_plots_its_seri
         .await;
     assert_eq!(
         plot.attr("data-points").await.unwrap().as_deref(),
-        Some("1")
+        Some("9")
     );
     assert!(b.count("#alert-series svg.plot path.series").await == 1);
     assert!(b.count("#alert-series svg.plot line.alert").await >= 1);
@@ -398,6 +409,125 @@ async fn the_editor_shows_located_errors_as_you_type_and_a_draft_is_backtested_w
     )
     .await;
     b.screenshot("backtest").await;
+
+    let _ = b.client.close().await;
+    let _ = up.start_kill();
+    let _ = up.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_events_history_workers_and_pausing_work_from_the_browser() {
+    let data = tempfile::tempdir().unwrap();
+    let http = free_addr();
+    let mut up = anom_up(data.path(), http).await;
+    let base = format!("http://{http}");
+    let send = |body: &'static str| {
+        let url = format!("{base}/v1/pipelines/expenses/events");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let r = send("{\"user\":\"lee\",\"amount\":12.5,\"spentAt\":\"2026-12-07T08:00:00Z\"}\n{\"user\":\"lee\",\"amount\":\"lots\",\"spentAt\":\"2026-12-07T08:01:00Z\"}\n").await;
+    assert_eq!(
+        (r["accepted"].as_u64(), r["refused"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    let b = Browser::start().await;
+
+    // The dead letter, with its reason; replayed unchanged, it is still refused and kept.
+    b.open(&format!("{base}/#/pipelines/expenses/dead-letters"))
+        .await;
+    let row = b
+        .find(
+            "#dead-letters tbody tr",
+            Some("expected float"),
+            Duration::from_secs(30),
+        )
+        .await;
+    row.find(Locator::Css("input[type=checkbox]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.find("#replay", None, Duration::from_secs(5))
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.find("#toast", Some("still refused"), Duration::from_secs(30))
+        .await;
+    b.screenshot("dead-letters").await;
+
+    // The events browser shows the stored event, by key.
+    b.open(&format!("{base}/#/pipelines/expenses/events")).await;
+    b.find("#events tbody tr", Some("lee"), Duration::from_secs(30))
+        .await;
+
+    // Workers and assignments.
+    b.open(&format!("{base}/#/workers")).await;
+    b.find("#workers tbody tr", Some("local"), Duration::from_secs(30))
+        .await;
+    assert!(b.count("#assignments tbody tr").await > 5);
+
+    // A change applied from the editor with a comment; its diff in the history.
+    b.open(&format!("{base}/#/pipelines/expenses/definition"))
+        .await;
+    b.find("#verdict", Some("Valid"), Duration::from_secs(30))
+        .await;
+    b.script(
+        "const a = document.querySelector('#definition'); a.value = a.value.replace('amount >= 1000', 'amount >= 900'); a.dispatchEvent(new Event('input'));",
+        vec![],
+    )
+    .await;
+    b.find("#comment", None, Duration::from_secs(5))
+        .await
+        .send_keys("lower the limit")
+        .await
+        .unwrap();
+    b.find("#apply", None, Duration::from_secs(5))
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.find("h1", Some("v2"), Duration::from_secs(30)).await;
+    let versions = get(format!("{base}/v1/pipelines/expenses/versions")).await;
+    assert_eq!(versions[1]["comment"], "lower the limit", "{versions}");
+    b.open(&format!("{base}/#/pipelines/expenses/history"))
+        .await;
+    b.find("#versions button", Some("Diff"), Duration::from_secs(30))
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.find(
+        "#diff pre.diff .add",
+        Some("amount >= 900"),
+        Duration::from_secs(30),
+    )
+    .await;
+    b.screenshot("history").await;
+
+    // Paused from the browser, as the API says.
+    b.open(&format!("{base}/#/pipelines/expenses/definition"))
+        .await;
+    let pause = b.find("#pause", None, Duration::from_secs(30)).await;
+    pause.click().await.unwrap();
+    b.find("#resume", None, Duration::from_secs(30)).await;
+    assert_eq!(
+        get(format!("{base}/v1/pipelines/expenses")).await["status"]["paused"],
+        true
+    );
 
     let _ = b.client.close().await;
     let _ = up.start_kill();
