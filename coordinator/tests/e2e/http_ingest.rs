@@ -71,6 +71,47 @@ impl Api {
     }
 }
 
+/// POSTs `line` repeated `times` as NDJSON with `Transfer-Encoding: chunked` (one chunk per
+/// 100 lines), over a plain TCP connection: status and JSON body.
+async fn chunked_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    line: &str,
+    times: usize,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let chunk = line.repeat(100);
+    for _ in 0..times / 100 {
+        // The server may answer and close once past the limit: later writes can fail.
+        let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+        if tcp.write_all(framed.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = tcp.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // The body: after the blank line; chunked or not, the JSON object is in it whole.
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json = body
+        .find('{')
+        .and_then(|start| body.rfind('}').map(|end| &body[start..=end]))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
 async fn apply_orders(ch: &tonic::transport::Channel) {
     PipelinesClient::new(ch.clone())
         .apply(v1::ApplyRequest {
@@ -321,6 +362,21 @@ async fn http_ingest_refuses_what_it_cannot_take_with_a_problem_that_says_why() 
         assert_eq!((status, body["accepted"].as_u64()), (200, Some(2)));
     }
     assert_eq!(stream_len(&js, "ANOM_INGEST").await, before + 2);
+
+    // A chunked body (no Content-Length) over the limit: counted as it arrives, refused with
+    // 413 once past it, and the whole events before the limit are stored, not lost.
+    let before = stream_len(&js, "ANOM_INGEST").await;
+    let (status, body) = chunked_post(
+        http,
+        "/v1/pipelines/orders/events",
+        "{\"user\":\"a\"}\n",
+        2_000,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    let accepted = body["accepted"].as_u64().unwrap();
+    assert!(accepted > 1_000 && accepted <= 20_000 / 13, "{body}");
+    assert_eq!(stream_len(&js, "ANOM_INGEST").await, before + accepted);
 
     // The OpenAPI document describes the route, generated from the code.
     let doc: Value = api
