@@ -468,11 +468,22 @@ async fn a_worker_killed_with_notifications_in_flight_sends_each_once_after_rest
 
     receiver.delay_ms.store(0, Ordering::SeqCst);
     let mut worker = spawn_worker(&env.url(), &dir);
-    let all_in = wait_for(Duration::from_secs(60), || async {
-        receiver.ids().into_iter().collect::<BTreeSet<_>>().len() == HOSTS
+    // Every group notified, and what was in flight at the kill sent again: the restarted
+    // notifier first waits out its predecessor's request (sink timeout + 1 s), so when all
+    // ten were in flight, "all ids seen" alone held before any resend.
+    let all_in = wait_for(Duration::from_secs(90), || async {
+        let by_id = receiver.bodies_by_id();
+        by_id.len() == HOSTS
+            && in_flight
+                .iter()
+                .all(|id| by_id.get(id).is_some_and(|c| c.len() >= 2))
     })
     .await;
-    assert!(all_in, "every group notified: {:?}", receiver.ids());
+    assert!(
+        all_in,
+        "every group notified: {:?}",
+        receiver.bodies_by_id().keys()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let by_id = receiver.bodies_by_id();
