@@ -518,6 +518,22 @@ async fn dead_letters_events_history_workers_and_pausing_work_from_the_browser()
     .await;
     b.screenshot("history").await;
 
+    // A new pipeline created from the template in the browser.
+    b.open(&format!("{base}/#/new")).await;
+    b.find("#verdict", Some("Valid"), Duration::from_secs(30))
+        .await;
+    b.find("#apply", None, Duration::from_secs(5))
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.find("h1", Some("my_pipeline"), Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        get(format!("{base}/v1/pipelines/my_pipeline")).await["status"]["current_version"],
+        1
+    );
+
     // Paused from the browser, as the API says.
     b.open(&format!("{base}/#/pipelines/expenses/definition"))
         .await;
