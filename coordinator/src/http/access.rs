@@ -35,3 +35,13 @@ pub fn check(identity: &Identity, scope: Scope, pipeline: Option<&str>) -> Resul
     let _ = (identity, scope, pipeline);
     Ok(())
 }
+
+/// As [`check`], for a route whose pipeline is an optional filter (empty: every pipeline, so
+/// the installation).
+pub fn check_filter(headers: &HeaderMap, scope: Scope, pipeline: &str) -> Result<(), Problem> {
+    check(
+        &Identity::of(headers),
+        scope,
+        (!pipeline.is_empty()).then_some(pipeline),
+    )
+}

@@ -165,11 +165,7 @@ pub async fn list(
         "page_token",
     ])?;
     let pipeline = q.one("pipeline")?.unwrap_or_default();
-    access::check(
-        &Identity::of(&headers),
-        Scope::Read,
-        (!pipeline.is_empty()).then_some(pipeline.as_str()),
-    )?;
+    access::check_filter(&headers, Scope::Read, &pipeline)?;
     let now = wall_ms();
     let time = |name: &str| -> Result<Option<prost_types::Timestamp>, Problem> {
         q.one(name)?
@@ -335,11 +331,7 @@ pub async fn silences(
 ) -> Result<Json<Vec<Silence>>, Problem> {
     let q: SilenceQuery = typed(query.as_deref())?;
     let pipeline = q.pipeline.unwrap_or_default();
-    access::check(
-        &Identity::of(&headers),
-        Scope::Read,
-        (!pipeline.is_empty()).then_some(pipeline.as_str()),
-    )?;
+    access::check_filter(&headers, Scope::Read, &pipeline)?;
     let r = answer(
         app.alerts
             .list_silences(Request::new(v1::ListSilencesRequest {

@@ -232,11 +232,7 @@ pub async fn list(
 ) -> Result<Json<Vec<BacktestStatus>>, Problem> {
     let q: ListQuery = typed(query.as_deref())?;
     let pipeline = q.pipeline.unwrap_or_default();
-    access::check(
-        &Identity::of(&headers),
-        Scope::Read,
-        (!pipeline.is_empty()).then_some(pipeline.as_str()),
-    )?;
+    access::check_filter(&headers, Scope::Read, &pipeline)?;
     let r = answer(
         app.backtests
             .list(Request::new(v1::ListBacktestsRequest { pipeline }))

@@ -127,11 +127,7 @@ pub async fn assignments(
 ) -> Result<Json<Assignments>, Problem> {
     let q: AssignmentQuery = typed(query.as_deref())?;
     let pipeline = q.pipeline.unwrap_or_default();
-    access::check(
-        &Identity::of(&headers),
-        Scope::Read,
-        (!pipeline.is_empty()).then_some(pipeline.as_str()),
-    )?;
+    access::check_filter(&headers, Scope::Read, &pipeline)?;
     let r = answer(
         app.cluster
             .list_assignments(Request::new(v1::ListAssignmentsRequest { pipeline }))
