@@ -51,6 +51,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that print for a reader (`anom tail alerts | head`) stop when it goes, as Unix
+    // tools do: Rust ignores SIGPIPE, so each print would fail and panic instead. The servers
+    // (up, coordinator, worker) and `train`, which talks to Python over pipes, keep ignoring
+    // it: a peer gone must be an error they report, not a silent stop.
+    if !matches!(
+        cli.command,
+        Command::Up(_) | Command::Coordinator(_) | Command::Worker(_) | Command::Train(_)
+    ) {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        // SAFETY: at the start of main, before any thread; SIG_DFL installs no handler.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ANOM_LOG").unwrap_or_else(|_| {

@@ -239,3 +239,23 @@ async fn detectors_eval_prints_quality_per_detector() {
         "{stdout}"
     );
 }
+
+/// `anom … | head`: once the reader has gone, the command stops as a Unix tool does (by
+/// SIGPIPE), without a panic message.
+#[test]
+fn a_closed_stdout_stops_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anom"))
+        .env("ANOM_LOG", "warn")
+        .current_dir(repo_root())
+        .args(["check", "pipelines/"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?} {stderr}", out.status);
+}
