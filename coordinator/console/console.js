@@ -206,20 +206,25 @@ function alertRow(a, onAction) {
     actions);
 }
 
+// Who acts, asked once and kept in the browser (shown in the alert's history).
+function who() {
+  const by = localStorage.getItem("anom.user") || prompt("Who are you? (shown in the alert's history)") || "";
+  if (by) localStorage.setItem("anom.user", by);
+  return by;
+}
+
 async function act(a, action) {
   if (action === "silence") return silenceDialog(a);
-  const by = localStorage.getItem("anom.user") || prompt("Who are you? (shown in the alert's history)") || "";
+  const by = who();
   if (!by) return;
-  localStorage.setItem("anom.user", by);
   const r = await attempt(() => api("POST", `/v1/pipelines/${encodeURIComponent(a.pipeline)}/alerts/${encodeURIComponent(a.id)}/${action}`, { by }));
   if (r) toast(r.applied ? `${action === "acknowledge" ? "Acknowledged" : "Resolved"}` : `Stored, not applied yet: ${r.note}`);
   return r;
 }
 
 async function silenceDialog(a) {
-  const by = localStorage.getItem("anom.user") || prompt("Who are you?") || "";
+  const by = who();
   if (!by) return;
-  localStorage.setItem("anom.user", by);
   const matchers = prompt("Silence alerts matching (comma-separated matchers):", `rule=${a.rule}, key=${a.key}`);
   if (!matchers) return;
   const duration = prompt("For how long?", "1h");

@@ -11,7 +11,6 @@ use std::time::Duration;
 use anom_operators::alerting::store::ALERTS_BUCKET;
 use anom_proto::v1;
 use anom_proto::v1::alerts_server::Alerts;
-use anom_runtime::timebase::wall_ms;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -24,9 +23,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::access::{self, Identity, Scope};
 use super::problem::{answer, Problem};
-use super::query::{typed, Params};
+use super::query::{self, typed, Params};
 use super::App;
-use crate::time::{parse_time, rfc3339, timestamp};
+use crate::time::{rfc3339, timestamp};
 
 /// A page of alerts.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -166,16 +165,7 @@ pub async fn list(
     ])?;
     let pipeline = q.one("pipeline")?.unwrap_or_default();
     access::check_filter(&headers, Scope::Read, &pipeline)?;
-    let now = wall_ms();
-    let time = |name: &str| -> Result<Option<prost_types::Timestamp>, Problem> {
-        q.one(name)?
-            .map(|t| {
-                parse_time(&t, now)
-                    .map(timestamp)
-                    .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("{name}: {e}")))
-            })
-            .transpose()
-    };
+    let time = |name: &str| query::timestamp(name, q.one(name)?.as_deref());
     let time_field = match q.one("time_field")?.as_deref() {
         None | Some("updated_at") => v1::TimeField::UpdatedAt,
         Some("starts_at") => v1::TimeField::StartsAt,

@@ -5,7 +5,6 @@ use std::convert::Infallible;
 
 use anom_proto::v1;
 use anom_proto::v1::backtests_server::Backtests;
-use anom_runtime::timebase::wall_ms;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
@@ -19,9 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::access::{self, Identity, Scope};
 use super::problem::{answer, Problem};
-use super::query::typed;
+use super::query::{self, typed};
 use super::App;
-use crate::time::{parse_time, rfc3339, timestamp};
+use crate::time::rfc3339;
 
 /// Where a backtest stands.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -185,23 +184,14 @@ pub async fn start(
             .and_then(anom_operators::backtest::collector::default_plot_field)
             .unwrap_or_default();
     }
-    let now = wall_ms();
-    let time = |name: &str, t: Option<String>| -> Result<Option<prost_types::Timestamp>, Problem> {
-        t.map(|t| {
-            parse_time(&t, now)
-                .map(timestamp)
-                .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("{name}: {e}")))
-        })
-        .transpose()
-    };
     let s = answer(
         app.backtests
             .start(Request::new(v1::StartBacktestRequest {
                 pipeline,
                 target: Some(b.target.unwrap_or_default().message("target")?),
                 compare: b.compare.map(|c| c.message("compare")).transpose()?,
-                from: time("from", b.from)?,
-                to: time("to", b.to)?,
+                from: query::timestamp("from", b.from.as_deref())?,
+                to: query::timestamp("to", b.to.as_deref())?,
                 from_sequence: b.from_sequence,
                 to_sequence: b.to_sequence,
                 labels_field: b.labels_field,

@@ -19,7 +19,6 @@ use anom_pipeline::envelope::Envelope;
 use anom_pipeline::event::{decode_all, sniff, Format};
 use anom_pipeline::subjects::{dlq_subject, headers, input_subject, DLQ_STREAM, INGEST_STREAM};
 use anom_pipeline::Pipeline;
-use anom_runtime::timebase::wall_ms;
 use async_nats::HeaderMap as NatsHeaders;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -31,9 +30,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::access::{self, Identity, Scope};
 use super::problem::Problem;
-use super::query::typed;
+use super::query::{time_ms, typed};
 use super::App;
-use crate::time::parse_time;
 
 /// The most messages one read scans.
 pub const MAX_SCAN: u64 = 200_000;
@@ -186,12 +184,7 @@ async fn compiled(app: &App, pipeline: &str) -> Result<std::sync::Arc<Pipeline>,
 
 /// The range of a query: `from` (default `default_from` ago) to `to` (default open).
 fn range(from: Option<&str>, to: Option<&str>, default_from: &str) -> Result<Range, Problem> {
-    let now = wall_ms();
-    let at = |name: &str, t: &str| {
-        parse_time(t, now)
-            .map(Position::Time)
-            .map_err(|e| bad(format!("{name}: {e}")))
-    };
+    let at = |name: &str, t: &str| time_ms(name, t).map(Position::Time);
     Ok(Range {
         from: Some(at("from", from.unwrap_or(default_from))?),
         to: to.map(|t| at("to", t)).transpose()?,

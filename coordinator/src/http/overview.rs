@@ -105,19 +105,17 @@ async fn subject_counts(app: &App, stream: &str, filter: &str) -> HashMap<String
     counts
 }
 
-/// Pending messages of the consumers of `stream` whose names start with `prefix`.
-async fn pending(app: &App, stream: &str, prefix: &str) -> u64 {
+/// The consumers of `stream` and their pending messages.
+async fn consumers(app: &App, stream: &str) -> Vec<(String, u64)> {
     let Ok(s) = app.js.get_stream(stream).await else {
-        return 0;
+        return Vec::new();
     };
     let mut consumers = s.consumers();
-    let mut total = 0;
+    let mut all = Vec::new();
     while let Some(Ok(info)) = consumers.next().await {
-        if info.name.starts_with(prefix) {
-            total += info.num_pending;
-        }
+        all.push((info.name, info.num_pending));
     }
-    total
+    all
 }
 
 #[utoipa::path(get, path = "/v1/overview", tag = "pipelines",
@@ -135,6 +133,8 @@ pub async fn overview(
             .await,
     )?;
     let ingested = subject_counts(&app, INGEST_STREAM, "anom.*.in").await;
+    // Listed once: every pipeline's validate consumer reads the shared ingest stream.
+    let ingest_consumers = consumers(&app, INGEST_STREAM).await;
     let dead = subject_counts(&app, DLQ_STREAM, "anom.*.dlq").await;
     let (compiled, units, workers, alive) = {
         let state = app.control.lock().await;
@@ -160,14 +160,23 @@ pub async fn overview(
     let mut pipelines = Vec::with_capacity(list.pipelines.len());
     for p in list.pipelines {
         let events = ingested.get(&input_subject(&p.name)).copied().unwrap_or(0);
-        let mut lag = pending(&app, INGEST_STREAM, &format!("{}-validate", p.name)).await;
+        let validate = format!("{}-validate", p.name);
+        let mut lag: u64 = ingest_consumers
+            .iter()
+            .filter(|(name, _)| name.starts_with(&validate))
+            .map(|(_, n)| n)
+            .sum();
         if let Some(c) = compiled.get(&p.name) {
             for s in Topology::of(c)
                 .streams
                 .iter()
                 .filter(|s| s.source.is_none())
             {
-                lag += pending(&app, &s.name, "").await;
+                lag += consumers(&app, &s.name)
+                    .await
+                    .iter()
+                    .map(|(_, n)| n)
+                    .sum::<u64>();
             }
         }
         let alerts = app

@@ -13,6 +13,22 @@ fn bad(detail: String) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, detail)
 }
 
+/// The time a parameter or field `name` gives (RFC 3339 or an age before now), as epoch
+/// milliseconds; refused with its name.
+pub fn time_ms(name: &str, text: &str) -> Result<i64, Problem> {
+    crate::time::parse_time(text, anom_runtime::timebase::wall_ms())
+        .map_err(|e| bad(format!("{name}: {e}")))
+}
+
+/// As [`time_ms`], for an optional value, as a protobuf timestamp.
+pub fn timestamp(
+    name: &str,
+    text: Option<&str>,
+) -> Result<Option<prost_types::Timestamp>, Problem> {
+    text.map(|t| time_ms(name, t).map(crate::time::timestamp))
+        .transpose()
+}
+
 /// A query string as `T` (whose `deny_unknown_fields` refuses a misspelt parameter).
 pub fn typed<T: serde::de::DeserializeOwned>(query: Option<&str>) -> Result<T, Problem> {
     serde_urlencoded::from_str(query.unwrap_or(""))
