@@ -24,6 +24,9 @@ fn definition(partitions: u32, hook: &str) -> String {
 name: burst
 key: host
 partitions: {partitions}
+# The burst goes straight into the alert stage's own input.
+units:
+  fused: false
 schema:
   host: {{ type: string, required: true }}
   cpu:  float

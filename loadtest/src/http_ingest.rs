@@ -89,6 +89,7 @@ pub async fn run(
                 false,
                 false,
                 None,
+                true,
             ))),
             source_name: "bench.yaml".into(),
         }),

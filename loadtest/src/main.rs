@@ -119,6 +119,10 @@ pub struct Args {
     /// score (`alert_on: rules`), so the expected alerts stay the rules'.
     #[arg(long)]
     pub detectors: bool,
+    /// Run each stage as a unit of its own (`units.fused: false`, one JetStream hop per
+    /// stage) instead of one fused unit per partition: what fusing saves.
+    #[arg(long)]
+    pub per_stage: bool,
     /// Add a derived field computed by a UDF plugin: the route_id example
     /// (`scripts/build-udfs`, or `cargo build --release -p anom-udf-route-id`), given as the
     /// path of its library; the validate stage calls it once per batch.

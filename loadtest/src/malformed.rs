@@ -282,7 +282,7 @@ pub async fn run(url: &str, args: &Args, good: usize, bad: usize) -> anyhow::Res
 
     let yaml = format!(
         "{}max_event_bytes: {MAX_EVENT_BYTES}\n",
-        definition(args.partitions, false, false, None)
+        definition(args.partitions, false, false, None, true)
     );
     let (shutdown, worker) = start_with(url, args, &yaml).await?;
     let client = async_nats::connect(url).await?;
@@ -313,7 +313,7 @@ pub async fn run(url: &str, args: &Args, good: usize, bad: usize) -> anyhow::Res
         let dead = dlq.info().await?.state.messages;
         if stored >= expected_alerts
             && dead >= bad as u64
-            && drained(&js, args.partitions, false, false).await?
+            && drained(&js, args.partitions, false, false, true).await?
         {
             break;
         }

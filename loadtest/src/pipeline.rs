@@ -18,6 +18,7 @@ pub(crate) fn definition(
     keyed: bool,
     detectors: bool,
     udf: Option<&std::path::Path>,
+    fused: bool,
 ) -> String {
     // Generated file names are `file-<n>.csv`: route_id gives FILE, never panics.
     let udf = match udf {
@@ -49,6 +50,8 @@ name: bench
 key: route
 event_time: finishedAt
 partitions: {partitions}
+units:
+  fused: {fused}
 schema:
   route:      {{ type: string, required: true }}
   status:     {{ type: enum, values: [OK, FAILED, TIMEOUT], required: true }}
@@ -137,6 +140,7 @@ async fn start(
         args.keyed,
         args.detectors,
         args.udf.as_deref(),
+        !args.per_stage,
     );
     start_with(url, args, &yaml).await
 }
@@ -195,7 +199,14 @@ pub async fn throughput(url: &str, args: &Args) -> anyhow::Result<Throughput> {
     loop {
         let stored = alerts.info().await?.state.messages;
         if stored >= expected_alerts
-            && drained(&js, args.partitions, args.keyed, args.detectors).await?
+            && drained(
+                &js,
+                args.partitions,
+                args.keyed,
+                args.detectors,
+                !args.per_stage,
+            )
+            .await?
         {
             break;
         }
@@ -241,9 +252,14 @@ pub(crate) async fn drained(
     partitions: u32,
     keyed: bool,
     detectors: bool,
+    fused: bool,
 ) -> anyhow::Result<bool> {
     let mut consumers = vec![("ANOM_INGEST".to_string(), "bench-validate".to_string())];
     for k in 0..partitions {
+        if fused {
+            consumers.push(("ANOM_BENCH_VALID".into(), format!("bench-keyed-{k}")));
+            continue;
+        }
         // Each stage reads the output of the last one before it that runs.
         let mut upstream = "ANOM_BENCH_VALID";
         if keyed {

@@ -511,9 +511,9 @@ impl Worker {
                 };
                 // The alert stage owns its keys' alerts: it starts from what the bucket holds,
                 // read once the unit's earlier owner can no longer ack (see `take_over`).
-                let stored_alerts = if a.unit.stage == UnitStage::Alert {
+                let stored_alerts = if matches!(a.unit.stage, UnitStage::Alert | UnitStage::Keyed) {
                     let binding = stage::binding(pipeline, &a.unit, fence.clone())
-                        .expect("an alert unit has a binding");
+                        .expect("an alert or keyed unit has a binding");
                     if let Err(e) = rt.take_over(&binding).await {
                         warn!(unit = %a.unit, error = %e, "cannot take the unit's consumer over; not started");
                         return Ok(None);

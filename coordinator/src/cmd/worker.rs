@@ -36,8 +36,8 @@ pub struct Args {
     /// This worker's name in the cluster, stable across restarts (default: the hostname).
     #[arg(long, env = "ANOM_WORKER_ID")]
     worker_id: Option<String>,
-    /// Stages this worker runs (validate, window, score, rules, alert, sink), comma-separated;
-    /// default all.
+    /// Units this worker runs (validate, keyed — the fused per-partition units —, window,
+    /// score, rules, alert — per-stage units —, sink), comma-separated; default all.
     #[arg(long, env = "ANOM_ROLES", value_delimiter = ',')]
     roles: Vec<String>,
     /// Relative share of the units this worker takes.

@@ -20,7 +20,7 @@ use anom_operators::alerting::store::{
 use anom_operators::alerting::{silence, Action, Command, Silence};
 use anom_operators::stage::validate::partition_of;
 use anom_pipeline::matcher::{self, Matcher};
-use anom_pipeline::unit::{UnitId, UnitStage};
+use anom_pipeline::unit::UnitStage;
 use anom_pipeline::{Pipeline, Severity};
 use anom_proto::v1;
 use anom_proto::v1::alerts_server::Alerts;
@@ -447,11 +447,11 @@ impl AlertService {
         {
             return Some(format!("pipeline `{}` is paused", pipeline.name));
         }
-        let unit = UnitId {
-            pipeline: pipeline.name.clone(),
-            stage: UnitStage::Alert,
-            partition: partition_of(key, pipeline.partitions),
-        };
+        let unit = anom_pipeline::topology::Topology::of(pipeline).unit_running(
+            pipeline,
+            &UnitStage::Alert,
+            partition_of(key, pipeline.partitions),
+        );
         (!state.owners.contains_key(&unit)).then(|| {
             format!(
                 "no worker runs its alert stage for partition {}",

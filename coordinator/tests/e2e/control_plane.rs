@@ -149,7 +149,7 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
     let plan = ok.plan.unwrap();
     assert_eq!(
         (plan.key.as_str(), plan.partitions, plan.units),
-        ("user", 2, 7)
+        ("user", 2, 3)
     );
     // Apply refuses what validate refuses, with the same words.
     let err = api
@@ -185,11 +185,11 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
         &env.dir.path().join("w1"),
         &["--snapshot-every", "1s"],
     );
-    // validate, 2 × (window, rules, alert), and the unrouted watcher.
+    // validate, 2 fused units (window, rules, alert), and the unrouted watcher.
     let settled = wait_for(Duration::from_secs(60), || async {
         crate::support::cluster_view(&ch).await.is_some_and(
             |(assigned, unassigned, running, live)| {
-                assigned == 8 && unassigned == 0 && running == 8 && live == ["w1"]
+                assigned == 4 && unassigned == 0 && running == 4 && live == ["w1"]
             },
         )
     })
@@ -438,7 +438,7 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
     assert!(ok && out.contains("w1") && out.contains("live"), "{out}");
     let (ok, out, _) = cli(&["assignments", "--pipeline", "counts"], addr);
     assert!(
-        ok && out.contains("counts/window/1") && out.contains("w1"),
+        ok && out.contains("counts/keyed/1") && out.contains("w1"),
         "{out}"
     );
     let file = env.dir.path().join("bad.yaml");
@@ -656,8 +656,8 @@ async fn large_definitions_together_outgrowing_a_grpc_message_are_all_assigned()
         .unwrap();
     }
     let mut worker = spawn_cluster_worker(&env.url(), addr, "w1", &env.dir.path().join("w1"), &[]);
-    // validate, rules and alert of each, and the unrouted watcher.
-    let units = PIPELINES * 3 + 1;
+    // validate and one fused unit (rules, alert) of each, and the unrouted watcher.
+    let units = PIPELINES * 2 + 1;
     let settled = wait_for(Duration::from_secs(120), || async {
         crate::support::cluster_view(&ch).await.is_some_and(
             |(assigned, unassigned, running, live)| {

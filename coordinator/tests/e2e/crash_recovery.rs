@@ -254,6 +254,8 @@ name: spend
 key: user
 event_time: at
 partitions: 4
+units:
+  publish_enriched: true
 schema:
   user:   { type: string, required: true }
   amount: { type: int, required: true }

@@ -16,6 +16,8 @@ name: hosts
 key: host
 event_time: at
 partitions: 2
+units:
+  publish_enriched: true
 schema:
   host: { type: string, required: true }
   latencyMs: { type: float, required: true }
@@ -66,7 +68,7 @@ async fn online_detectors_learn_each_key_and_survive_a_restart() {
     publish(&js, "anom.hosts.in", &events).await;
     assert!(
         wait_for(Duration::from_secs(20), || async {
-            stream_len(&js, "ANOM_HOSTS_SCORED").await >= 30
+            stream_len(&js, "ANOM_HOSTS_ENRICHED").await >= 30
         })
         .await
     );
@@ -191,6 +193,8 @@ const POINTS: &str = r#"
 name: points
 key: id
 partitions: 2
+units:
+  publish_enriched: true
 schema:
   id: { type: string, required: true }
   x: { type: float, required: true }
@@ -246,7 +250,7 @@ async fn onnx_model_scores_and_is_swapped_under_load_without_losing_events() {
     publish(&js, "anom.points.in", &events).await;
     assert!(
         wait_for(Duration::from_secs(20), || async {
-            stream_len(&js, "ANOM_POINTS_SCORED").await >= 201
+            stream_len(&js, "ANOM_POINTS_ENRICHED").await >= 201
         })
         .await
     );
@@ -295,12 +299,12 @@ async fn onnx_model_scores_and_is_swapped_under_load_without_losing_events() {
     );
     assert!(
         wait_for(Duration::from_secs(30), || async {
-            stream_len(&js, "ANOM_POINTS_SCORED").await >= 3201
+            stream_len(&js, "ANOM_POINTS_ENRICHED").await >= 3201
         })
         .await
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(stream_len(&js, "ANOM_POINTS_SCORED").await, 3201);
+    assert_eq!(stream_len(&js, "ANOM_POINTS_ENRICHED").await, 3201);
     assert_eq!(stream_len(&js, "ANOM_DLQ").await, 0);
 
     // After the swap, (9, 9) is ordinary and (0, 0)-like points are the outliers. New keys:
@@ -314,7 +318,7 @@ async fn onnx_model_scores_and_is_swapped_under_load_without_losing_events() {
     .await;
     assert!(
         wait_for(Duration::from_secs(20), || async {
-            stream_len(&js, "ANOM_POINTS_SCORED").await >= 3203
+            stream_len(&js, "ANOM_POINTS_ENRICHED").await >= 3203
         })
         .await
     );
@@ -425,6 +429,8 @@ async fn the_hosts_example_finds_its_labelled_anomalies() {
     let env = Env::start().await;
     let yaml =
         std::fs::read_to_string(crate::support::repo_root().join("pipelines/hosts.yaml")).unwrap();
+    // The scored events leave the fused units for the test to read.
+    let yaml = format!("{yaml}\nunits:\n  publish_enriched: true\n");
     let dir = env.pipeline_dir("hosts", &yaml);
     let js = env.js().await;
     let worker = start_worker(&env, &dir).await;
@@ -437,7 +443,7 @@ async fn the_hosts_example_finds_its_labelled_anomalies() {
     publish(&js, "anom.hosts.in", &events).await;
     assert!(
         wait_for(Duration::from_secs(30), || async {
-            stream_len(&js, "ANOM_HOSTS_SCORED").await >= events.len() as u64
+            stream_len(&js, "ANOM_HOSTS_ENRICHED").await >= events.len() as u64
         })
         .await
     );
@@ -577,6 +583,8 @@ async fn scikit_learn_models_run_unchanged_in_a_pipeline() {
 name: sk
 key: row
 partitions: 2
+units:
+  publish_enriched: true
 schema:
   row: {{ type: string, required: true }}
 {schema}detectors:
@@ -612,7 +620,7 @@ schema:
     publish(&js, "anom.sk.in", &events).await;
     assert!(
         wait_for(Duration::from_secs(30), || async {
-            stream_len(&js, "ANOM_SK_SCORED").await >= inputs.len() as u64
+            stream_len(&js, "ANOM_SK_ENRICHED").await >= inputs.len() as u64
         })
         .await
     );

@@ -760,7 +760,7 @@ async fn events_and_dead_letters_are_read_back_and_replayed_once_the_definition_
         (o["workers"].as_u64(), o["workers_alive"].as_u64()),
         (Some(1), Some(1))
     );
-    assert_eq!(orders["units"], 5, "{o}");
+    assert_eq!(orders["units"], 3, "{o}");
 
     // The events as stored: ann decoded, cy with why the current schema refuses it.
     let page = api.get("/v1/pipelines/orders/events").await.json();

@@ -183,6 +183,8 @@ key: route
 event_time: at
 partitions: 2
 allowed_lateness: 1m
+units:
+  publish_enriched: true
 schema:
   route: { type: string, required: true }
   at:    { type: timestamp, required: true }

@@ -121,7 +121,7 @@ async fn prometheus_scrapes_a_worker_and_answers_queries_about_it() {
         query(
             &http,
             &prom,
-            r#"count(anom_consumer_pending{pipeline="routes",stage="window"})"#
+            r#"count(anom_consumer_pending{pipeline="routes",stage="keyed"})"#
         )
         .await,
         Some(4.0),

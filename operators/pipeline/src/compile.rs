@@ -82,6 +82,16 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
             c.diags.report(format!("detectors[{i}].name"), format!("`{}` is already the name of a rule: alerts name their rule or detector, so the names must differ", d.name));
         }
     }
+    if def.units.publish_enriched
+        && def.aggregates.0.is_empty()
+        && def.absence.is_empty()
+        && def.detectors.is_empty()
+    {
+        c.diags.report(
+            "units.publish_enriched",
+            format!("there is nothing to enrich: the pipeline has no aggregates, absence rules or detectors (its validated events are on anom.{}.valid.<partition>); remove `publish_enriched` or add an aggregate", def.name),
+        );
+    }
     let schema = c.schema;
     let alerting = alert_policy::compile(
         &def.alerts,
@@ -114,6 +124,7 @@ pub fn compile(def: &PipelineDef, source: &str) -> Result<Pipeline, DefinitionEr
         allowed_lateness: def.allowed_lateness,
         timezone: def.timezone.clone(),
         state: def.state.clone(),
+        units: def.units.clone(),
         retention: def.retention.map(|d| d.0),
     })
 }

@@ -66,6 +66,10 @@ pub struct PipelineDef {
     /// Keyed state: checkpoints and eviction.
     #[serde(default)]
     pub state: StateDef,
+    /// How the per-partition stages are run: fused into one unit (the default) or each as a
+    /// unit of its own.
+    #[serde(default)]
+    pub units: UnitsDef,
     /// Detectors scoring every event: built-in online detectors that learn each key's usual
     /// behaviour (no training needed) and ONNX models. Rules can use their scores by name.
     #[serde(default)]
@@ -305,6 +309,37 @@ impl Default for StateDef {
             ttl: default_ttl(),
         }
     }
+}
+
+/// How the per-partition stages (window, score, rules, alert) form units of work.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitsDef {
+    /// One unit per partition runs every stage in-process, with one input and one
+    /// checkpoint (default `true`). `false`: each stage is a unit of its own, reading the
+    /// previous one's output from JetStream, so that `score` can run on other workers than
+    /// `window` (a worker role each) at the cost of a JetStream hop per stage.
+    #[serde(default = "default_true")]
+    pub fused: bool,
+    /// Also write every event as the rules see it (its fields, its key's aggregates and the
+    /// detectors' scores) to `anom.<name>.enriched.<partition>`, for consumers of your own
+    /// (default `false`; per-stage units write it anyway). Needs aggregates, absence rules
+    /// or detectors.
+    #[serde(default)]
+    pub publish_enriched: bool,
+}
+
+impl Default for UnitsDef {
+    fn default() -> Self {
+        UnitsDef {
+            fused: true,
+            publish_enriched: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_checkpoint_interval() -> Duration {

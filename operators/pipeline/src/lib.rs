@@ -36,7 +36,9 @@ use std::path::{Path, PathBuf};
 pub use alert_policy::{AlertPolicy, Grouping, Inhibit, Route};
 pub use compile::compile;
 pub use condition::{CompareOp, Condition, Scalar, When};
-pub use definition::{AlertOn, Clock, Direction, ModelOutput, PipelineDef, Severity, StateDef};
+pub use definition::{
+    AlertOn, Clock, Direction, ModelOutput, PipelineDef, Severity, StateDef, UnitsDef,
+};
 pub use detectors::{DetectorKind, DetectorSpec, ModelRef};
 pub use schema::{Field, FieldType, Schema};
 pub use scope::RowScope;
@@ -88,6 +90,8 @@ pub struct Pipeline {
     pub allowed_lateness: Duration,
     pub timezone: String,
     pub state: StateDef,
+    /// Fused into one unit per partition, or a unit per stage.
+    pub units: UnitsDef,
     /// How long the raw events are kept for backtests (a history stream); `None`: no own
     /// history.
     pub retention: Option<Duration>,

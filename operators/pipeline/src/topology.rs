@@ -13,6 +13,13 @@
 //! The window stage runs only for pipelines with aggregates or absence rules, the score
 //! stage only for pipelines with detectors; each stage reads the output of the last one
 //! before it that runs.
+//!
+//! A fused pipeline (the default, `units.fused`) runs the chain of each partition as one
+//! [`UnitStage::Keyed`] unit: it reads `anom.<p>.valid.<k>` and hands each stage's output to
+//! the next in-process, by the same subjects ([`Topology::reader`]), so only what leaves the
+//! pipeline is written to JetStream (alert changes and their state, late events, dead
+//! letters, and the enriched events if `units.publish_enriched`). The subjects between the
+//! stages are then names, not streams.
 
 use std::collections::HashMap;
 
@@ -58,6 +65,8 @@ pub struct Input {
 pub struct Topology {
     /// The per-partition stages, in the order an event goes through them.
     pub chain: Vec<UnitStage>,
+    /// Whether the chain of each partition runs as one unit ([`UnitStage::Keyed`]).
+    pub fused: bool,
     /// Every unit: validate once; the chain per partition; one per sink.
     pub units: Vec<UnitId>,
     /// The pipeline's own streams (the shared ingest, dead-letter and late streams are
@@ -66,6 +75,11 @@ pub struct Topology {
     /// Which per-partition stage reads each subject a stage writes.
     readers: HashMap<String, (UnitStage, u32)>,
     inputs: HashMap<(UnitStage, u32), Input>,
+    /// Fused and `units.publish_enriched`: the subject the rules stage reads, per partition,
+    /// and where the fused unit publishes it.
+    published: HashMap<String, String>,
+    /// Where users' alert commands go, per partition: into the alert stage's input.
+    commands: Vec<String>,
 }
 
 /// The streams every pipeline shares: raw events, dead letters, late events.
@@ -102,9 +116,14 @@ impl Topology {
             stage,
             partition,
         };
+        let fused = p.units.fused;
         let mut units = vec![unit(UnitStage::Validate, 0)];
         for k in 0..p.partitions {
-            units.extend(chain.iter().map(|stage| unit(stage.clone(), k)));
+            if fused {
+                units.push(unit(UnitStage::Keyed, k));
+            } else {
+                units.extend(chain.iter().map(|stage| unit(stage.clone(), k)));
+            }
         }
         units.extend(
             p.sinks
@@ -140,6 +159,27 @@ impl Topology {
                 before = stage.clone();
             }
         }
+        let mut published = HashMap::new();
+        let mut commands = Vec::new();
+        for k in 0..p.partitions {
+            if fused {
+                inputs.insert(
+                    (UnitStage::Keyed, k),
+                    Input {
+                        stream: s.valid_stream.clone(),
+                        subject: s.valid(k),
+                    },
+                );
+                commands.push(s.valid(k));
+                if p.units.publish_enriched {
+                    if let Some(rules) = inputs.get(&(UnitStage::Rules, k)) {
+                        published.insert(rules.subject.clone(), s.enriched(k));
+                    }
+                }
+            } else {
+                commands.push(s.detections(k));
+            }
+        }
         inputs.insert(
             (UnitStage::Validate, 0),
             Input {
@@ -157,10 +197,19 @@ impl Topology {
             })
         };
         // Every stage that writes envelopes has a stream: the one before each chain stage.
-        let mut streams: Vec<StreamSpec> = std::iter::once(&UnitStage::Validate)
-            .chain(&chain)
-            .filter_map(internal)
-            .collect();
+        // Fused, only validate's output is a stream (and the enriched events if published).
+        let mut streams: Vec<StreamSpec> = if fused {
+            let mut written = vec![UnitStage::Validate];
+            if !published.is_empty() {
+                written.push(UnitStage::Window);
+            }
+            written.iter().filter_map(internal).collect()
+        } else {
+            std::iter::once(&UnitStage::Validate)
+                .chain(&chain)
+                .filter_map(internal)
+                .collect()
+        };
         streams.push(StreamSpec {
             name: s.alerts_stream.clone(),
             subjects: vec![s.alerts.clone()],
@@ -177,10 +226,13 @@ impl Topology {
         }
         Topology {
             chain,
+            fused,
             units,
             streams,
             readers,
             inputs,
+            published,
+            commands,
         }
     }
 
@@ -196,6 +248,32 @@ impl Topology {
     pub fn reader(&self, subject: &str) -> Option<(&UnitStage, u32)> {
         self.readers.get(subject).map(|(stage, k)| (stage, *k))
     }
+
+    /// Where a fused unit also publishes what it hands over on `subject` (the events the
+    /// rules read, with `units.publish_enriched`), if anywhere.
+    pub fn published(&self, subject: &str) -> Option<&str> {
+        self.published.get(subject).map(String::as_str)
+    }
+
+    /// The unit that runs `stage` of partition `k` (a fused unit, or the stage's own).
+    pub fn unit_running(&self, p: &Pipeline, stage: &UnitStage, k: u32) -> UnitId {
+        let fused = self.fused && self.chain.contains(stage);
+        UnitId {
+            pipeline: p.name.clone(),
+            stage: if fused {
+                UnitStage::Keyed
+            } else {
+                stage.clone()
+            },
+            partition: k,
+        }
+    }
+
+    /// The subject users' commands for the alerts of partition `k` are sent to: the input of
+    /// the unit that runs its alert stage.
+    pub fn command_subject(&self, k: u32) -> &str {
+        &self.commands[k as usize % self.commands.len().max(1)]
+    }
 }
 
 #[cfg(test)]
@@ -210,7 +288,7 @@ mod tests {
 
     #[test]
     fn each_stage_reads_what_the_last_stage_before_it_writes() {
-        let t = topology("");
+        let t = topology("units:\n  fused: false\n");
         assert_eq!(t.chain, [UnitStage::Rules, UnitStage::Alert]);
         assert_eq!(
             t.input(&UnitStage::Rules, 1).unwrap().subject,
@@ -239,7 +317,7 @@ mod tests {
         assert_eq!(t.units.len(), 5);
 
         let t = topology(
-            "aggregates:\n  n: count() over 1h\ndetectors:\n  - { name: d, kind: ewma, field: x }\nretention: 30d\n",
+            "units:\n  fused: false\naggregates:\n  n: count() over 1h\ndetectors:\n  - { name: d, kind: ewma, field: x }\nretention: 30d\n",
         );
         assert_eq!(
             t.chain,
@@ -277,5 +355,49 @@ mod tests {
             Some(("ANOM_INGEST".to_string(), "anom.t.in".to_string()))
         );
         assert_eq!(t.units.len(), 1 + 2 * 4);
+    }
+
+    #[test]
+    fn a_fused_pipeline_has_one_unit_per_partition_reading_validated_events() {
+        let t = topology(
+            "aggregates:\n  n: count() over 1h\ndetectors:\n  - { name: d, kind: ewma, field: x }\n",
+        );
+        assert!(t.fused);
+        // The chain is what the unit runs in-process, wired by the same subjects.
+        assert_eq!(t.chain.len(), 4);
+        let stages: Vec<_> = t
+            .units
+            .iter()
+            .map(|u| (u.stage.name(), u.partition))
+            .collect();
+        assert_eq!(
+            stages,
+            [("validate", 0), ("keyed", 0), ("keyed", 1)],
+            "validate, then one fused unit per partition"
+        );
+        assert_eq!(
+            t.input(&UnitStage::Keyed, 1).unwrap(),
+            &Input {
+                stream: "ANOM_T_VALID".into(),
+                subject: "anom.t.valid.1".into()
+            }
+        );
+        assert_eq!(t.reader("anom.t.enriched.1"), Some((&UnitStage::Score, 1)));
+        assert_eq!(t.reader("anom.t.scored.1"), Some((&UnitStage::Rules, 1)));
+        let names: Vec<&str> = t.streams.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ANOM_T_VALID", "ANOM_T_ALERTS"]);
+        assert_eq!(t.command_subject(1), "anom.t.valid.1");
+        assert_eq!(t.published("anom.t.scored.1"), None);
+
+        // Published: what the rules read leaves the unit on the enriched subject.
+        let t = topology(
+            "units:\n  publish_enriched: true\naggregates:\n  n: count() over 1h\ndetectors:\n  - { name: d, kind: ewma, field: x }\n",
+        );
+        assert_eq!(t.published("anom.t.scored.1"), Some("anom.t.enriched.1"));
+        let names: Vec<&str> = t.streams.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ANOM_T_VALID", "ANOM_T_ENRICHED", "ANOM_T_ALERTS"]);
+        // Per-stage, commands go to the alert stage's own input.
+        let t = topology("units:\n  fused: false\n");
+        assert_eq!(t.command_subject(0), "anom.t.detections.0");
     }
 }

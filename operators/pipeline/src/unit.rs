@@ -14,6 +14,9 @@ pub enum UnitStage {
     Score,
     Rules,
     Alert,
+    /// The per-partition stages of a fused pipeline (window, score, rules, alert as it
+    /// needs them), run in-process as one unit with one input and one checkpoint.
+    Keyed,
     /// Delivery to one of the pipeline's sinks, by name.
     Sink(String),
     /// Dead-letters events sent to pipelines that do not exist (one in the whole cluster).
@@ -28,6 +31,7 @@ pub mod names {
     pub const SCORE: &str = "score";
     pub const RULES: &str = "rules";
     pub const ALERT: &str = "alert";
+    pub const KEYED: &str = "keyed";
     pub const SINK: &str = "sink";
     pub const UNROUTED: &str = "unrouted";
 }
@@ -48,6 +52,7 @@ impl UnitStage {
             UnitStage::Score => names::SCORE,
             UnitStage::Rules => names::RULES,
             UnitStage::Alert => names::ALERT,
+            UnitStage::Keyed => names::KEYED,
             UnitStage::Sink(_) => names::SINK,
             UnitStage::Unrouted => names::UNROUTED,
         }
@@ -55,7 +60,10 @@ impl UnitStage {
 
     /// Whether the unit keeps per-key state (checkpointed, snapshotted when it moves).
     pub fn is_keyed(&self) -> bool {
-        matches!(self, UnitStage::Window | UnitStage::Score)
+        matches!(
+            self,
+            UnitStage::Window | UnitStage::Score | UnitStage::Keyed
+        )
     }
 
     /// From the wire form (stage name, sink name).
@@ -66,6 +74,7 @@ impl UnitStage {
             names::SCORE => UnitStage::Score,
             names::RULES => UnitStage::Rules,
             names::ALERT => UnitStage::Alert,
+            names::KEYED => UnitStage::Keyed,
             names::SINK if !sink.is_empty() => UnitStage::Sink(sink.to_string()),
             names::UNROUTED => UnitStage::Unrouted,
             _ => return None,
@@ -74,8 +83,9 @@ impl UnitStage {
 }
 
 /// Every role a worker can have.
-pub const ROLES: [&str; 6] = [
+pub const ROLES: [&str; 7] = [
     names::VALIDATE,
+    names::KEYED,
     names::WINDOW,
     names::SCORE,
     names::RULES,
@@ -152,7 +162,9 @@ mod tests {
         };
         assert_eq!(u.key(), "routes.sink.ops_hook_1");
         assert_eq!(u.to_string(), "routes/sink/ops hook.1");
-        for s in ["validate", "window", "score", "rules", "alert", "unrouted"] {
+        for s in [
+            "validate", "window", "score", "rules", "alert", "keyed", "unrouted",
+        ] {
             assert_eq!(UnitStage::parse(s, "").unwrap().name(), s);
         }
         assert_eq!(

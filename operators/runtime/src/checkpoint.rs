@@ -47,6 +47,25 @@ impl StateDelta {
         self.puts.is_empty() && self.deletes.is_empty()
     }
 
+    /// The same changes, under `section` (see [`StateStore::section`]).
+    pub fn within(mut self, section: &[u8]) -> StateDelta {
+        if !section.is_empty() {
+            let prefix = |k: &mut Vec<u8>| {
+                k.splice(0..0, section.iter().copied());
+            };
+            self.puts.iter_mut().for_each(|(k, _)| prefix(k));
+            self.deletes.iter_mut().for_each(prefix);
+        }
+        self
+    }
+
+    /// Adds `other`'s changes to these (the stages of a fused unit, each in its section).
+    pub fn merge(&mut self, other: StateDelta) {
+        self.puts.extend(other.puts);
+        self.deletes.extend(other.deletes);
+        self.keys += other.keys;
+    }
+
     /// The delta of a stage that keeps one state per event key in memory (entries
     /// `KEY_PREFIX + key`) and one record for the partition (`META_KEY`): the states of the
     /// keys changed since the last checkpoint, the record, and the evicted keys' deletions.
@@ -92,6 +111,9 @@ pub struct Committed {
 #[derive(Clone)]
 pub struct StateStore {
     tree: sled::Tree,
+    /// Prefix of this view's entries within the tree: each stage of a fused unit reads its
+    /// own section of the unit's one tree (see [`StateStore::section`]).
+    section: Vec<u8>,
 }
 
 impl StateStore {
@@ -99,7 +121,23 @@ impl StateStore {
     pub fn open(db: &sled::Db, consumer: &str) -> Result<StateStore, CheckpointError> {
         Ok(StateStore {
             tree: db.open_tree(consumer)?,
+            section: Vec::new(),
         })
+    }
+
+    /// The entries under `section` of the same tree, read without the prefix; it shares
+    /// the tree's sequence. A fused unit's stages restore from their sections, and the unit
+    /// commits their deltas together, each [`StateDelta::within`] its section.
+    pub fn section(&self, section: &[u8]) -> StateStore {
+        StateStore {
+            tree: self.tree.clone(),
+            section: [self.section.as_slice(), section].concat(),
+        }
+    }
+
+    /// Whether the tree holds nothing yet (no entry, no sequence).
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
     }
 
     /// The source sequence the stored state reflects (0: nothing yet).
@@ -115,16 +153,20 @@ impl StateStore {
     pub fn entries(
         &self,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), CheckpointError>> + '_ {
-        self.tree.scan_prefix([ENTRY_PREFIX]).map(|r| {
-            r.map(|(k, v)| (k[1..].to_vec(), v.to_vec()))
-                .map_err(CheckpointError::from)
-        })
+        let skip = 1 + self.section.len();
+        self.tree
+            .scan_prefix([&[ENTRY_PREFIX], self.section.as_slice()].concat())
+            .map(move |r| {
+                r.map(|(k, v)| (k[skip..].to_vec(), v.to_vec()))
+                    .map_err(CheckpointError::from)
+            })
     }
 
     /// Writes `delta` and `seq` atomically and makes them durable.
     pub async fn commit(&self, delta: StateDelta, seq: u64) -> Result<Committed, CheckpointError> {
         let started = Instant::now();
         let tree = self.tree.clone();
+        let delta = delta.within(&self.section);
         let (entries, bytes) =
             tokio::task::spawn_blocking(move || -> Result<(usize, usize), CheckpointError> {
                 let mut batch = sled::Batch::default();
@@ -230,6 +272,25 @@ impl StateStore {
         })
     }
 
+    /// Fills this tree with the entries of `parts` (each under its section) at `seq`, durably
+    /// and at once. Blocking: for a one-time migration before a unit starts.
+    pub fn adopt(&self, parts: &[(&[u8], StateStore)], seq: u64) -> Result<(), CheckpointError> {
+        let mut batch = sled::Batch::default();
+        for (section, from) in parts {
+            for entry in from.entries() {
+                let (k, v) = entry?;
+                batch.insert(
+                    prefixed(&[self.section.as_slice(), section, &k].concat()),
+                    v,
+                );
+            }
+        }
+        batch.insert(SEQ_KEY, &seq.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
     /// Replaces the whole tree with `image`, durably.
     pub async fn replace(&self, image: StateImage) -> Result<(), CheckpointError> {
         let tree = self.tree.clone();
@@ -323,6 +384,27 @@ mod tests {
             .unwrap();
         other.replace(decoded).await.unwrap();
         assert_eq!(other.export().unwrap(), image);
+        // Sections of one tree: each reads only its own entries, all share the sequence.
+        let fused = StateStore::open(&db, "p-keyed-0").unwrap();
+        let mut delta = StateDelta {
+            puts: vec![(b"a".to_vec(), b"w".to_vec())],
+            deletes: vec![],
+            keys: 1,
+        }
+        .within(b"w");
+        delta.merge(
+            StateDelta {
+                puts: vec![(b"a".to_vec(), b"s".to_vec())],
+                deletes: vec![],
+                keys: 1,
+            }
+            .within(b"s"),
+        );
+        fused.commit(delta, 9).await.unwrap();
+        let window: Vec<_> = fused.section(b"w").entries().map(|e| e.unwrap()).collect();
+        assert_eq!(window, vec![(b"a".to_vec(), b"w".to_vec())]);
+        assert_eq!(fused.section(b"s").last_seq().unwrap(), 9);
+        assert_eq!(fused.entries().count(), 2);
         // Another consumer's tree is separate.
         assert_eq!(
             StateStore::open(&db, "p-window-1")

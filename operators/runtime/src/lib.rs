@@ -91,6 +91,10 @@ pub struct Binding {
     pub filter_subject: String,
     /// Whether this process still owns the unit (always, without a coordinator).
     pub fence: Fence,
+    /// Consumers (base names) that read the same subject before this unit existed: a keyed
+    /// unit with no state yet starts after what they acked, instead of at the stream's
+    /// start (a pipeline switched to fused units takes over from its first stage's unit).
+    pub predecessors: Vec<String>,
 }
 
 impl Binding {
@@ -105,11 +109,43 @@ impl Binding {
 
     /// Whether `name` is this unit's consumer under any owner.
     fn is_incarnation(&self, name: &str) -> bool {
-        name == self.durable
-            || name
-                .strip_prefix(self.durable.as_str())
-                .and_then(|rest| rest.strip_prefix("-e"))
-                .is_some_and(|epoch| !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()))
+        is_incarnation_of(&self.durable, name)
+    }
+}
+
+/// Whether consumer `name` is `durable` under some owner (`<durable>` or `<durable>-e<epoch>`).
+fn is_incarnation_of(durable: &str, name: &str) -> bool {
+    name == durable
+        || name
+            .strip_prefix(durable)
+            .and_then(|rest| rest.strip_prefix("-e"))
+            .is_some_and(|epoch| !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl Binding {
+    /// The most any predecessor's consumer acked (0: none).
+    async fn predecessors_floor(
+        &self,
+        stream: &jetstream::stream::Stream,
+    ) -> Result<u64, async_nats::Error> {
+        if self.predecessors.is_empty() {
+            return Ok(0);
+        }
+        let mut floor = 0;
+        let mut listed = stream.consumer_names();
+        while let Some(name) = listed.next().await {
+            let name = name?;
+            if self
+                .predecessors
+                .iter()
+                .any(|p| is_incarnation_of(p, &name))
+            {
+                if let Ok(info) = stream.consumer_info(&name).await {
+                    floor = floor.max(info.ack_floor.stream_sequence);
+                }
+            }
+        }
+        Ok(floor)
     }
 }
 
@@ -187,6 +223,25 @@ impl Emitter {
     pub fn take(&mut self) -> Vec<Output> {
         self.dead_letters.clear();
         std::mem::take(&mut self.outputs)
+    }
+
+    /// Hands over what was emitted so far and the reasons of what it dead-lettered (for
+    /// stages that run others in-process: a fused unit passes both on, see [`Emitter::pass`]).
+    pub fn take_with_dead_letters(&mut self) -> (Vec<Output>, Vec<&'static str>) {
+        (
+            std::mem::take(&mut self.outputs),
+            std::mem::take(&mut self.dead_letters),
+        )
+    }
+
+    /// Emits an output another emitter made, as it is.
+    pub fn pass(&mut self, output: Output) {
+        self.outputs.push(output);
+    }
+
+    /// Counts dead letters another emitter made (their outputs are passed on apart).
+    pub fn count_dead_letters(&mut self, reasons: impl IntoIterator<Item = &'static str>) {
+        self.dead_letters.extend(reasons);
     }
 
     /// What was emitted so far.
@@ -361,7 +416,11 @@ impl Runtime {
         // A keyed stage's state may come from a snapshot older than the ack floor: it must see
         // every input after its state, the floor notwithstanding.
         let start = if keyed {
-            resume_after
+            if resume_after == 0 {
+                binding.predecessors_floor(&stream).await?
+            } else {
+                resume_after
+            }
         } else {
             floor.unwrap_or(0).max(resume_after)
         } + 1;

@@ -180,6 +180,7 @@ impl Lifecycle {
                 a.tracking = Tracking {
                     started: at.seq,
                     applied: at.seq,
+                    ..a.tracking
                 };
                 push(
                     &mut history,

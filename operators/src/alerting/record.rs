@@ -77,8 +77,8 @@ pub struct Alert {
     pub tracking: Tracking,
 }
 
-/// Where an alert's state stands in the stream of detections its alert stage reads (stream
-/// sequences of `ANOM_<P>_DETECTIONS`).
+/// Where an alert's state stands in its alert stage's input: positions in a fused unit's
+/// input, or stream sequences of `ANOM_<P>_DETECTIONS` for a unit of its own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tracking {
     /// The detection that started this occurrence: names its status changes on the alert
@@ -86,6 +86,11 @@ pub struct Tracking {
     pub started: u64,
     /// The last input applied: a redelivered input at or before it changes nothing.
     pub applied: u64,
+    /// Whether the positions are a fused unit's (input sequence × 256 + hand-off, see
+    /// `stage::chain`) rather than an alert unit's own input sequences: a pipeline switched
+    /// between the two cannot compare them, so its alert stage starts them over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chained: bool,
 }
 
 impl Tracking {

@@ -316,8 +316,9 @@ pub async fn send_command(
     );
     let payload = serde_json::to_vec(command).expect("commands serialize");
     let err = nats(ALERTS_BUCKET);
+    let topology = anom_pipeline::topology::Topology::of(pipeline);
     js.publish_with_headers(
-        pipeline.subjects.detections(partition),
+        topology.command_subject(partition).to_string(),
         headers,
         payload.into(),
     )

@@ -39,6 +39,8 @@ pub struct AlertStage {
     alerts: HashMap<Severity, Counter>,
     latency: Histogram,
     timebase: Timebase,
+    /// Run inside a fused unit: its inputs' positions are the unit's (see `Tracking`).
+    chained: bool,
 }
 
 impl AlertStage {
@@ -50,6 +52,24 @@ impl AlertStage {
         stored: Vec<Alert>,
         timebase: Timebase,
     ) -> AlertStage {
+        Self::with_positions(pipeline, metrics, stored, timebase, false)
+    }
+
+    /// An alert stage inside a fused unit (`chained`) or a unit of its own. Stored alerts
+    /// whose positions are of the other kind start them over: they cannot be compared.
+    pub fn with_positions(
+        pipeline: Arc<Pipeline>,
+        metrics: &Metrics,
+        mut stored: Vec<Alert>,
+        timebase: Timebase,
+        chained: bool,
+    ) -> AlertStage {
+        for a in &mut stored {
+            if a.tracking.chained != chained {
+                a.tracking.applied = 0;
+                a.tracking.chained = chained;
+            }
+        }
         let alerts = [Severity::Info, Severity::Warning, Severity::Critical]
             .into_iter()
             .filter(|s| {
@@ -79,13 +99,17 @@ impl AlertStage {
             alerts,
             latency,
             timebase,
+            chained,
         }
     }
 
     /// Writes and publishes what changed.
     fn publish(&mut self, out: &mut Emitter, now_ms: i64, flush: bool) {
         let p = &*self.pipeline;
-        let changes = self.lifecycle.take_changes(now_ms, flush);
+        let mut changes = self.lifecycle.take_changes(now_ms, flush);
+        for a in changes.transitions.iter_mut().chain(&mut changes.updates) {
+            a.tracking.chained = self.chained;
+        }
         for a in &changes.transitions {
             if a.status == AlertStatus::Firing
                 && a.history

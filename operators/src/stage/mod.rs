@@ -4,6 +4,7 @@
 //! conditions, `kind: udf` detectors), in batches, before anything is partitioned downstream.
 
 pub mod alert;
+pub mod chain;
 pub mod rules;
 pub mod score;
 pub mod unrouted;
@@ -58,9 +59,16 @@ pub enum BuildError {
 /// Where the stage of one unit reads, as the pipeline's [`Topology`] says (validate, window,
 /// score, rules or alert; `None` for sinks and the unrouted watcher, which the worker runs).
 pub fn binding(pipeline: &Pipeline, unit: &UnitId, fence: Fence) -> Option<Binding> {
-    let input = Topology::of(pipeline)
-        .input(&unit.stage, unit.partition)?
-        .clone();
+    let topology = Topology::of(pipeline);
+    let input = topology.input(&unit.stage, unit.partition)?.clone();
+    // A fused unit takes over from the per-stage unit that read its input before.
+    let predecessors = match (&unit.stage, topology.chain.first()) {
+        (UnitStage::Keyed, Some(first)) => vec![durable_name(&UnitId {
+            stage: first.clone(),
+            ..unit.clone()
+        })],
+        _ => Vec::new(),
+    };
     Some(Binding {
         pipeline: pipeline.name.clone(),
         stage: unit.stage.name(),
@@ -68,7 +76,115 @@ pub fn binding(pipeline: &Pipeline, unit: &UnitId, fence: Fence) -> Option<Bindi
         durable: durable_name(unit),
         filter_subject: input.subject,
         fence,
+        predecessors,
     })
+}
+
+/// The sections of a fused unit's tree: each keyed stage's state under its own prefix.
+const WINDOW_SECTION: &[u8] = b"w/";
+const SCORE_SECTION: &[u8] = b"s/";
+
+/// The stages of partition `k` of a fused pipeline as one [`chain::Chain`], restored from
+/// `store` (the unit's tree); also the sequence that state reflects. A tree still empty
+/// takes the state of the per-stage window and score units the pipeline ran before, once.
+// The unit's parts as build_unit has them; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
+pub fn build_chain(
+    pipeline: &Arc<Pipeline>,
+    k: u32,
+    store: &StateStore,
+    db: &sled::Db,
+    models: &ModelRegistry,
+    metrics: &Arc<Metrics>,
+    mut alerts: Vec<crate::alerting::record::Alert>,
+    timebase: Timebase,
+) -> Result<(chain::Chain, u64), BuildError> {
+    if store.is_empty() {
+        adopt_per_stage_state(pipeline, k, store, db)?;
+    }
+    let topology = Topology::of(pipeline);
+    let mut links = Vec::new();
+    for stage in &topology.chain {
+        links.push(match stage {
+            UnitStage::Window => {
+                let late = metrics.stage(&pipeline.name, window::NAME).late_events;
+                let section = store.section(WINDOW_SECTION);
+                let (w, _) = window::WindowStage::restore(
+                    pipeline.clone(),
+                    k,
+                    &section,
+                    late,
+                    timebase.clone(),
+                )?;
+                chain::Link::new(stage.clone(), Box::new(w), Some(WINDOW_SECTION))
+            }
+            UnitStage::Score => {
+                let section = store.section(SCORE_SECTION);
+                let (s, _) =
+                    score::ScoreStage::restore(pipeline.clone(), k, &section, models, metrics)?;
+                chain::Link::new(stage.clone(), Box::new(s), Some(SCORE_SECTION))
+            }
+            UnitStage::Rules => chain::Link::new(
+                stage.clone(),
+                Box::new(rules::Rules::new(pipeline.clone())),
+                None,
+            ),
+            UnitStage::Alert => chain::Link::new(
+                stage.clone(),
+                Box::new(alert::AlertStage::with_positions(
+                    pipeline.clone(),
+                    metrics,
+                    std::mem::take(&mut alerts),
+                    timebase.clone(),
+                    true,
+                )),
+                None,
+            ),
+            _ => continue,
+        });
+    }
+    let seq = store.last_seq()?;
+    Ok((chain::Chain::new(pipeline, k, links), seq))
+}
+
+/// Copies the trees of partition `k`'s per-stage window and score units into a fused unit's
+/// empty tree, at the window's sequence (the fused unit reads the window's input). The
+/// score's state is a little behind (its input lagged the window's); it is what there is.
+fn adopt_per_stage_state(
+    pipeline: &Pipeline,
+    k: u32,
+    store: &StateStore,
+    db: &sled::Db,
+) -> Result<(), CheckpointError> {
+    let tree = |stage: UnitStage| -> Result<Option<StateStore>, CheckpointError> {
+        let name = durable_name(&UnitId {
+            pipeline: pipeline.name.clone(),
+            stage,
+            partition: k,
+        });
+        let exists = db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes());
+        Ok(if exists {
+            Some(StateStore::open(db, &name)?)
+        } else {
+            None
+        })
+    };
+    let window = tree(UnitStage::Window)?;
+    let seq = match &window {
+        Some(w) => w.last_seq()?,
+        None => 0,
+    };
+    if seq == 0 {
+        return Ok(());
+    }
+    let mut parts = vec![(WINDOW_SECTION, window.expect("checked above"))];
+    if let Some(score) = tree(UnitStage::Score)? {
+        parts.push((SCORE_SECTION, score));
+    }
+    store.adopt(&parts, seq)
 }
 
 /// Builds the stage of one unit of `pipeline` (validate, window, score, rules or alert; sinks
@@ -144,6 +260,24 @@ pub fn build_unit(
             )),
             state: None,
         },
+        UnitStage::Keyed => {
+            let store = StateStore::open(db, &durable)?;
+            let (stage, restored_seq) = build_chain(
+                pipeline,
+                k,
+                &store,
+                db,
+                models,
+                metrics,
+                stored_alerts,
+                Timebase::Wall,
+            )?;
+            Planned {
+                binding,
+                stage: Box::new(stage),
+                state: Some(keyed_state(restored_seq, store)),
+            }
+        }
         UnitStage::Sink(_) | UnitStage::Unrouted => return Ok(None),
     }))
 }

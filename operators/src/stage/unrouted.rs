@@ -88,6 +88,7 @@ pub async fn watch(
                             ),
                             filter_subject: input_subject(name),
                             fence: fence.clone(),
+                            predecessors: Vec::new(),
                         };
                         let stage = Box::new(Unrouted {
                             name: name.to_string(),

@@ -256,7 +256,8 @@ fn inputs_already_in_the_stored_state_change_nothing() {
         stored[0].tracking,
         Tracking {
             started: 10,
-            applied: 11
+            applied: 11,
+            ..Default::default()
         }
     );
     // A restart: the stored alert comes back and inputs 10..=12 are delivered again.
@@ -273,7 +274,8 @@ fn inputs_already_in_the_stored_state_change_nothing() {
         c.transitions[0].tracking,
         Tracking {
             started: 10,
-            applied: 12
+            applied: 12,
+            ..Default::default()
         }
     );
 }
