@@ -98,8 +98,19 @@ fn expected_transitions(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_sample_raises_exactly_the_expected_velocity_daily_spike_and_travel_alerts() {
+    payments_sample("").await;
+}
+
+/// The same pipeline with each stage a unit of its own, reading the last one's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_sample_raises_the_same_alerts_with_a_unit_per_stage() {
+    payments_sample("\nunits:\n  fused: false\n").await;
+}
+
+async fn payments_sample(units: &str) {
     let env = Env::start().await;
     let yaml = std::fs::read_to_string(repo_root().join("pipelines/payments.yaml")).unwrap();
+    let yaml = format!("{yaml}{units}");
     let dir = env.pipeline_dir("payments", &yaml);
     let worker = start_worker(&env, &dir).await;
     let js = env.js().await;
@@ -174,6 +185,11 @@ async fn payments_sample_raises_exactly_the_expected_velocity_daily_spike_and_tr
         .as_str()
         .unwrap()
         .ends_with("6 payments within 5 minutes"));
+    // Fused, nothing between the stages is written to JetStream; per stage, every hop is.
+    let per_stage = units.contains("fused: false");
+    for stream in ["ANOM_PAYMENTS_ENRICHED", "ANOM_PAYMENTS_DETECTIONS"] {
+        assert_eq!(js.get_stream(stream).await.is_ok(), per_stage, "{stream}");
+    }
     worker.stop().await;
 }
 

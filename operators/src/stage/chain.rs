@@ -492,4 +492,59 @@ mod tests {
             "{quiet:?}"
         );
     }
+
+    #[test]
+    fn what_a_batching_first_stage_emits_keeps_each_event_s_own_position() {
+        // No aggregates: the score stage comes first and emits at the end of the batch.
+        let def = "name: t\nkey: k\nevent_time: at\npartitions: 1\nschema:\n  k: string\n  x: float\n  at: timestamp\ndetectors:\n  - { name: d, kind: ewma, field: x }\ndecision: { alert_on: rules }\nrules:\n  - name: high\n    when: x > 5\n";
+        let p = Arc::new(Pipeline::from_yaml(def).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let store = StateStore::open(&db, "t-keyed-0").unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let models = ModelRegistry::new(".".into(), metrics.clone());
+        let (mut chain, _) = super::super::build_chain(
+            &p,
+            0,
+            &store,
+            &db,
+            &models,
+            &metrics,
+            Vec::new(),
+            Timebase::events(0),
+        )
+        .unwrap();
+        assert_eq!(chain.stages()[0], &UnitStage::Score);
+        // Fires, resolves, fires again: three changes from one batch, each applied.
+        let inputs = valid(&p, &[("a", 9.0, 0), ("a", 1.0, 1), ("a", 9.0, 2)]);
+        let mut out = Emitter::new(NAME, "t-keyed-0");
+        for (i, o) in inputs.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Msg-Id", o.msg_id.as_str());
+            let input = Input {
+                subject: &o.subject,
+                payload: &o.payload,
+                headers: Some(&h),
+                stream_seq: i as u64 + 1,
+                published_us: 1_700_000_000_000_000,
+            };
+            chain.process(&input, &mut out).unwrap();
+        }
+        chain.end_batch(&mut out);
+        let changes: Vec<(String, u64)> = out
+            .take()
+            .iter()
+            .filter(|o| o.subject == "anom.t.alerts")
+            .map(|o| serde_json::from_slice::<crate::alerting::record::Alert>(&o.payload).unwrap())
+            .map(|a| (a.status.to_string(), a.tracking.applied))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("firing".to_string(), PER_INPUT),
+                ("resolved".to_string(), 2 * PER_INPUT),
+                ("firing".to_string(), 3 * PER_INPUT)
+            ]
+        );
+    }
 }
