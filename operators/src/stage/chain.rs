@@ -109,8 +109,10 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// The chain of partition `k` of `pipeline`: `links` in the topology's order.
-    pub fn new(pipeline: &Pipeline, k: u32, links: Vec<Link>) -> Chain {
+    /// The chain of partition `k` of `pipeline`: `links` in the topology's order, their state
+    /// as of input `seq` (timers fired before the next input take positions after it, not
+    /// before what stored alerts already applied).
+    pub fn new(pipeline: &Pipeline, k: u32, links: Vec<Link>, seq: u64) -> Chain {
         let topology = Topology::of(pipeline);
         let mut readers = HashMap::new();
         let mut published = HashMap::new();
@@ -139,7 +141,7 @@ impl Chain {
             readers,
             published,
             alert,
-            seq: 0,
+            seq,
             published_us: 0,
             timers: TIMERS_FROM,
             touched: false,

@@ -144,7 +144,7 @@ pub fn build_chain(
         });
     }
     let seq = store.last_seq()?;
-    Ok((chain::Chain::new(pipeline, k, links), seq))
+    Ok((chain::Chain::new(pipeline, k, links, seq), seq))
 }
 
 /// Copies the trees of partition `k`'s per-stage window and score units into a fused unit's
