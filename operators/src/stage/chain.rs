@@ -203,9 +203,13 @@ impl Chain {
                 _ => {
                     // A later stage's dead letter names the unit's input it came from.
                     if from > 0 {
+                        let source = match cause {
+                            Cause::At(at) => at / PER_INPUT,
+                            _ => self.seq,
+                        };
                         if let Some(h) = o.headers.as_mut() {
                             if h.get(headers::SOURCE_SEQUENCE).is_some() {
-                                h.insert(headers::SOURCE_SEQUENCE, self.seq.to_string().as_str());
+                                h.insert(headers::SOURCE_SEQUENCE, source.to_string().as_str());
                             }
                         }
                     }
