@@ -382,15 +382,15 @@ mod tests {
         out.take()
     }
 
-    #[test]
-    fn stages_hand_over_in_process_and_only_what_leaves_the_pipeline_is_emitted() {
-        let p = Arc::new(Pipeline::from_yaml(DEF).unwrap());
+    /// The fused unit of partition 0 of `def`, on an empty tree in a temporary directory.
+    fn chain_of(def: &str) -> (Arc<Pipeline>, Chain, tempfile::TempDir) {
+        let p = Arc::new(Pipeline::from_yaml(def).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
         let store = StateStore::open(&db, "t-keyed-0").unwrap();
         let metrics = Arc::new(Metrics::new());
         let models = ModelRegistry::new(".".into(), metrics.clone());
-        let (mut chain, seq) = super::super::build_chain(
+        let (chain, seq) = super::super::build_chain(
             &p,
             0,
             &store,
@@ -401,7 +401,13 @@ mod tests {
             Timebase::events(0),
         )
         .unwrap();
-        assert_eq!(seq, 0);
+        assert_eq!(seq, 0, "an empty tree");
+        (p, chain, dir)
+    }
+
+    #[test]
+    fn stages_hand_over_in_process_and_only_what_leaves_the_pipeline_is_emitted() {
+        let (p, mut chain, _dir) = chain_of(DEF);
         assert_eq!(chain.stages().len(), 3, "window, rules, alert");
         let inputs = valid(
             &p,
@@ -503,23 +509,7 @@ mod tests {
     fn what_a_batching_first_stage_emits_keeps_each_event_s_own_position() {
         // No aggregates: the score stage comes first and emits at the end of the batch.
         let def = "name: t\nkey: k\nevent_time: at\npartitions: 1\nschema:\n  k: string\n  x: float\n  at: timestamp\ndetectors:\n  - { name: d, kind: ewma, field: x }\ndecision: { alert_on: rules }\nrules:\n  - name: high\n    when: x > 5\n";
-        let p = Arc::new(Pipeline::from_yaml(def).unwrap());
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_db(dir.path()).unwrap();
-        let store = StateStore::open(&db, "t-keyed-0").unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let models = ModelRegistry::new(".".into(), metrics.clone());
-        let (mut chain, _) = super::super::build_chain(
-            &p,
-            0,
-            &store,
-            &db,
-            &models,
-            &metrics,
-            Vec::new(),
-            Timebase::events(0),
-        )
-        .unwrap();
+        let (p, mut chain, _dir) = chain_of(def);
         assert_eq!(chain.stages()[0], &UnitStage::Score);
         // Fires, resolves, fires again: three changes from one batch, each applied.
         let inputs = valid(&p, &[("a", 9.0, 0), ("a", 1.0, 1), ("a", 9.0, 2)]);
