@@ -8,6 +8,7 @@
 
 pub mod alerting;
 pub mod backtest;
+pub mod layouts;
 pub mod model_registry;
 pub mod sink;
 pub mod stage;

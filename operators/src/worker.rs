@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alerting::store::{self as alert_store, Buckets, StoreError};
+use crate::layouts::{LayoutStore, LayoutsError};
 use crate::model_registry::ModelRegistry;
 use crate::sink::AnySink;
 use crate::stage;
@@ -86,6 +87,8 @@ pub enum WorkerError {
     Sink(#[from] crate::sink::SinkError),
     #[error(transparent)]
     Alerts(#[from] StoreError),
+    #[error(transparent)]
+    Layouts(#[from] LayoutsError),
     #[error("keyed state in {dir}: {source}")]
     State {
         dir: PathBuf,
@@ -172,6 +175,8 @@ pub struct Worker {
     cluster: Option<Cluster>,
     /// Alert state, silences and the notification log (shared by every worker).
     alert_buckets: Buckets,
+    /// Every pipeline version's envelope layout, for reading a rollout's backlog.
+    layouts: Arc<LayoutStore>,
 }
 
 /// Runs `attempt` until it succeeds, for up to about 30 s: right after a JetStream cluster
@@ -307,6 +312,7 @@ impl Worker {
             None => None,
         };
         let alert_buckets = Buckets::open(&js, config.streams.replicas).await?;
+        let layouts = LayoutStore::open(&js, config.streams.replicas).await?;
         let rt = Runtime {
             js,
             options: config.runtime.clone(),
@@ -333,6 +339,7 @@ impl Worker {
             units: HashMap::new(),
             cluster: None,
             alert_buckets,
+            layouts,
         })
     }
 
@@ -384,6 +391,28 @@ impl Worker {
         for task in stopping {
             let _ = task.await;
         }
+        // A version's layout is written before any of its units runs (its envelopes must be
+        // readable by the next version), and the layouts of earlier versions are read before
+        // units that may find their envelopes in their input start.
+        let mut unready = Vec::new();
+        let mut starting: Vec<&Arc<Pipeline>> = Vec::new();
+        for a in &plan.units {
+            if let Some(p) = plan.pipelines.get(&a.unit.pipeline) {
+                if !self.units.contains_key(&a.unit) && !starting.iter().any(|s| s.name == p.name) {
+                    starting.push(p);
+                }
+            }
+        }
+        for p in starting {
+            let done = async {
+                self.layouts.publish(p).await?;
+                self.layouts.load(&p.name).await
+            };
+            if let Err(e) = done.await {
+                warn!(pipeline = %p.name, error = %e, "cannot share the pipeline's layout; its units wait for the next try");
+                unready.push(p.name.clone());
+            }
+        }
         for a in &plan.units {
             if self.units.contains_key(&a.unit) {
                 continue;
@@ -419,6 +448,9 @@ impl Worker {
                 warn!(unit = %a.unit, "no definition for the unit's pipeline; not started");
                 continue;
             };
+            if unready.contains(&pipeline.name) {
+                continue;
+            }
             match self.start_unit(pipeline, a).await {
                 Ok(Some(running)) => {
                     info!(unit = %a.unit, version = a.version, epoch = a.epoch, "unit started");
@@ -539,6 +571,7 @@ impl Worker {
                     stage::Prior {
                         snapshots,
                         alerts: stored_alerts,
+                        layouts: self.layouts.layouts(),
                     },
                 )?
                 else {

@@ -271,16 +271,31 @@ impl Pipelines for PipelineService {
         if let Some(record) = &existing {
             // Deleted pipelines too: their streams, consumers and keyed state keep the old
             // partitioning under the same name.
+            let key_name = |p: &Pipeline| {
+                p.schema
+                    .field(p.key)
+                    .map(|f| f.name.clone())
+                    .unwrap_or_default()
+            };
             let before = match state.compiled.get(&pipeline.name) {
-                Some(c) => Some(c.partitions),
+                Some(c) => Some((c.partitions, key_name(c))),
                 None => Pipeline::from_yaml(&record.current().yaml)
                     .ok()
-                    .map(|c| c.partitions),
+                    .map(|c| (c.partitions, key_name(&c))),
             };
-            if let Some(before) = before.filter(|b| *b != pipeline.partitions) {
+            if let Some((before, _)) = before.as_ref().filter(|b| b.0 != pipeline.partitions) {
                 return Err(Status::failed_precondition(format!(
                     "{source}: partitions: cannot change from {before} to {} for pipeline `{}` (its keyed state and streams are split by partition); apply it under a new name",
                     pipeline.partitions, pipeline.name
+                )));
+            }
+            // Envelopes in flight, keyed state and alerts all belong to keys of the old key
+            // field (see anom_pipeline::layout).
+            if let Some((_, key)) = before.filter(|b| b.1 != key_name(&pipeline)) {
+                return Err(Status::failed_precondition(format!(
+                    "{source}: key: cannot change from `{key}` to `{}` for pipeline `{}` (its keyed state, alerts and events in flight are grouped by `{key}`); apply it under a new name",
+                    key_name(&pipeline),
+                    pipeline.name
                 )));
             }
             if !record.deleted && record.current().digest == digest {

@@ -312,6 +312,25 @@ async fn pipelines_are_versioned_over_grpc_and_a_new_version_rolls_out_keeping_u
         "{}",
         err.message()
     );
+    // Nor can the key: everything keyed and in flight is grouped by the old one.
+    let err = api
+        .apply(v1::ApplyRequest {
+            definition: yaml(
+                &V2.replace("key: user", "key: other")
+                    .replace("  amount: int\n", "  amount: int\n  other: string\n"),
+                "counts.yaml",
+            ),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message()
+            .starts_with("counts.yaml: key: cannot change from `user` to `other`"),
+        "{}",
+        err.message()
+    );
 
     // Pause: events wait; resume: they are processed.
     api.pause(v1::PipelineName {

@@ -18,5 +18,6 @@ mod keyed_e2e;
 mod multi_node;
 mod pipeline_e2e;
 mod prometheus;
+mod rollout;
 mod support;
 mod udf_e2e;

@@ -16,6 +16,7 @@ pub mod detectors;
 pub mod diagnostics;
 pub mod envelope;
 pub mod event;
+pub mod layout;
 pub mod lower;
 pub mod matcher;
 mod position;

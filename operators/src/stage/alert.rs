@@ -20,6 +20,7 @@ use anom_lang::duration;
 use anom_lang::expr::CompiledExpr;
 use anom_lang::value::Value;
 use anom_pipeline::envelope::{DetectorScore, Envelope};
+use anom_pipeline::layout::{Layouts, Reader};
 use anom_pipeline::rejection::{RejectKind, Rejection};
 use anom_pipeline::subjects::INGEST_STREAM;
 use anom_pipeline::template::Context;
@@ -41,9 +42,17 @@ pub struct AlertStage {
     timebase: Timebase,
     /// Run inside a fused unit: its inputs' positions are the unit's (see `Tracking`).
     chained: bool,
+    reader: Reader,
 }
 
 impl AlertStage {
+    /// Reads envelopes of other versions of the pipeline through `layouts` (a rollout's
+    /// backlog); without, only its own version's.
+    pub fn reading(mut self, layouts: Layouts) -> Self {
+        self.reader = Reader::new(layouts);
+        self
+    }
+
     /// `stored`: the alerts of the bucket this partition owns (see [`owned`]).
     /// `timebase`: the wall clock live, event time in a backtest.
     pub fn new(
@@ -100,6 +109,7 @@ impl AlertStage {
             latency,
             timebase,
             chained,
+            reader: Reader::default(),
         }
     }
 
@@ -346,7 +356,7 @@ impl Stage for AlertStage {
         }
         let pipeline = self.pipeline.clone();
         let p = &*pipeline;
-        let env = Envelope::open(p, input.payload)?;
+        let env = self.reader.open(p, input.payload)?;
         let row = alert_row(p, &env);
         let key = env.meta.key.as_str();
         let event_ms = env.meta.event_time;

@@ -397,7 +397,7 @@ mod tests {
             &db,
             &models,
             &metrics,
-            Vec::new(),
+            super::super::Prior::default(),
             Timebase::events(0),
         )
         .unwrap();

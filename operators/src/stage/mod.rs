@@ -14,6 +14,7 @@ pub mod window;
 use std::sync::Arc;
 
 use crate::model_registry::ModelRegistry;
+use anom_pipeline::layout::Layouts;
 use anom_pipeline::topology::Topology;
 use anom_pipeline::unit::{UnitId, UnitStage};
 use anom_pipeline::Pipeline;
@@ -36,6 +37,9 @@ pub struct Planned {
 pub struct Prior {
     pub snapshots: Option<SnapshotPolicy>,
     pub alerts: Vec<crate::alerting::record::Alert>,
+    /// The layouts of the pipeline's other versions: what lets the unit read the envelopes
+    /// they left in its input.
+    pub layouts: Layouts,
 }
 
 /// The consumer (and state tree) base name of a unit: `<pipeline>-<stage>[-<partition>]`.
@@ -87,6 +91,8 @@ const SCORE_SECTION: &[u8] = b"s/";
 /// The stages of partition `k` of a fused pipeline as one [`chain::Chain`], restored from
 /// `store` (the unit's tree); also the sequence that state reflects. A tree still empty
 /// takes the state of the per-stage window and score units the pipeline ran before, once.
+/// From `prior`: the partition's stored alerts and the layouts of other versions (the chain's
+/// input may hold their envelopes); its snapshots are the caller's.
 // The unit's parts as build_unit has them; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub fn build_chain(
@@ -96,9 +102,14 @@ pub fn build_chain(
     db: &sled::Db,
     models: &ModelRegistry,
     metrics: &Arc<Metrics>,
-    mut alerts: Vec<crate::alerting::record::Alert>,
+    prior: Prior,
     timebase: Timebase,
 ) -> Result<(chain::Chain, u64), BuildError> {
+    let Prior {
+        mut alerts,
+        layouts,
+        ..
+    } = prior;
     if store.is_empty() {
         adopt_per_stage_state(pipeline, k, store, db)?;
     }
@@ -116,28 +127,33 @@ pub fn build_chain(
                     late,
                     timebase.clone(),
                 )?;
+                let w = w.reading(layouts.clone());
                 chain::Link::new(stage.clone(), Box::new(w), Some(WINDOW_SECTION))
             }
             UnitStage::Score => {
                 let section = store.section(SCORE_SECTION);
                 let (s, _) =
                     score::ScoreStage::restore(pipeline.clone(), k, &section, models, metrics)?;
+                let s = s.reading(layouts.clone());
                 chain::Link::new(stage.clone(), Box::new(s), Some(SCORE_SECTION))
             }
             UnitStage::Rules => chain::Link::new(
                 stage.clone(),
-                Box::new(rules::Rules::new(pipeline.clone())),
+                Box::new(rules::Rules::new(pipeline.clone()).reading(layouts.clone())),
                 None,
             ),
             UnitStage::Alert => chain::Link::new(
                 stage.clone(),
-                Box::new(alert::AlertStage::with_positions(
-                    pipeline.clone(),
-                    metrics,
-                    std::mem::take(&mut alerts),
-                    timebase.clone(),
-                    true,
-                )),
+                Box::new(
+                    alert::AlertStage::with_positions(
+                        pipeline.clone(),
+                        metrics,
+                        std::mem::take(&mut alerts),
+                        timebase.clone(),
+                        true,
+                    )
+                    .reading(layouts.clone()),
+                ),
                 None,
             ),
             _ => continue,
@@ -203,6 +219,7 @@ pub fn build_unit(
     let Prior {
         snapshots,
         alerts: stored_alerts,
+        layouts,
     } = prior;
     let Some(binding) = binding(pipeline, unit, fence) else {
         return Ok(None);
@@ -231,7 +248,7 @@ pub fn build_unit(
                 window::WindowStage::restore(pipeline.clone(), k, &store, late, Timebase::Wall)?;
             Planned {
                 binding,
-                stage: Box::new(stage),
+                stage: Box::new(stage.reading(layouts)),
                 state: Some(keyed_state(restored_seq, store)),
             }
         }
@@ -241,23 +258,21 @@ pub fn build_unit(
                 score::ScoreStage::restore(pipeline.clone(), k, &store, models, metrics)?;
             Planned {
                 binding,
-                stage: Box::new(stage),
+                stage: Box::new(stage.reading(layouts)),
                 state: Some(keyed_state(restored_seq, store)),
             }
         }
         UnitStage::Rules => Planned {
             binding,
-            stage: Box::new(rules::Rules::new(pipeline.clone())),
+            stage: Box::new(rules::Rules::new(pipeline.clone()).reading(layouts)),
             state: None,
         },
         UnitStage::Alert => Planned {
             binding,
-            stage: Box::new(alert::AlertStage::new(
-                pipeline.clone(),
-                metrics,
-                stored_alerts,
-                Timebase::Wall,
-            )),
+            stage: Box::new(
+                alert::AlertStage::new(pipeline.clone(), metrics, stored_alerts, Timebase::Wall)
+                    .reading(layouts),
+            ),
             state: None,
         },
         UnitStage::Keyed => {
@@ -269,7 +284,11 @@ pub fn build_unit(
                 db,
                 models,
                 metrics,
-                stored_alerts,
+                Prior {
+                    snapshots: None,
+                    alerts: stored_alerts,
+                    layouts,
+                },
                 Timebase::Wall,
             )?;
             Planned {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anom_lang::value::Value;
 use anom_pipeline::envelope::{DetectorScore, Envelope, RuleHit, Verdict};
+use anom_pipeline::layout::{Layouts, Reader};
 use anom_pipeline::rejection::Rejection;
 use anom_pipeline::{AlertOn, Pipeline};
 use anom_runtime::{Emitter, Input, Stage};
@@ -18,6 +19,7 @@ pub const NAME: &str = anom_pipeline::unit::names::RULES;
 pub struct Rules {
     pipeline: Arc<Pipeline>,
     held: Held,
+    reader: Reader,
 }
 
 /// Per alert subject (the key and the pipeline's alert labels, hashed): which causes held on
@@ -68,6 +70,13 @@ impl Held {
 }
 
 impl Rules {
+    /// Reads envelopes of other versions of the pipeline through `layouts` (a rollout's
+    /// backlog); without, only its own version's.
+    pub fn reading(mut self, layouts: Layouts) -> Self {
+        self.reader = Reader::new(layouts);
+        self
+    }
+
     pub fn new(pipeline: Arc<Pipeline>) -> Rules {
         Rules {
             held: Held {
@@ -77,6 +86,7 @@ impl Rules {
                 swept_ms: i64::MIN,
             },
             pipeline,
+            reader: Reader::default(),
         }
     }
 
@@ -133,8 +143,9 @@ fn subject(p: &Pipeline, key: &str, data: &[Value]) -> u64 {
 
 impl Stage for Rules {
     fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
-        let p = &*self.pipeline;
-        let mut env = Envelope::open(p, input.payload)?;
+        let pipeline = self.pipeline.clone();
+        let p = &*pipeline;
+        let mut env = self.reader.open(p, input.payload)?;
         // Rules see one row: the event's fields, its key's aggregates, then the detectors'
         // scores (null for a detector that did not score it; see RowScope).
         let mut row = std::mem::take(&mut env.data);

@@ -18,6 +18,7 @@ use anom_lang::value::Value;
 use anom_ml::detector::episode::Episode;
 use anom_ml::detector::{self, Reading};
 use anom_pipeline::envelope::{DetectorScore, Envelope};
+use anom_pipeline::layout::{Layouts, Reader};
 use anom_pipeline::rejection::{RejectKind, Rejection};
 use anom_pipeline::{DetectorKind, DetectorSpec, Pipeline};
 use anom_runtime::checkpoint::{CheckpointError, StateDelta, StateStore, KEY_PREFIX, META_KEY};
@@ -108,9 +109,17 @@ pub struct ScoreStage {
     touched: bool,
     /// Reused per event: one detector's inputs.
     x: Vec<f64>,
+    reader: Reader,
 }
 
 impl ScoreStage {
+    /// Reads envelopes of other versions of the pipeline through `layouts` (a rollout's
+    /// backlog); without, only its own version's.
+    pub fn reading(mut self, layouts: Layouts) -> Self {
+        self.reader = Reader::new(layouts);
+        self
+    }
+
     /// Builds the stage of one partition from its stored state, loading its models through
     /// `models`. Returns it with the source sequence that state reflects.
     pub fn restore(
@@ -173,6 +182,7 @@ impl ScoreStage {
             max_dirty: p.state.checkpoint_max_keys,
             touched: true,
             x: Vec::new(),
+            reader: Reader::default(),
             pipeline: pipeline.clone(),
         };
         // A new pipeline version keeps the state of every detector whose definition did not
@@ -514,7 +524,7 @@ impl Stage for ScoreStage {
     fn process(&mut self, input: &Input<'_>, _out: &mut Emitter) -> Result<(), Rejection> {
         self.touched = true;
         let p = self.pipeline.clone();
-        let mut env = Envelope::open(&p, input.payload)?;
+        let mut env = self.reader.open(&p, input.payload)?;
         let t = env.meta.event_time;
         self.meta.max_event_ms = self.meta.max_event_ms.max(t);
         // Detectors read one row: the event's fields, then its key's aggregates.

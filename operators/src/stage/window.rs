@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use anom_lang::aggregate::AggState;
 use anom_lang::value::Value;
 use anom_pipeline::envelope::{AbsenceNote, Analysis, Envelope, Meta, RuleHit, ENVELOPE_VERSION};
+use anom_pipeline::layout::{Layouts, Reader};
 use anom_pipeline::rejection::Rejection;
 use anom_pipeline::subjects::headers;
 use anom_pipeline::{Clock, Pipeline, RuleKind};
@@ -86,9 +87,17 @@ pub struct WindowStage {
     /// Whether anything happened since the last checkpoint (an idle stage writes nothing).
     touched: bool,
     timebase: Timebase,
+    reader: Reader,
 }
 
 impl WindowStage {
+    /// Reads envelopes of other versions of the pipeline through `layouts` (a rollout's
+    /// backlog); without, only its own version's.
+    pub fn reading(mut self, layouts: Layouts) -> Self {
+        self.reader = Reader::new(layouts);
+        self
+    }
+
     /// Builds the stage of one partition from its stored state. Returns it with the source
     /// sequence that state reflects.
     pub fn restore(
@@ -142,6 +151,7 @@ impl WindowStage {
             touched: true,
             pipeline: pipeline.clone(),
             timebase,
+            reader: Reader::default(),
         };
         let current: Vec<String> = p.aggregates.iter().map(|a| a.source.clone()).collect();
         // For each current aggregate, where its state sits in the stored states: a new pipeline
@@ -392,7 +402,7 @@ impl Stage for WindowStage {
     fn process(&mut self, input: &Input<'_>, out: &mut Emitter) -> Result<(), Rejection> {
         // Even a late or refused input must be covered by a checkpoint to be acked.
         self.touched = true;
-        let mut env = Envelope::open(&self.pipeline, input.payload)?;
+        let mut env = self.reader.open(&self.pipeline, input.payload)?;
         let t = env.meta.event_time;
         if self.max_event_ms != i64::MIN && t < self.max_event_ms.saturating_sub(self.lateness_ms) {
             self.late_event(input, &env, out);
