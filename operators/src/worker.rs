@@ -586,6 +586,7 @@ impl Worker {
                     planned.stage,
                     m,
                     planned.state,
+                    planned.log,
                 ))
             }
         };

@@ -36,6 +36,11 @@ pub struct Args {
     /// Replicas of every stream and bucket (3 on a 3-node NATS cluster).
     #[arg(long, env = "ANOM_REPLICAS", default_value_t = 1)]
     replicas: usize,
+    /// JetStream's duplicate window of the streams this process creates: a republished
+    /// message id within it is dropped. Outputs stay exactly-once after longer outages too
+    /// (docs/architecture.md, "Exactly once"); a shorter window holds fewer ids in memory.
+    #[arg(long, env = "ANOM_DUPLICATE_WINDOW", default_value = "2m", value_parser = anom_lang::duration::parse)]
+    duplicate_window: Duration,
     /// Apply the pipelines of this directory (or file) at start; unchanged ones stay as they are.
     #[arg(long)]
     pipelines: Option<PathBuf>,
@@ -65,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }),
             streams: StreamOptions {
                 replicas: args.replicas,
+                duplicate_window: args.duplicate_window,
                 ..StreamOptions::default()
             },
         },

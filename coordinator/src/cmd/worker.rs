@@ -46,6 +46,11 @@ pub struct Args {
     /// Replicas of the buckets the worker creates if missing (match the coordinator's).
     #[arg(long, env = "ANOM_REPLICAS", default_value_t = 1)]
     replicas: usize,
+    /// JetStream's duplicate window of the streams this process creates: a republished
+    /// message id within it is dropped. Outputs stay exactly-once after longer outages too
+    /// (docs/architecture.md, "Exactly once"); a shorter window holds fewer ids in memory.
+    #[arg(long, env = "ANOM_DUPLICATE_WINDOW", default_value = "2m", value_parser = anom_lang::duration::parse)]
+    duplicate_window: Duration,
     /// How often keyed state is snapshotted to NATS so another worker can take it over.
     #[arg(long, default_value = "5s", value_parser = anom_lang::duration::parse)]
     snapshot_every: Duration,
@@ -76,6 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.snapshot_every = args.snapshot_every;
     config.streams = StreamOptions {
         replicas: args.replicas,
+        duplicate_window: args.duplicate_window,
         ..StreamOptions::default()
     };
     match args.coordinator {

@@ -90,11 +90,17 @@ pub async fn start_worker(env: &Env, dir: &Path) -> Running {
 /// kill it; killed when dropped.
 #[allow(dead_code)]
 pub fn spawn_worker(url: &str, dir: &Path) -> tokio::process::Child {
+    spawn_worker_with(url, dir, &[])
+}
+
+/// As [`spawn_worker`], with more arguments.
+pub fn spawn_worker_with(url: &str, dir: &Path, extra: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_anom"))
         .args(["worker", "--nats", url, "--pipelines"])
         .arg(dir)
         .arg("--state-dir")
         .arg(dir.join("state"))
+        .args(extra)
         .env("ANOM_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())

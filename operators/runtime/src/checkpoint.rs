@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 /// The reserved key of the last applied source sequence; entry keys are prefixed so they
 /// can never collide with it.
 const SEQ_KEY: &[u8] = b"\x00seq";
+/// The reserved key of the output streams' marks at that sequence (see [`crate::replay`]).
+const MARKS_KEY: &[u8] = b"\x00marks";
 const ENTRY_PREFIX: u8 = b'k';
 
 #[derive(Debug, thiserror::Error)]
@@ -162,8 +164,26 @@ impl StateStore {
             })
     }
 
+    /// The output marks committed with the sequence, if any (see [`crate::replay`]).
+    pub fn marks(&self) -> Result<Option<crate::replay::Marks>, CheckpointError> {
+        Ok(self
+            .tree
+            .get(MARKS_KEY)?
+            .and_then(|v| crate::replay::Marks::decode(&v)))
+    }
+
     /// Writes `delta` and `seq` atomically and makes them durable.
     pub async fn commit(&self, delta: StateDelta, seq: u64) -> Result<Committed, CheckpointError> {
+        self.commit_marked(delta, seq, None).await
+    }
+
+    /// As [`StateStore::commit`], with the output streams' marks at `seq`, in the same batch.
+    pub async fn commit_marked(
+        &self,
+        delta: StateDelta,
+        seq: u64,
+        marks: Option<Vec<u8>>,
+    ) -> Result<Committed, CheckpointError> {
         let started = Instant::now();
         let tree = self.tree.clone();
         let delta = delta.within(&self.section);
@@ -180,6 +200,9 @@ impl StateStore {
                     batch.remove(prefixed(&k));
                 }
                 batch.insert(SEQ_KEY, &seq.to_be_bytes());
+                if let Some(marks) = marks {
+                    batch.insert(MARKS_KEY, marks);
+                }
                 tree.apply_batch(batch)?;
                 // A blocking flush on this blocking thread: sled 0.34's `flush_async` can
                 // deadlock when several are in flight at once (spacejam/sled#1241, #1308); it

@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod fence;
 pub mod metrics;
 pub mod natsd;
+pub mod replay;
 pub mod snapshot;
 pub mod streams;
 pub mod timebase;
@@ -34,7 +35,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::checkpoint::{StateDelta, StateStore};
 use crate::fence::Fence;
@@ -551,15 +552,45 @@ fn position(msg: &Message) -> Position {
 ///
 /// Keyed stages (`state` given) ack their inputs only once the state that includes them is
 /// committed, so after a crash the restored state and the redelivered inputs fit exactly.
+/// A stateless stage given a `log` (a tree of its own) keeps its output marks there, so that
+/// its replays too are published once past the duplicate window (see [`replay`]).
 pub async fn run_stage(
     rt: Runtime,
     binding: Binding,
     mut stage: Box<dyn Stage>,
     metrics: StageMetrics,
     state: Option<StateBinding>,
+    log: Option<StateStore>,
 ) {
     let store = state.as_ref().map(|s| s.store.clone());
     let snapshots = state.as_ref().and_then(|s| s.snapshots.clone());
+    // What this unit published after its last checkpoint (or logged ack), before it stopped:
+    // read back once, so the replay publishes none of it again.
+    let marks_store = store.clone().or_else(|| log.clone());
+    let marks = match marks_store.as_ref().map(|s| s.marks()) {
+        Some(Ok(Some(m))) => m,
+        Some(Err(e)) => {
+            warn!(stage = binding.stage, durable = %binding.durable, error = %e, "cannot read the output marks; replays rely on the duplicate window");
+            replay::Marks::default()
+        }
+        _ => replay::Marks::default(),
+    };
+    let mut published = if marks.is_empty() {
+        replay::Published::default()
+    } else {
+        match replay::Published::scan(&rt.js, &marks).await {
+            Ok(p) => {
+                if !p.is_empty() {
+                    info!(stage = binding.stage, durable = %binding.durable, outputs = p.len(), "outputs published before the restart found; their replays are not published again");
+                }
+                p
+            }
+            Err(e) => {
+                warn!(stage = binding.stage, durable = %binding.durable, error = %e, "cannot read back what the unit published; replays rely on the duplicate window");
+                replay::Published::default()
+            }
+        }
+    };
     // Keyed stages may wait on a checkpoint in the confirmer: leave room to keep processing
     // meanwhile (the consumer's max_ack_pending still bounds what is outstanding).
     let in_flight = if state.is_some() {
@@ -573,7 +604,7 @@ pub async fn run_stage(
         binding.clone(),
         confirm_rx,
         metrics.clone(),
-        store,
+        Durable { store, log, marks },
         snapshots,
     ));
     let restored_seq = state.as_ref().map_or(0, |s| s.restored_seq);
@@ -758,6 +789,10 @@ pub async fn run_stage(
                 done: None,
             };
             for output in outputs {
+                if published.take(&output.msg_id) {
+                    metrics.replays_suppressed.inc();
+                    continue;
+                }
                 match publish_until_sent(&rt, &output, &metrics).await {
                     Some(ack) => pending.outputs.push((output, ack)),
                     None => {
@@ -884,6 +919,17 @@ async fn republish_all(rt: &Runtime, mut outputs: Vec<Output>, metrics: &StageMe
     true
 }
 
+/// Where the confirmer makes things durable: the keyed state (with the output marks), or for
+/// a stateless stage the log of its marks; and the marks so far.
+struct Durable {
+    store: Option<StateStore>,
+    log: Option<StateStore>,
+    marks: replay::Marks,
+}
+
+/// How often a stateless stage logs its output marks (each write is a flush).
+const MARKS_LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// Awaits each batch's publish acks in order, republishing (same ids) what failed, commits
 /// the batch's state, then acks its inputs. Inputs are never acked past an unconfirmed output
 /// or an uncommitted state change.
@@ -892,9 +938,15 @@ async fn confirm(
     binding: Binding,
     mut rx: mpsc::Receiver<Pending>,
     metrics: StageMetrics,
-    store: Option<StateStore>,
+    durable: Durable,
     snapshots: Option<SnapshotPolicy>,
 ) {
+    let Durable {
+        store,
+        log,
+        mut marks,
+    } = durable;
+    let mut last_logged = Instant::now();
     let mut last_snapshot = Instant::now();
     let mut upload: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_commit: Option<u64> = None;
@@ -902,11 +954,15 @@ async fn confirm(
         let count = pending.outputs.len() as u64;
         let mut failed = Vec::new();
         for (output, ack) in pending.outputs {
-            if let Err(e) = ack.await {
-                if failed.is_empty() {
-                    warn!(stage = binding.stage, subject = %output.subject, error = %e, "publish not acknowledged; republishing");
+            match ack.await {
+                // Only first sends mark: see `replay` for why a republished one may not.
+                Ok(ack) => marks.note(&ack.stream, ack.sequence, &output.subject),
+                Err(e) => {
+                    if failed.is_empty() {
+                        warn!(stage = binding.stage, subject = %output.subject, error = %e, "publish not acknowledged; republishing");
+                    }
+                    failed.push(output);
                 }
-                failed.push(output);
             }
         }
         if !republish_all(&rt, failed, &metrics).await {
@@ -921,7 +977,7 @@ async fn confirm(
         }
         if let (Some((delta, seq)), Some(store)) = (pending.commit, &store) {
             let keys = delta.keys;
-            match store.commit(delta, seq).await {
+            match store.commit_marked(delta, seq, Some(marks.encode())).await {
                 Ok(done) => {
                     metrics.checkpointed(&done, keys);
                     last_commit = Some(seq);
@@ -941,9 +997,22 @@ async fn confirm(
             }
         }
         if let Some(input) = pending.ack {
+            let seq = position(&input).stream_seq;
             if let Err(e) = input.ack().await {
                 // A lost ack only means a redelivery, which the output ids make harmless.
                 debug!(stage = binding.stage, error = %e, "ack failed");
+            }
+            // Stale is fine: an older mark only makes a restart read back a little more.
+            if let Some(log) = &log {
+                if last_logged.elapsed() >= MARKS_LOG_EVERY && !marks.is_empty() {
+                    last_logged = Instant::now();
+                    if let Err(e) = log
+                        .commit_marked(StateDelta::default(), seq, Some(marks.encode()))
+                        .await
+                    {
+                        debug!(stage = binding.stage, error = %e, "cannot log output marks");
+                    }
+                }
             }
         }
         if let Some(done) = pending.done {

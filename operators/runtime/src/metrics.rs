@@ -85,6 +85,7 @@ pub struct Metrics {
     pub events_out: Family<StageLabels, Counter>,
     pub dead_letters: Family<DeadLetterLabels, Counter>,
     pub publish_retries: Family<StageLabels, Counter>,
+    pub replays_suppressed: Family<StageLabels, Counter>,
     pub batch_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
     pub alerts: Family<AlertLabels, Counter>,
     pub ingest_to_alert_seconds: Family<PipelineLabels, Histogram, fn() -> Histogram>,
@@ -132,6 +133,12 @@ impl Metrics {
             "publish_retries",
             "Publishes retried after a failed or missing JetStream ack",
             publish_retries.clone(),
+        );
+        let replays_suppressed = Family::default();
+        registry.register(
+            "replays_suppressed",
+            "Outputs of replayed inputs not published again: found in their stream after a restart (see replay.rs)",
+            replays_suppressed.clone(),
         );
         let batch_seconds =
             Family::<StageLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -250,6 +257,7 @@ impl Metrics {
             events_out,
             dead_letters,
             publish_retries,
+            replays_suppressed,
             batch_seconds,
             alerts,
             ingest_to_alert_seconds,
@@ -280,6 +288,7 @@ impl Metrics {
             events_in: self.events_in.get_or_create_owned(&labels),
             events_out: self.events_out.get_or_create_owned(&labels),
             publish_retries: self.publish_retries.get_or_create_owned(&labels),
+            replays_suppressed: self.replays_suppressed.get_or_create_owned(&labels),
             batch_seconds: self.batch_seconds.get_or_create_owned(&labels),
             checkpoint_seconds: self.checkpoint_seconds.get_or_create_owned(&labels),
             checkpoint_entries: self.checkpoint_entries.get_or_create_owned(&labels),
@@ -308,6 +317,7 @@ pub struct StageMetrics {
     pub events_in: Counter,
     pub events_out: Counter,
     pub publish_retries: Counter,
+    pub replays_suppressed: Counter,
     pub batch_seconds: Histogram,
     pub checkpoint_seconds: Histogram,
     pub checkpoint_entries: Counter,

@@ -29,6 +29,8 @@ pub struct Planned {
     pub binding: Binding,
     pub stage: Box<dyn Stage>,
     pub state: Option<StateBinding>,
+    /// Where a stage without state keeps its output marks (see `anom_runtime::replay`).
+    pub log: Option<StateStore>,
 }
 
 /// What a unit starts from besides its sled state: where its snapshots go (keyed stages
@@ -235,11 +237,15 @@ pub fn build_unit(
             ..p
         }),
     };
+    // Not moved with the unit: a unit taken over on another worker replays from a recent
+    // snapshot or ack floor, well within the duplicate window.
+    let marks_log = || StateStore::open(db, &format!("{durable}-marks"));
     Ok(Some(match &unit.stage {
         UnitStage::Validate => Planned {
             binding,
             stage: Box::new(validate::Validate::new(pipeline.clone())),
             state: None,
+            log: Some(marks_log()?),
         },
         UnitStage::Window => {
             let store = StateStore::open(db, &durable)?;
@@ -250,6 +256,7 @@ pub fn build_unit(
                 binding,
                 stage: Box::new(stage.reading(layouts)),
                 state: Some(keyed_state(restored_seq, store)),
+                log: None,
             }
         }
         UnitStage::Score => {
@@ -260,12 +267,14 @@ pub fn build_unit(
                 binding,
                 stage: Box::new(stage.reading(layouts)),
                 state: Some(keyed_state(restored_seq, store)),
+                log: None,
             }
         }
         UnitStage::Rules => Planned {
             binding,
             stage: Box::new(rules::Rules::new(pipeline.clone()).reading(layouts)),
             state: None,
+            log: Some(marks_log()?),
         },
         UnitStage::Alert => Planned {
             binding,
@@ -274,6 +283,7 @@ pub fn build_unit(
                     .reading(layouts),
             ),
             state: None,
+            log: Some(marks_log()?),
         },
         UnitStage::Keyed => {
             let store = StateStore::open(db, &durable)?;
@@ -295,6 +305,7 @@ pub fn build_unit(
                 binding,
                 stage: Box::new(stage),
                 state: Some(keyed_state(restored_seq, store)),
+                log: None,
             }
         }
         UnitStage::Sink(_) | UnitStage::Unrouted => return Ok(None),

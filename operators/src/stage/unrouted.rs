@@ -95,7 +95,14 @@ pub async fn watch(
                             known: known.clone(),
                         });
                         let m = metrics.stage(name, NAME);
-                        tasks.push(tokio::spawn(run_stage(rt.clone(), binding, stage, m, None)));
+                        tasks.push(tokio::spawn(run_stage(
+                            rt.clone(),
+                            binding,
+                            stage,
+                            m,
+                            None,
+                            None,
+                        )));
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot list ingest subjects"),
