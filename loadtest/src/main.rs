@@ -15,6 +15,7 @@ mod http_ingest;
 mod malformed;
 mod pipeline;
 mod report;
+mod rollout;
 mod window_bench;
 
 use std::time::Duration;
@@ -63,6 +64,10 @@ pub enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         bad: usize,
     },
+    /// Rollouts under a backlog: a real coordinator and worker, four new versions (threshold,
+    /// added field, new aggregate, removed field) each applied 0.2 s into a burst of --events:
+    /// none may dead-letter anything. Exits non-zero if one did.
+    Rollout,
     /// HTTP ingest (NDJSON batches to a real coordinator's HTTP API) against publishing over
     /// NATS with JetStream acks, --events each, and a raw hop, in the same run.
     HttpIngest {
@@ -220,6 +225,15 @@ async fn main() -> anyhow::Result<()> {
             let run = http_ingest::run(server.url(), &args, *batch, *concurrency).await?;
             server.stop().await?;
             println!("{}", run.markdown());
+            return Ok(());
+        }
+        Some(Command::Rollout) => {
+            let dir = tempfile::tempdir()?;
+            let server = Natsd::start_in(dir.path()).await?;
+            let run = rollout::run(server.url(), &args).await?;
+            server.stop().await?;
+            println!("{}", run.markdown());
+            anyhow::ensure!(run.lost_nothing(), "a rollout dead-lettered events (above)");
             return Ok(());
         }
         Some(Command::Malformed { good, bad }) => {

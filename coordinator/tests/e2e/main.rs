@@ -16,6 +16,7 @@ mod http_api;
 mod http_ingest;
 mod keyed_e2e;
 mod multi_node;
+mod ordering;
 mod pipeline_e2e;
 mod prometheus;
 mod rollout;

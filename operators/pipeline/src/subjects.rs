@@ -72,6 +72,11 @@ impl Subjects {
         format!("{}{partition}", self.valid_prefix)
     }
 
+    /// What every partition's valid subject starts with.
+    pub fn valid_prefix(&self) -> String {
+        self.valid_prefix.clone()
+    }
+
     pub fn valid_all(&self) -> String {
         format!("{}*", self.valid_prefix)
     }

@@ -172,6 +172,17 @@ impl StateStore {
             .and_then(|v| crate::replay::Marks::decode(&v)))
     }
 
+    /// Writes the output marks alone (a stream a unit writes to for the first time), durably.
+    pub async fn save_marks(&self, marks: Vec<u8>) -> Result<(), CheckpointError> {
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), CheckpointError> {
+            tree.insert(MARKS_KEY, marks)?;
+            tree.flush()?;
+            Ok(())
+        })
+        .await?
+    }
+
     /// Writes `delta` and `seq` atomically and makes them durable.
     pub async fn commit(&self, delta: StateDelta, seq: u64) -> Result<Committed, CheckpointError> {
         self.commit_marked(delta, seq, None).await

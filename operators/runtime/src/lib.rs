@@ -96,7 +96,33 @@ pub struct Binding {
     /// unit with no state yet starts after what they acked, instead of at the stream's
     /// start (a pipeline switched to fused units takes over from its first stage's unit).
     pub predecessors: Vec<String>,
+    /// An output stream this unit is the only writer of, whose order must survive a NATS
+    /// failover (validate's valid stream): see [`Ordered`].
+    pub ordered: Option<Ordered>,
 }
+
+/// Outputs to one stream that must be stored in the order they were sent, even when a
+/// server fails over mid-batch (a lost publish retried after later ones were stored would
+/// otherwise land behind them, and a key's events would reach its fused unit out of order).
+///
+/// Each such output expects the previous one to be the stream's last message
+/// (`Nats-Expected-Last-Msg-Id`): if one is lost, every later one is refused too, and the
+/// confirmer's republish, in order, stores them in order. JetStream checks duplicate ids
+/// before expectations, so a republished output already stored is still just a duplicate.
+/// Another writer may add a message now and then (the alert commands users send into a fused
+/// unit's input): the output refused behind it is sent again after it (`republish_all`).
+/// Only one writer of a *stream of events* is sound: the unit (another owner is fenced off).
+#[derive(Debug, Clone)]
+pub struct Ordered {
+    pub stream: String,
+    /// Outputs whose subject starts with this go to the stream.
+    pub subject_prefix: String,
+}
+
+/// After this many refused republishes of one output, it is sent without its expectation:
+/// something else wrote to the stream (an earlier owner not yet fenced off), and order is
+/// then no longer ours to keep — better stored late than never.
+const ORDERED_ATTEMPTS: u32 = 20;
 
 impl Binding {
     /// The consumer's name on the server: the base name, with the owner's epoch when fenced,
@@ -505,11 +531,14 @@ pub struct SnapshotPolicy {
 /// `commit` (state as of a source sequence), then ack `ack` (AckAll: it and everything
 /// before it).
 struct Pending {
-    outputs: Vec<(Output, PublishAckFuture)>,
+    outputs: Vec<(Sent, PublishAckFuture)>,
     commit: Option<(StateDelta, u64)>,
     ack: Option<Message>,
     /// Told once everything before it is confirmed (a barrier).
     done: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Subjects about to be written for the first time, with their stream and its last
+    /// sequence: made durable in the output marks before the confirmer signals `done`.
+    births: Vec<(String, u64, String)>,
 }
 
 /// Waits until the confirmer has confirmed and acked everything sent to it so far. False if
@@ -521,6 +550,7 @@ async fn drained(confirm_tx: &mpsc::Sender<Pending>) -> bool {
         commit: None,
         ack: None,
         done: Some(tx),
+        births: Vec::new(),
     };
     confirm_tx.send(barrier).await.is_ok() && rx.await.is_ok()
 }
@@ -575,6 +605,9 @@ pub async fn run_stage(
         }
         _ => replay::Marks::default(),
     };
+    // Subjects whose outputs the stored marks cover, and those born since.
+    let stored_marks = marks.clone();
+    let mut covered: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut published = if marks.is_empty() {
         replay::Published::default()
     } else {
@@ -599,6 +632,17 @@ pub async fn run_stage(
         rt.options.batches_in_flight
     };
     let (confirm_tx, confirm_rx) = mpsc::channel::<Pending>(in_flight);
+    // Where the unit's ordered outputs continue: after the stream's last message.
+    let mut chain: Option<String> = match &binding.ordered {
+        Some(o) => match last_message_id(&rt, &o.stream).await {
+            Ok(last) => last,
+            Err(e) => {
+                warn!(stage = binding.stage, stream = %o.stream, error = %e, "cannot read the stream's last message; the first output is sent without an expected predecessor");
+                None
+            }
+        },
+        None => None,
+    };
     let confirmer = tokio::spawn(confirm(
         rt.clone(),
         binding.clone(),
@@ -782,19 +826,67 @@ pub async fn run_stage(
                 fenced = true;
                 break 'outer;
             }
+            // A subject written for the first time is marked durably before anything is sent
+            // to it (see `replay`): rare, once per subject per unit.
+            let mut births = Vec::new();
+            for output in &outputs {
+                let s = output.subject.as_str();
+                if marks_store.is_some()
+                    && !s.starts_with("$KV.")
+                    && !stored_marks.covers(s)
+                    && !covered.contains(s)
+                    && !births
+                        .iter()
+                        .any(|(_, _, b): &(String, u64, String)| b == s)
+                {
+                    match birth_of(&rt, s).await {
+                        Ok((stream, last)) => births.push((stream, last, s.to_string())),
+                        Err(e) => {
+                            debug!(stage = binding.stage, subject = s, error = %e, "cannot find the subject's stream; its replays rely on the duplicate window")
+                        }
+                    }
+                    covered.insert(s.to_string());
+                }
+            }
+            if !births.is_empty() {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let barrier = Pending {
+                    outputs: Vec::new(),
+                    commit: None,
+                    ack: None,
+                    done: Some(tx),
+                    births,
+                };
+                if confirm_tx.send(barrier).await.is_err() || rx.await.is_err() {
+                    fenced = true;
+                    break 'outer;
+                }
+            }
             let mut pending = Pending {
                 outputs: Vec::with_capacity(outputs.len()),
                 commit: None,
                 ack: None,
                 done: None,
+                births: Vec::new(),
             };
             for output in outputs {
                 if published.take(&output.msg_id) {
                     metrics.replays_suppressed.inc();
                     continue;
                 }
-                match publish_until_sent(&rt, &output, &metrics).await {
-                    Some(ack) => pending.outputs.push((output, ack)),
+                let expects = match &binding.ordered {
+                    Some(o) if output.subject.starts_with(&o.subject_prefix) => {
+                        let previous = chain.replace(output.msg_id.clone());
+                        Some(previous)
+                    }
+                    _ => None,
+                };
+                let sent = Sent {
+                    output,
+                    expects: expects.flatten(),
+                };
+                match publish_until_sent(&rt, &sent, &metrics).await {
+                    Some(ack) => pending.outputs.push((sent, ack)),
                     None => {
                         // Shutting down with outputs of this batch unsent: the state now
                         // covers inputs whose outputs do not exist, so it must not be
@@ -845,6 +937,7 @@ pub async fn run_stage(
                     commit: Some((delta, last_seq)),
                     ack: unacked.take(),
                     done: None,
+                    births: Vec::new(),
                 })
                 .await;
         }
@@ -853,32 +946,64 @@ pub async fn run_stage(
     let _ = confirmer.await;
 }
 
-fn publish_message(output: &Output) -> PublishMessage {
+/// An output as sent: with the id of the output it must follow in an [`Ordered`] stream.
+struct Sent {
+    output: Output,
+    expects: Option<String>,
+}
+
+fn publish_message(sent: &Sent) -> PublishMessage {
+    let output = &sent.output;
     let mut m = PublishMessage::build().payload(output.payload.clone());
     if let Some(h) = &output.headers {
         m = m.headers(h.clone());
+    }
+    if let Some(last) = &sent.expects {
+        m = m.expected_last_message_id(last);
     }
     // After `headers`, which would replace it.
     m.message_id(&output.msg_id)
 }
 
+/// The stream that stores `subject`, and its last sequence now.
+async fn birth_of(rt: &Runtime, subject: &str) -> Result<(String, u64), async_nats::Error> {
+    let name = rt.js.stream_by_subject(subject).await?;
+    let mut stream = rt.js.get_stream(&name).await?;
+    let last = stream.info().await?.state.last_sequence;
+    Ok((name, last))
+}
+
+/// The id of the last message of `stream` (the start of an [`Ordered`] chain); `None` for
+/// an empty stream.
+async fn last_message_id(rt: &Runtime, stream: &str) -> Result<Option<String>, async_nats::Error> {
+    let mut stream = rt.js.get_stream(stream).await?;
+    let last = stream.info().await?.state.last_sequence;
+    if last == 0 {
+        return Ok(None);
+    }
+    let m = stream.get_raw_message(last).await?;
+    Ok(m.headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|v| v.as_str().to_string()))
+}
+
 /// Hands a message to the client, retrying until it is accepted or we shut down.
 async fn publish_until_sent(
     rt: &Runtime,
-    output: &Output,
+    sent: &Sent,
     metrics: &StageMetrics,
 ) -> Option<PublishAckFuture> {
     let mut delay = Duration::from_millis(50);
     loop {
         match rt
             .js
-            .send_publish(output.subject.clone(), publish_message(output))
+            .send_publish(sent.output.subject.clone(), publish_message(sent))
             .await
         {
             Ok(ack) => return Some(ack),
             Err(e) => {
                 metrics.publish_retries.inc();
-                warn!(subject = %output.subject, error = %e, "publish failed; retrying");
+                warn!(subject = %sent.output.subject, error = %e, "publish failed; retrying");
                 tokio::select! {
                     _ = rt.shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}
@@ -894,14 +1019,36 @@ async fn publish_until_sent(
 ///
 /// All at once matters: after a server fails over, a whole batch's acks time out together,
 /// and retrying them one by one would stall the stage for minutes.
-async fn republish_all(rt: &Runtime, mut outputs: Vec<Output>, metrics: &StageMetrics) -> bool {
+async fn republish_all(
+    rt: &Runtime,
+    mut outputs: Vec<Sent>,
+    ordered: Option<&Ordered>,
+    metrics: &StageMetrics,
+) -> bool {
     let mut delay = Duration::from_millis(50);
+    let mut rounds = 0;
     while !outputs.is_empty() {
         tokio::select! {
             _ = rt.shutdown.cancelled() => return false,
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(1));
+        rounds += 1;
+        // Everything before the first ordered output is stored by now (earlier batches are
+        // confirmed first, and this list is in order): if the stream ends elsewhere than its
+        // predecessor, another writer added a message after it, and it follows that one.
+        if let (Some(o), Some(first)) = (ordered, outputs.iter_mut().find(|s| s.expects.is_some()))
+        {
+            if let Ok(Some(last)) = last_message_id(rt, &o.stream).await {
+                if first.expects.as_deref() != Some(last.as_str()) && last != first.output.msg_id {
+                    first.expects = Some(last);
+                }
+            }
+        }
+        if rounds == ORDERED_ATTEMPTS && outputs.iter().any(|s| s.expects.is_some()) {
+            warn!(subject = %outputs[0].output.subject, "ordered outputs keep being refused: another writer? sending them without their expected predecessor");
+            outputs.iter_mut().for_each(|s| s.expects = None);
+        }
         metrics.publish_retries.inc_by(outputs.len() as u64);
         let mut sent = Vec::with_capacity(outputs.len());
         for output in outputs.drain(..) {
@@ -946,26 +1093,44 @@ async fn confirm(
         log,
         mut marks,
     } = durable;
+    // The marks as last made durable: a birth writes these (plus itself), never marks moved
+    // by outputs whose inputs are not yet committed.
+    let mut committed = marks.clone();
+    // A stateless stage logs the marks of its previous log: its last ack may be lost (the
+    // consumer then resumes before it), but an ack a second older is covered by later ones.
+    let mut previous = marks.clone();
     let mut last_logged = Instant::now();
     let mut last_snapshot = Instant::now();
     let mut upload: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_commit: Option<u64> = None;
     while let Some(pending) = rx.recv().await {
         let count = pending.outputs.len() as u64;
+        if !pending.births.is_empty() {
+            for (stream, last, subject) in &pending.births {
+                committed.birth(stream, *last, subject);
+                previous.birth(stream, *last, subject);
+                marks.birth(stream, *last, subject);
+            }
+            if let Some(at) = store.as_ref().or(log.as_ref()) {
+                if let Err(e) = at.save_marks(committed.encode()).await {
+                    warn!(stage = binding.stage, error = %e, "cannot save output marks; replays rely on the duplicate window");
+                }
+            }
+        }
         let mut failed = Vec::new();
         for (output, ack) in pending.outputs {
             match ack.await {
                 // Only first sends mark: see `replay` for why a republished one may not.
-                Ok(ack) => marks.note(&ack.stream, ack.sequence, &output.subject),
+                Ok(ack) => marks.note(&ack.stream, ack.sequence),
                 Err(e) => {
                     if failed.is_empty() {
-                        warn!(stage = binding.stage, subject = %output.subject, error = %e, "publish not acknowledged; republishing");
+                        warn!(stage = binding.stage, subject = %output.output.subject, error = %e, "publish not acknowledged; republishing");
                     }
                     failed.push(output);
                 }
             }
         }
-        if !republish_all(&rt, failed, &metrics).await {
+        if !republish_all(&rt, failed, binding.ordered.as_ref(), &metrics).await {
             // Shutting down: the inputs stay unacked, are redelivered and their outputs
             // republished (and deduplicated) by the next run.
             return;
@@ -979,6 +1144,7 @@ async fn confirm(
             let keys = delta.keys;
             match store.commit_marked(delta, seq, Some(marks.encode())).await {
                 Ok(done) => {
+                    committed = marks.clone();
                     metrics.checkpointed(&done, keys);
                     last_commit = Some(seq);
                 }
@@ -1006,8 +1172,9 @@ async fn confirm(
             if let Some(log) = &log {
                 if last_logged.elapsed() >= MARKS_LOG_EVERY && !marks.is_empty() {
                     last_logged = Instant::now();
+                    committed = std::mem::replace(&mut previous, marks.clone());
                     if let Err(e) = log
-                        .commit_marked(StateDelta::default(), seq, Some(marks.encode()))
+                        .commit_marked(StateDelta::default(), seq, Some(committed.encode()))
                         .await
                     {
                         debug!(stage = binding.stage, error = %e, "cannot log output marks");

@@ -10,8 +10,9 @@
 //! On restart it reads what those streams hold after the marks on its subjects (headers only)
 //! into [`Published`], and does not publish those ids again.
 //!
-//! The mark of a stream is the highest sequence an output was stored at **on its first
-//! send**: one connection stores a unit's sends in order, so every output of a later batch is
+//! A stream's mark starts at its last sequence when the unit first writes a subject there
+//! (made durable before that first send), and moves up to the highest sequence an output was
+//! stored at **on its first send**: one connection stores a unit's sends in order, so every output of a later batch is
 //! after it; an output republished after a failed ack may land later still, which only moves
 //! it into the range that is read back. Key-value writes (`$KV.…`) are not marked: they write
 //! a record's whole state, and writing the same one again changes nothing.
@@ -41,16 +42,18 @@ struct StreamMark {
 }
 
 impl Marks {
-    /// An output stored at `seq` of `stream` on its first send.
-    pub fn note(&mut self, stream: &str, seq: u64, subject: &str) {
-        if subject.starts_with("$KV.") {
-            return;
-        }
-        let mark = match self.streams.get_mut(stream) {
-            Some(m) => m,
-            None => self.streams.entry(stream.to_string()).or_default(),
-        };
-        mark.seq = mark.seq.max(seq);
+    /// A subject the unit is about to write to for the first time, in `stream`, whose last
+    /// sequence is `last`: nothing of the unit's on that subject is at or before it. Must be
+    /// made durable before the first output is sent (a unit killed before its first
+    /// checkpoint replays from its start and must find that output again).
+    pub fn birth(&mut self, stream: &str, last: u64, subject: &str) {
+        let mark = self
+            .streams
+            .entry(stream.to_string())
+            .or_insert_with(|| StreamMark {
+                seq: last,
+                ..StreamMark::default()
+            });
         if !mark.all && !mark.subjects.contains(subject) {
             if mark.subjects.len() >= MAX_SUBJECTS {
                 mark.all = true;
@@ -58,6 +61,20 @@ impl Marks {
             } else {
                 mark.subjects.insert(subject.to_string());
             }
+        }
+    }
+
+    /// Whether outputs to `subject` are covered (born).
+    pub fn covers(&self, subject: &str) -> bool {
+        self.streams
+            .values()
+            .any(|m| m.all || m.subjects.contains(subject))
+    }
+
+    /// An output stored at `seq` of `stream` on its first send: the mark moves up to it.
+    pub fn note(&mut self, stream: &str, seq: u64) {
+        if let Some(m) = self.streams.get_mut(stream) {
+            m.seq = m.seq.max(seq);
         }
     }
 
@@ -173,14 +190,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn marks_keep_the_highest_first_send_per_stream_and_skip_key_value_writes() {
+    fn marks_start_at_birth_and_keep_the_highest_first_send() {
         let mut m = Marks::default();
-        m.note("ANOM_P_VALID", 10, "anom.p.valid.0");
-        m.note("ANOM_P_VALID", 7, "anom.p.valid.1");
-        m.note("KV_ANOM_ALERTS", 99, "$KV.ANOM_ALERTS.p.a1");
+        m.birth("ANOM_P_VALID", 9, "anom.p.valid.0");
+        assert!(m.covers("anom.p.valid.0") && !m.covers("anom.p.valid.1"));
+        m.note("ANOM_P_VALID", 10);
+        m.birth("ANOM_P_VALID", 3, "anom.p.valid.1");
+        assert_eq!(
+            m.streams["ANOM_P_VALID"].seq, 10,
+            "a second subject keeps the mark"
+        );
+        m.note("ANOM_P_VALID", 7);
+        m.note("ANOM_P_VALID", 12);
+        // A stream never born is not marked.
+        m.note("OTHER", 99);
         assert_eq!(m.streams.len(), 1);
         let v = &m.streams["ANOM_P_VALID"];
-        assert_eq!(v.seq, 10);
+        assert_eq!(v.seq, 12);
         assert_eq!(v.subjects.len(), 2);
         assert_eq!(Marks::decode(&m.encode()), Some(m.clone()));
         assert_eq!(Marks::decode(b"\xc1"), None);
@@ -190,12 +216,12 @@ mod tests {
     fn too_many_subjects_read_the_whole_stream() {
         let mut m = Marks::default();
         for i in 0..=MAX_SUBJECTS {
-            m.note("S", i as u64, &format!("s.{i}"));
+            m.birth("S", i as u64, &format!("s.{i}"));
         }
         let s = &m.streams["S"];
         assert!(s.all && s.subjects.is_empty());
-        m.note("S", 1, "s.again");
-        assert!(m.streams["S"].subjects.is_empty());
+        m.birth("S", 1, "s.again");
+        assert!(m.streams["S"].subjects.is_empty() && m.covers("s.anything"));
     }
 
     #[test]

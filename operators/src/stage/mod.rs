@@ -75,6 +75,11 @@ pub fn binding(pipeline: &Pipeline, unit: &UnitId, fence: Fence) -> Option<Bindi
         })],
         _ => Vec::new(),
     };
+    // Validate is the only writer of the valid stream: its order survives a failover.
+    let ordered = (unit.stage == UnitStage::Validate).then(|| anom_runtime::Ordered {
+        stream: pipeline.subjects.valid_stream.clone(),
+        subject_prefix: pipeline.subjects.valid_prefix(),
+    });
     Some(Binding {
         pipeline: pipeline.name.clone(),
         stage: unit.stage.name(),
@@ -83,6 +88,7 @@ pub fn binding(pipeline: &Pipeline, unit: &UnitId, fence: Fence) -> Option<Bindi
         filter_subject: input.subject,
         fence,
         predecessors,
+        ordered,
     })
 }
 

@@ -89,6 +89,7 @@ pub async fn watch(
                             filter_subject: input_subject(name),
                             fence: fence.clone(),
                             predecessors: Vec::new(),
+                            ordered: None,
                         };
                         let stage = Box::new(Unrouted {
                             name: name.to_string(),
