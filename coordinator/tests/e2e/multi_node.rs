@@ -102,7 +102,9 @@ struct Outcome {
     totals: BTreeMap<String, (i64, String)>,
     /// Per key: how often `every_25th` fired (once per 25 events, whatever their order).
     every_25th: BTreeMap<String, usize>,
-    /// (key, ingest sequence) of every enriched event, in the enriched stream's order.
+    /// (key, ingest sequence) of every enriched event, in the order its fused unit processed
+    /// it (by the key's count `n` at the event: the enriched stream's own order is the order
+    /// its writes landed, which a failover may change without the processing having seen it).
     enriched: Vec<(String, u64)>,
     /// (key, ingest sequence) of every event the rules stage passed on to the alert stage,
     /// in the detections stream's order.
@@ -180,8 +182,8 @@ async fn outcome(js: &jetstream::Context) -> Outcome {
     let mut enriched = Vec::new();
     for m in read_stream(js, "ANOM_SPEND_ENRICHED", None).await {
         let env = anom_pipeline::envelope::Envelope::decode(&m.payload).unwrap();
-        enriched.push((env.meta.key.clone(), env.meta.origin_seq));
         let n: i64 = env.enrichment[0].to_string().parse().unwrap();
+        enriched.push((env.meta.key.clone(), n, env.meta.origin_seq));
         let total = env.enrichment[2].to_string();
         let entry = totals
             .entry(env.meta.key.clone())
@@ -197,7 +199,10 @@ async fn outcome(js: &jetstream::Context) -> Outcome {
         alert_ids,
         totals,
         every_25th,
-        enriched,
+        enriched: {
+            enriched.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            enriched.into_iter().map(|(k, _, s)| (k, s)).collect()
+        },
         detections,
     }
 }
@@ -305,13 +310,20 @@ async fn settled(ch: &tonic::transport::Channel, live: &[&str], since: Instant) 
     took
 }
 
-/// Waits until the enriched stream grows past what it held at `since` plus `by`.
-async fn resumed(js: &jetstream::Context, since: Instant, base: u64, by: u64) -> Duration {
-    let ok = wait_for(Duration::from_secs(15), || async {
+/// Waits until the enriched stream grows past what it held at `since` plus `by`, for up to
+/// `limit`.
+async fn resumed(
+    js: &jetstream::Context,
+    since: Instant,
+    base: u64,
+    by: u64,
+    limit: Duration,
+) -> Duration {
+    let ok = wait_for(limit, || async {
         stream_len(js, "ANOM_SPEND_ENRICHED").await >= base + by
     })
     .await;
-    assert!(ok, "processing resumed within 15 s");
+    assert!(ok, "processing resumed within {limit:?}");
     since.elapsed()
 }
 
@@ -443,7 +455,11 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     let at = Instant::now();
     let base = stream_len(&js, "ANOM_SPEND_ENRICHED").await;
     nats.kill(2).await.unwrap();
-    let took = resumed(&js, at, base, 300).await;
+    // Order is kept by holding a partition's later events until those lost in the failover
+    // are stored again: the streams' leader election, the lost publishes' ack timeouts and
+    // their republish come before anything flows (5.7–10.1 s measured, up to ~20 s with this
+    // machine's two cores shared by everything; docs/performance.md).
+    let took = resumed(&js, at, base, 300, Duration::from_secs(30)).await;
     log.push(Disruption {
         what: "NATS node n2 SIGKILLed",
         at,
@@ -460,7 +476,7 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     coordinator.start_kill().unwrap();
     let _ = coordinator.wait().await;
     let base = stream_len(&js, "ANOM_SPEND_ENRICHED").await;
-    let during = resumed(&js, at, base, 300).await;
+    let during = resumed(&js, at, base, 300, Duration::from_secs(15)).await;
     coordinator = spawn_coordinator(&urls, addr, &coord_dir, &coord_args);
     let ch = coordinator_channel(addr).await;
     let took = settled(&ch, &["w1", "w3", "w4"], at).await;
@@ -511,7 +527,7 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     }
 
     // Events a key saw after a later event of the same key at the rules stage (the enriched
-    // events, in the order the fused units handed them on).
+    // events, in the order the fused units processed them).
     let reordered_in = |stream: &[(String, u64)]| {
         stream
             .iter()

@@ -883,7 +883,9 @@ pub async fn run_stage(
                 };
                 let sent = Sent {
                     output,
+                    chained: expects.is_some(),
                     expects: expects.flatten(),
+                    refused: false,
                 };
                 match publish_until_sent(&rt, &sent, &metrics).await {
                     Some(ack) => pending.outputs.push((sent, ack)),
@@ -950,6 +952,19 @@ pub async fn run_stage(
 struct Sent {
     output: Output,
     expects: Option<String>,
+    /// Its last send was refused for not following `expects` (not lost, not timed out).
+    refused: bool,
+    /// Bound for an [`Ordered`] stream (even once sent without `expects`).
+    chained: bool,
+}
+
+impl Sent {
+    /// Notes why a send failed.
+    fn failed(mut self, e: &async_nats::jetstream::context::PublishError) -> Sent {
+        self.refused =
+            e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastMessageId;
+        self
+    }
 }
 
 fn publish_message(sent: &Sent) -> PublishMessage {
@@ -963,6 +978,25 @@ fn publish_message(sent: &Sent) -> PublishMessage {
     }
     // After `headers`, which would replace it.
     m.message_id(&output.msg_id)
+}
+
+/// Every ack of `sent`, in order, awaited together: each ack's timeout starts when it is
+/// awaited, so awaiting one after another would make a batch lost in a failover cost a
+/// timeout per message instead of one.
+async fn acks_of(
+    sent: Vec<(Sent, PublishAckFuture)>,
+) -> Vec<(
+    Sent,
+    Result<
+        async_nats::jetstream::publish::PublishAck,
+        async_nats::jetstream::context::PublishError,
+    >,
+)> {
+    futures::future::join_all(
+        sent.into_iter()
+            .map(|(output, ack)| async move { (output, ack.await) }),
+    )
+    .await
 }
 
 /// The stream that stores `subject`, and its last sequence now.
@@ -1034,20 +1068,28 @@ async fn republish_all(
         }
         delay = (delay * 2).min(Duration::from_secs(1));
         rounds += 1;
+        if rounds == ORDERED_ATTEMPTS && outputs.iter().any(|s| s.expects.is_some()) {
+            // A last resort: the check below keeps a stale server or another writer from
+            // getting here.
+            warn!(subject = %outputs[0].output.subject, "ordered outputs keep being refused: sending them without their expected predecessor");
+            outputs.iter_mut().for_each(|s| s.expects = None);
+        }
         // Everything before the first ordered output is stored by now (earlier batches are
-        // confirmed first, and this list is in order): if the stream ends elsewhere than its
-        // predecessor, another writer added a message after it, and it follows that one.
-        if let (Some(o), Some(first)) = (ordered, outputs.iter_mut().find(|s| s.expects.is_some()))
-        {
+        // confirmed first, and this list is in order). After a refusal, the stream says why:
+        // it ends with that output's predecessor — the server's idea of the last id is stale
+        // (a leader that restarted keeps no last id), so this one goes without the check,
+        // nothing else of ours can land before it; or it ends with another writer's message
+        // (an alert command), which this one follows. Not asked after a timeout: while a
+        // server fails over, asking the stream would only wait on it too.
+        let first = outputs.iter_mut().find(|s| s.chained);
+        if let (Some(o), Some(first)) = (ordered, first.filter(|f| f.refused)) {
             if let Ok(Some(last)) = last_message_id(rt, &o.stream).await {
-                if first.expects.as_deref() != Some(last.as_str()) && last != first.output.msg_id {
+                if first.expects.as_deref() == Some(last.as_str()) {
+                    first.expects = None;
+                } else if last != first.output.msg_id {
                     first.expects = Some(last);
                 }
             }
-        }
-        if rounds == ORDERED_ATTEMPTS && outputs.iter().any(|s| s.expects.is_some()) {
-            warn!(subject = %outputs[0].output.subject, "ordered outputs keep being refused: another writer? sending them without their expected predecessor");
-            outputs.iter_mut().for_each(|s| s.expects = None);
         }
         metrics.publish_retries.inc_by(outputs.len() as u64);
         let mut sent = Vec::with_capacity(outputs.len());
@@ -1057,9 +1099,9 @@ async fn republish_all(
                 None => return false,
             }
         }
-        for (output, ack) in sent {
-            if ack.await.is_err() {
-                outputs.push(output);
+        for (output, result) in acks_of(sent).await {
+            if let Err(e) = result {
+                outputs.push(output.failed(&e));
             }
         }
     }
@@ -1118,15 +1160,15 @@ async fn confirm(
             }
         }
         let mut failed = Vec::new();
-        for (output, ack) in pending.outputs {
-            match ack.await {
+        for (output, result) in acks_of(pending.outputs).await {
+            match result {
                 // Only first sends mark: see `replay` for why a republished one may not.
                 Ok(ack) => marks.note(&ack.stream, ack.sequence),
                 Err(e) => {
                     if failed.is_empty() {
                         warn!(stage = binding.stage, subject = %output.output.subject, error = %e, "publish not acknowledged; republishing");
                     }
-                    failed.push(output);
+                    failed.push(output.failed(&e));
                 }
             }
         }
