@@ -457,8 +457,8 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     nats.kill(2).await.unwrap();
     // Order is kept by holding a partition's later events until those lost in the failover
     // are stored again: the streams' leader election, the lost publishes' ack timeouts and
-    // their republish come before anything flows (5.7–10.1 s in passing runs on this 2-core
-    // machine, over 15 s in 3 of 11; docs/performance.md).
+    // their republish come before anything flows (5.5–10.1 s where timed on this 2-core
+    // machine, over 15 s in 4 of 14 runs; docs/performance.md).
     let took = resumed(&js, at, base, 300, Duration::from_secs(30)).await;
     log.push(Disruption {
         what: "NATS node n2 SIGKILLed",
