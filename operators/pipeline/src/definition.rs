@@ -327,6 +327,12 @@ pub struct UnitsDef {
     /// or detectors.
     #[serde(default)]
     pub publish_enriched: bool,
+    /// Keep each partition's events in ingest order through a NATS failover (default
+    /// `false`): validate's writes are chained, so those lost in a failover are stored again
+    /// before any later one. The price is availability while a server fails over: a
+    /// partition's later events wait (docs/architecture.md, "Failover and order").
+    #[serde(default)]
+    pub ordered: bool,
 }
 
 impl Default for UnitsDef {
@@ -334,6 +340,7 @@ impl Default for UnitsDef {
         UnitsDef {
             fused: true,
             publish_enriched: false,
+            ordered: false,
         }
     }
 }

@@ -75,10 +75,13 @@ pub fn binding(pipeline: &Pipeline, unit: &UnitId, fence: Fence) -> Option<Bindi
         })],
         _ => Vec::new(),
     };
-    // Validate is the only writer of the valid stream: its order survives a failover.
-    let ordered = (unit.stage == UnitStage::Validate).then(|| anom_runtime::Ordered {
-        stream: pipeline.subjects.valid_stream.clone(),
-        subject_prefix: pipeline.subjects.valid_prefix(),
+    // Validate is the only writer of its pipeline's events into the valid stream: chained,
+    // their order survives a failover (`units: ordered: true`).
+    let ordered = (unit.stage == UnitStage::Validate && pipeline.units.ordered).then(|| {
+        anom_runtime::Ordered {
+            stream: pipeline.subjects.valid_stream.clone(),
+            subject_prefix: pipeline.subjects.valid_prefix(),
+        }
     });
     Some(Binding {
         pipeline: pipeline.name.clone(),
