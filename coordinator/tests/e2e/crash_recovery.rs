@@ -345,14 +345,15 @@ async fn outcome(
     (ids, finals)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_sigkills_during_a_keyed_stream_give_the_same_alerts_and_aggregates_as_an_undisturbed_run(
-) {
-    // Undisturbed run.
+/// The keyed stream through a worker (started with `extra` arguments) left alone: the
+/// outcome the disturbed runs must equal.
+async fn undisturbed(
+    extra: &[&str],
+) -> (Vec<String>, std::collections::BTreeMap<String, Vec<String>>) {
     let calm = Env::start().await;
     let calm_dir = calm.pipeline_dir("spend", KEYED);
     let calm_js = calm.js().await;
-    let mut worker = spawn_worker(&calm.url(), &calm_dir);
+    let mut worker = crate::support::spawn_worker_with(&calm.url(), &calm_dir, extra);
     assert!(
         wait_for(Duration::from_secs(30), || async {
             calm_js.get_stream("ANOM_SPEND_ALERTS").await.is_ok()
@@ -360,9 +361,16 @@ async fn repeated_sigkills_during_a_keyed_stream_give_the_same_alerts_and_aggreg
         .await
     );
     publish_keyed(calm_js.clone()).await;
-    let (calm_ids, calm_finals) = outcome(&calm_js).await;
+    let outcome = outcome(&calm_js).await;
     worker.start_kill().unwrap();
     let _ = worker.wait().await;
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkills_during_a_keyed_stream_give_the_same_alerts_and_aggregates_as_an_undisturbed_run(
+) {
+    let (calm_ids, calm_finals) = undisturbed(&[]).await;
     assert!(
         calm_ids.len() > 4100,
         "both rules fire and resolve: {}",
@@ -413,20 +421,7 @@ async fn repeated_sigkills_during_a_keyed_stream_give_the_same_alerts_and_aggreg
 async fn a_worker_down_longer_than_the_duplicate_window_publishes_nothing_twice_and_loses_nothing()
 {
     let window = ["--duplicate-window", "5s"];
-    let calm = Env::start().await;
-    let calm_dir = calm.pipeline_dir("spend", KEYED);
-    let calm_js = calm.js().await;
-    let mut worker = crate::support::spawn_worker_with(&calm.url(), &calm_dir, &window);
-    assert!(
-        wait_for(Duration::from_secs(30), || async {
-            calm_js.get_stream("ANOM_SPEND_ALERTS").await.is_ok()
-        })
-        .await
-    );
-    publish_keyed(calm_js.clone()).await;
-    let (calm_ids, calm_finals) = outcome(&calm_js).await;
-    worker.start_kill().unwrap();
-    let _ = worker.wait().await;
+    let (calm_ids, calm_finals) = undisturbed(&window).await;
 
     let rough = Env::start().await;
     let rough_dir = rough.pipeline_dir("spend", KEYED);

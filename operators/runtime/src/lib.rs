@@ -541,16 +541,16 @@ struct Pending {
     births: Vec<(String, u64, String)>,
 }
 
-/// Waits until the confirmer has confirmed and acked everything sent to it so far. False if
-/// it stopped first.
-async fn drained(confirm_tx: &mpsc::Sender<Pending>) -> bool {
+/// Waits until the confirmer has confirmed and acked everything sent to it so far (and made
+/// `births` durable). False if it stopped first.
+async fn drained(confirm_tx: &mpsc::Sender<Pending>, births: Vec<(String, u64, String)>) -> bool {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let barrier = Pending {
         outputs: Vec::new(),
         commit: None,
         ack: None,
         done: Some(tx),
-        births: Vec::new(),
+        births,
     };
     confirm_tx.send(barrier).await.is_ok() && rx.await.is_ok()
 }
@@ -673,7 +673,7 @@ pub async fn run_stage(
         }
         // Reopening starts the consumer after the last processed input, which implicitly
         // acks everything before it: first let every earlier output be confirmed.
-        if opened && !drained(&confirm_tx).await {
+        if opened && !drained(&confirm_tx, Vec::new()).await {
             fenced = true;
             break;
         }
@@ -848,19 +848,9 @@ pub async fn run_stage(
                     covered.insert(s.to_string());
                 }
             }
-            if !births.is_empty() {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let barrier = Pending {
-                    outputs: Vec::new(),
-                    commit: None,
-                    ack: None,
-                    done: Some(tx),
-                    births,
-                };
-                if confirm_tx.send(barrier).await.is_err() || rx.await.is_err() {
-                    fenced = true;
-                    break 'outer;
-                }
+            if !births.is_empty() && !drained(&confirm_tx, births).await {
+                fenced = true;
+                break 'outer;
             }
             let mut pending = Pending {
                 outputs: Vec::with_capacity(outputs.len()),
